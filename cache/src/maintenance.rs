@@ -1,0 +1,241 @@
+//! `du`, `gc` and `verify`: looking after a cache folder.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::digest::{ObjectDigest, StageKey};
+use crate::fsutil::{hash_file, remove_all};
+use crate::store::OutputKind;
+use crate::Cache;
+
+/// Bytes and file counts per area of the cache.
+#[derive(Debug, Default, Clone)]
+pub struct DiskUsage {
+    /// `(area, files, bytes)` for objects, actions, runs, trees, tmp, state.
+    pub areas: Vec<(String, u64, u64)>,
+}
+
+fn walk_usage(path: &Path) -> (u64, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                let (f, b) = walk_usage(&entry.path());
+                files += f;
+                bytes += b;
+            } else {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// What `gc` keeps.
+#[derive(Debug, Clone)]
+pub struct GcPolicy {
+    /// Stage keys referenced by lockfiles: always kept.
+    pub roots: BTreeSet<StageKey>,
+    /// Entries created within this long are kept too (recent runs of other branches).
+    pub keep_recent: Duration,
+    /// Only report what would be removed.
+    pub dry_run: bool,
+}
+
+/// What `gc` removed (or would remove).
+#[derive(Debug, Default, Clone)]
+pub struct GcReport {
+    /// Action entries removed.
+    pub entries: u64,
+    /// Objects removed.
+    pub objects: u64,
+    /// Run folders removed.
+    pub runs: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// What `verify` found.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    /// Objects re-hashed.
+    pub objects_checked: u64,
+    /// Objects whose content did not match their name, moved to quarantine.
+    pub quarantined: Vec<PathBuf>,
+    /// Action entries that do not parse or name missing objects (removed).
+    pub bad_entries: Vec<(PathBuf, String)>,
+}
+
+/// Objects younger than this are never collected: a concurrent run may have stored them and
+/// not yet written its action entry.
+const OBJECT_GRACE: Duration = Duration::from_secs(3600);
+
+fn age(path: &Path) -> Duration {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default()
+}
+
+fn pid_is_alive(pid: u32) -> bool {
+    // Signal 0 checks for existence without sending anything.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+impl Cache {
+    /// Sizes of every area of the cache.
+    pub fn disk_usage(&self) -> DiskUsage {
+        let mut usage = DiskUsage::default();
+        for area in ["objects", "actions", "runs", "trees", "tmp", "state", "quarantine"] {
+            let (files, bytes) = walk_usage(&self.root().join(area));
+            usage.areas.push((area.to_string(), files, bytes));
+        }
+        usage
+    }
+
+    /// Removes what no root and no recent run references.
+    pub fn gc(&self, policy: &GcPolicy) -> GcReport {
+        let mut report = GcReport::default();
+        let mut live_keys = BTreeSet::new();
+        let mut live_objects: BTreeSet<ObjectDigest> = BTreeSet::new();
+        for (path, entry) in self.actions().all_entries() {
+            let keep = match &entry {
+                Some(entry) => {
+                    policy.roots.contains(&entry.key) || age(&path) < policy.keep_recent
+                }
+                None => age(&path) < OBJECT_GRACE,
+            };
+            if keep {
+                if let Some(entry) = entry {
+                    live_keys.insert(entry.key);
+                    for output in entry.outputs.values() {
+                        live_objects.insert(output.digest);
+                        if output.kind == OutputKind::Dir {
+                            if let Ok(tree) = self.store().read_tree(&output.digest) {
+                                live_objects.extend(tree.entries.iter().map(|e| e.digest));
+                            }
+                        }
+                    }
+                }
+            } else {
+                report.entries += 1;
+                report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if !policy.dry_run {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        for (path, digest) in list_objects(self.store().objects_root()) {
+            let is_live = digest.is_some_and(|d| live_objects.contains(&d));
+            if !is_live && age(&path) > OBJECT_GRACE {
+                report.objects += 1;
+                report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if !policy.dry_run {
+                    let _ = remove_all(&path);
+                }
+            }
+        }
+        if let Ok(trees) = fs::read_dir(self.root().join("trees").join("v1")) {
+            for tree in trees.flatten() {
+                let digest = tree.file_name().to_string_lossy().parse::<ObjectDigest>();
+                if !digest.is_ok_and(|d| live_objects.contains(&d)) && !policy.dry_run {
+                    let _ = remove_all(&tree.path());
+                }
+            }
+        }
+        if let Ok(keys) = fs::read_dir(self.runs().runs_root()) {
+            for key_dir in keys.flatten() {
+                let key = key_dir.file_name().to_string_lossy().parse::<StageKey>();
+                let keep = key.is_ok_and(|k| live_keys.contains(&k))
+                    || age(&key_dir.path()) < policy.keep_recent;
+                if !keep {
+                    report.runs += 1;
+                    let (_, bytes) = walk_usage(&key_dir.path());
+                    report.bytes += bytes;
+                    if !policy.dry_run {
+                        let _ = remove_all(&key_dir.path());
+                    }
+                }
+            }
+        }
+        // Leftover temp folders of processes that died (SIGKILL, power loss).
+        if let Ok(tmps) = fs::read_dir(self.root().join("tmp")) {
+            for tmp in tmps.flatten() {
+                let name = tmp.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .split(['-', '.'])
+                    .filter_map(|p| p.parse::<u32>().ok())
+                    .next();
+                let dead = pid.is_some_and(|p| !pid_is_alive(p));
+                if (dead || age(&tmp.path()) > OBJECT_GRACE) && !policy.dry_run {
+                    let _ = remove_all(&tmp.path());
+                }
+            }
+        }
+        report
+    }
+
+    /// Re-hashes every object; moves mismatching ones to `quarantine/v1/` and removes action
+    /// entries that do not parse or name objects that are gone.
+    pub fn verify(&self) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let quarantine = self.root().join("quarantine").join("v1");
+        for (path, digest) in list_objects(self.store().objects_root()) {
+            report.objects_checked += 1;
+            let actual = hash_file(&path).ok();
+            if digest.is_none() || actual != digest {
+                let _ = fs::create_dir_all(&quarantine);
+                let name = path
+                    .strip_prefix(self.store().objects_root())
+                    .map(|p| p.to_string_lossy().replace('/', ""))
+                    .unwrap_or_else(|_| "unknown".into());
+                let dest = quarantine.join(name);
+                if fs::rename(&path, &dest).is_ok() {
+                    report.quarantined.push(dest);
+                }
+            }
+        }
+        for (path, entry) in self.actions().all_entries() {
+            let problem = match entry {
+                None => Some("does not parse".to_string()),
+                Some(entry) => entry
+                    .outputs
+                    .iter()
+                    .find(|(_, o)| !self.store().contains(&o.digest))
+                    .map(|(name, _)| format!("output `{name}` is missing from the store")),
+            };
+            if let Some(problem) = problem {
+                let _ = fs::remove_file(&path);
+                report.bad_entries.push((path, problem));
+            }
+        }
+        report
+    }
+}
+
+/// Every object file with the digest its path names (`None` for a stray file).
+fn list_objects(root: &Path) -> Vec<(PathBuf, Option<ObjectDigest>)> {
+    let mut out = Vec::new();
+    let Ok(shards) = fs::read_dir(root) else {
+        return out;
+    };
+    for shard in shards.flatten() {
+        let prefix = shard.file_name().to_string_lossy().into_owned();
+        let Ok(files) = fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            let digest = format!("{prefix}{name}").parse::<ObjectDigest>().ok();
+            out.push((file.path(), digest));
+        }
+    }
+    out.sort();
+    out
+}
