@@ -1,1 +1,178 @@
+//! The `command` stage kind: any shell command as a cached node of the DAG.
+//!
+//! ```yaml
+//! train:
+//!   kind: command
+//!   inputs: {data: prepare.table}
+//!   params:
+//!     cmd: python3 train.py --data ${inputs.data} --lr ${params.lr} --out ${outs.model}
+//!     lr: 0.1                 # free params feed ${params.*} and the key
+//!     deps: [train.py]        # workspace files, hashed by content
+//!     outs: {model: model.bin}
+//! ```
+//!
+//! The command runs with `sh -c` in the pipeline's folder. `${inputs.NAME}` expands to the
+//! read-only path(s) of an input (several, space-separated, for a fan-in) and `${outs.NAME}` to
+//! where the output must be written; both are shell-quoted. stdout and stderr go to the stage's
+//! log. The command runs in its own process group so Ctrl-C stops all of it.
 
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mipipe_engine::template::{self, shell_quote};
+use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// A relative path inside the stage's output folder (`model.bin`, `plots/`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct OutPath(String);
+
+impl<'de> Deserialize<'de> for OutPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let path = Path::new(text.trim_end_matches('/'));
+        let ok = !text.trim_end_matches('/').is_empty()
+            && path.components().all(|c| matches!(c, Component::Normal(_)));
+        if ok {
+            Ok(Self(text))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "`{text}` must be a relative file name without `..` (end it with `/` for a directory)"
+            )))
+        }
+    }
+}
+
+/// Params of the `command` kind.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CommandParams {
+    /// The shell command, run with `sh -c` in the pipeline's folder. Use `${inputs.NAME}`,
+    /// `${outs.NAME}`, `${params.NAME}` and `${vars.NAME}`.
+    pub cmd: String,
+    /// Workspace files or folders the command reads. Their content enters the stage key, so
+    /// editing one reruns the stage.
+    #[serde(default)]
+    pub deps: Vec<String>,
+    /// Outputs: name -> file name the command writes. A file name ending in `/` is a
+    /// directory output.
+    #[serde(default)]
+    pub outs: BTreeMap<String, OutPath>,
+    /// Environment variables for the command (they enter the key).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Any other key is a free param: it feeds `${params.NAME}` and the stage key.
+    #[serde(flatten)]
+    pub values: BTreeMap<String, Value>,
+}
+
+/// The `command` stage kind.
+#[derive(Default)]
+pub struct CommandStage;
+
+impl Stage for CommandStage {
+    type Params = CommandParams;
+    const KIND: &'static str = "command";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Run a shell command with declared file dependencies and outputs";
+
+    fn outputs(params: &CommandParams) -> Vec<OutputSpec> {
+        params
+            .outs
+            .iter()
+            .map(|(name, path)| OutputSpec {
+                name: name.clone(),
+                file_name: path.0.trim_end_matches('/').to_string(),
+                kind: if path.0.ends_with('/') { OutputKind::Dir } else { OutputKind::File },
+            })
+            .collect()
+    }
+
+    fn workspace_deps(params: &CommandParams) -> Vec<String> {
+        params.deps.clone()
+    }
+
+    fn run(&self, params: &CommandParams, ctx: &StageContext) -> Result<(), StageError> {
+        let script = template::expand(&params.cmd, true, |namespace, name| match namespace {
+            "inputs" => ctx.inputs().get(name).map(|paths| {
+                paths
+                    .iter()
+                    .map(|p| shell_quote(&p.to_string_lossy()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+            "outs" => ctx.outputs().get(name).map(|p| shell_quote(&p.to_string_lossy())),
+            _ => None,
+        })
+        .map_err(|e| StageError::failed(e.message))?;
+        ctx.log(&format!("$ {script}"));
+        let log = ctx
+            .log_file()
+            .map_err(|e| StageError::environment(format!("Cannot open the stage log: {e}")))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| StageError::environment(format!("Cannot open the stage log: {e}")))?;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&script)
+            .current_dir(ctx.workspace())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .env("MIPIPE_STAGE", ctx.stage_name())
+            .env("MIPIPE_SEED", ctx.seed().to_string());
+        for (k, v) in ctx.env().iter().cloned().chain(params.env.clone()) {
+            command.env(k, v);
+        }
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| StageError::environment(format!("Cannot start `sh`: {e}")))?;
+        let pid = child.id() as libc::pid_t;
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(child.wait());
+        });
+        let mut terminated_at: Option<std::time::Instant> = None;
+        let status = loop {
+            match receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(status) => break status,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if ctx.is_cancelled() {
+                        match terminated_at {
+                            None => {
+                                // SAFETY: signalling our own child's process group.
+                                unsafe { libc::kill(-pid, libc::SIGTERM) };
+                                terminated_at = Some(std::time::Instant::now());
+                            }
+                            Some(at) if at.elapsed() > Duration::from_secs(5) => {
+                                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(StageError::environment("Lost track of the command's process"))
+                }
+            }
+        };
+        let status = status.map_err(|e| StageError::environment(format!("Waiting for the command failed: {e}")))?;
+        if status.success() {
+            return Ok(());
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Err(StageError::failed(match (status.code(), status.signal()) {
+            (Some(code), _) => format!("Command exited with status {code}"),
+            (None, Some(signal)) => format!("Command was killed by signal {signal}"),
+            _ => "Command failed".to_string(),
+        }))
+    }
+}

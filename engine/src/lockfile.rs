@@ -1,0 +1,93 @@
+//! `mipipe.lock`: per stage, the key and output digests of its last successful run.
+//!
+//! Pretty JSON with sorted keys, one field per line, so a diff shows what changed. It sits
+//! beside the pipeline (`mipipe.yaml` -> `mipipe.lock`, `ablation.yaml` -> `ablation.lock`)
+//! and is meant to be committed: it records which exact results the tables came from, gives
+//! `status` the previous params to explain a rerun ("param `lr` changed 0.1 -> 0.01"), and
+//! tells `cache gc` what to keep.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mipipe_cache::{write_atomic, ObjectDigest, StageKey, StoredOutput};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One stage's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockEntry {
+    /// Stage kind.
+    pub kind: String,
+    /// Stage kind version.
+    pub kind_version: u32,
+    /// Stage key.
+    pub key: StageKey,
+    /// Canonical params.
+    pub params: Value,
+    /// Input and dependency digests.
+    pub inputs: BTreeMap<String, Vec<ObjectDigest>>,
+    /// Outputs.
+    pub outputs: BTreeMap<String, StoredOutput>,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lockfile {
+    /// Format version (1).
+    pub version: u32,
+    /// Stage instance name -> record.
+    pub stages: BTreeMap<String, LockEntry>,
+}
+
+impl Lockfile {
+    /// Where the lockfile of a pipeline lives.
+    pub fn path_for(pipeline: &Path) -> PathBuf {
+        pipeline.with_extension("lock")
+    }
+
+    /// Reads a lockfile; a missing or unreadable one is empty (it is a record, not an input).
+    pub fn read(path: &Path) -> (Self, Option<String>) {
+        match std::fs::read(path) {
+            Err(_) => (Self::empty(), None),
+            Ok(bytes) => match serde_json::from_slice::<Lockfile>(&bytes) {
+                Ok(lock) if lock.version == 1 => (lock, None),
+                Ok(lock) => (
+                    Self::empty(),
+                    Some(format!(
+                        "Ignoring `{}`: lockfile version {} is not supported",
+                        path.display(),
+                        lock.version
+                    )),
+                ),
+                Err(e) => (
+                    Self::empty(),
+                    Some(format!("Ignoring unreadable `{}`: {e}", path.display())),
+                ),
+            },
+        }
+    }
+
+    fn empty() -> Self {
+        Self {
+            version: 1,
+            stages: BTreeMap::new(),
+        }
+    }
+
+    /// The text written to disk.
+    pub fn to_text(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("lockfiles always serialise");
+        text.push('\n');
+        text
+    }
+
+    /// Writes the file atomically, only if its content changed.
+    pub fn write(&self, path: &Path) -> std::io::Result<bool> {
+        let text = self.to_text();
+        if std::fs::read(path).ok().as_deref() == Some(text.as_bytes()) {
+            return Ok(false);
+        }
+        write_atomic(path, text.as_bytes())?;
+        Ok(true)
+    }
+}

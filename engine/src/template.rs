@@ -1,0 +1,162 @@
+//! `${namespace.name}` templates in param strings.
+//!
+//! Namespaces: `vars` and `params` are substituted when the pipeline is resolved (so their
+//! values enter the stage key); `inputs` and `outs` name paths that exist only when the stage
+//! runs, so they stay in the resolved params and are expanded by the stage. `$${` writes a
+//! literal `${`.
+
+/// A piece of a template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Text copied as is.
+    Literal(&'a str),
+    /// An escaped `$${`, written as `${`.
+    EscapedDollar,
+    /// `${namespace.name}`.
+    Reference {
+        /// `vars`, `params`, `inputs` or `outs`.
+        namespace: &'a str,
+        /// The name after the dot.
+        name: &'a str,
+        /// The whole `${...}` text.
+        raw: &'a str,
+    },
+}
+
+/// A malformed template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateError {
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Splits a string into literal text and references.
+pub fn parse(text: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        let after = &rest[at..];
+        if after.starts_with("$${") {
+            if at > 0 {
+                pieces.push(Piece::Literal(&rest[..at]));
+            }
+            pieces.push(Piece::EscapedDollar);
+            rest = &rest[at + 3..];
+        } else if after.starts_with("${") {
+            if at > 0 {
+                pieces.push(Piece::Literal(&rest[..at]));
+            }
+            let close = after.find('}').ok_or_else(|| TemplateError {
+                message: format!("`{after}` opens `${{` but never closes it with `}}`"),
+            })?;
+            let raw = &after[..=close];
+            let inner = after[2..close].trim();
+            let (namespace, name) = inner.split_once('.').ok_or_else(|| TemplateError {
+                message: format!(
+                    "`{raw}` must be `${{vars.NAME}}`, `${{params.NAME}}`, `${{inputs.NAME}}` or `${{outs.NAME}}`"
+                ),
+            })?;
+            pieces.push(Piece::Reference {
+                namespace: namespace.trim(),
+                name: name.trim(),
+                raw,
+            });
+            rest = &after[close + 1..];
+        } else {
+            pieces.push(Piece::Literal(&rest[..=at]));
+            rest = &rest[at + 1..];
+        }
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Literal(rest));
+    }
+    Ok(pieces)
+}
+
+/// Expands the references of some namespaces with `lookup`; others, and escapes, are kept
+/// verbatim for a later pass unless `final_pass` is set, which also unescapes `$${`.
+pub fn expand(
+    text: &str,
+    final_pass: bool,
+    mut lookup: impl FnMut(&str, &str) -> Option<String>,
+) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(text.len());
+    for piece in parse(text)? {
+        match piece {
+            Piece::Literal(s) => out.push_str(s),
+            Piece::EscapedDollar => out.push_str(if final_pass { "${" } else { "$${" }),
+            Piece::Reference {
+                namespace,
+                name,
+                raw,
+            } => match lookup(namespace, name) {
+                Some(value) => out.push_str(&value),
+                None => out.push_str(raw),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// Quotes a value for a POSIX shell unless it is plainly safe.
+pub fn shell_quote(value: &str) -> String {
+    let safe = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if safe {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_literals_and_escapes() {
+        let pieces = parse("a ${params.x} $${keep} $5").unwrap();
+        assert_eq!(
+            pieces,
+            vec![
+                Piece::Literal("a "),
+                Piece::Reference {
+                    namespace: "params",
+                    name: "x",
+                    raw: "${params.x}"
+                },
+                Piece::Literal(" "),
+                Piece::EscapedDollar,
+                Piece::Literal("keep} "),
+                Piece::Literal("$"),
+                Piece::Literal("5"),
+            ]
+        );
+    }
+
+    #[test]
+    fn expansion_keeps_other_namespaces_until_the_final_pass() {
+        let first = expand("${params.x} ${outs.y} $${z}", false, |ns, n| {
+            (ns == "params").then(|| format!("<{n}>"))
+        })
+        .unwrap();
+        assert_eq!(first, "<x> ${outs.y} $${z}");
+        let second = expand(&first, true, |ns, _| (ns == "outs").then(|| "/o".into())).unwrap();
+        assert_eq!(second, "<x> /o ${z}");
+    }
+
+    #[test]
+    fn unclosed_and_namespace_less_references_are_errors() {
+        assert!(parse("${params.x").is_err());
+        assert!(parse("${x}").is_err());
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("/a/b.csv"), "/a/b.csv");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+}
