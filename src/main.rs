@@ -1,1 +1,87 @@
-fn main(){}
+//! The `mipipe` binary: wires stage kinds, the terminal reporter and the worker launcher to the
+//! engine, and turns outcomes into exit codes (0 ok, 1 a stage failed, 2 invalid pipeline or
+//! usage, 3 environment, 70 internal bug, 130 interrupted).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cli;
+mod commands;
+mod launcher;
+mod reporter;
+mod style;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use miette::Diagnostic;
+
+/// Every stage kind this binary was built with.
+pub fn registry() -> mipipe_engine::Registry {
+    let mut registry = mipipe_engine::Registry::new();
+    registry.register(mipipe_stage_command::CommandStage);
+    registry
+}
+
+/// Errors that end the process, each with its exit code.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum CliError {
+    /// The pipeline could not be loaded.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Pipeline(#[from] mipipe_engine::LoadError),
+    /// Bad command-line usage.
+    #[error("{message}")]
+    #[diagnostic(code(mipipe::usage))]
+    Usage {
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        #[help]
+        help: Option<String>,
+    },
+    /// The environment failed (I/O, permissions).
+    #[error("{0}")]
+    #[diagnostic(code(mipipe::environment))]
+    Environment(String),
+    /// The run ended with failed stages (already reported).
+    #[error("{0}")]
+    #[diagnostic(code(mipipe::stage_failed))]
+    StagesFailed(String, u8),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Pipeline(_) | Self::Usage { .. } => 2,
+            Self::Environment(_) => 3,
+            Self::StagesFailed(_, code) => *code,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let colour = style::Style::detect();
+    miette::set_hook(Box::new(move |_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .color(colour.is_colour())
+                .terminal_links(false)
+                .width(100)
+                .build(),
+        )
+    }))
+    .ok();
+    match commands::dispatch(cli, colour) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = error.exit_code();
+            if !matches!(error, CliError::StagesFailed(..)) {
+                eprintln!("{:?}", miette::Report::new(error));
+            } else {
+                eprintln!("{error}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}

@@ -502,13 +502,19 @@ impl Resolver<'_> {
             }
             let overridden: Vec<(Node, Node)> =
                 stage_overrides.get(&raw.name).cloned().unwrap_or_default();
+            let mut matrix = raw.matrix.clone();
             for (key, value) in &overridden {
                 let name = key.as_str().unwrap_or_default().to_string();
+                // `--set train.lr=0.5` on a matrix axis narrows the axis to that one value.
+                if let Some(axis) = matrix.as_mut().and_then(|m| matrix_axis_mut(m, &name)) {
+                    *axis = Node::new(value.span, NodeValue::Seq(vec![value.clone()]));
+                    continue;
+                }
                 params.retain(|(k, _)| k.scalar_text().as_deref() != Some(&name));
                 params.push((key.clone(), value.clone()));
             }
 
-            let instances = match &raw.matrix {
+            let instances = match &matrix {
                 None => vec![Instance {
                     name: raw.name.clone(),
                     values: Vec::new(),
@@ -1073,7 +1079,7 @@ impl Resolver<'_> {
         let mut expanded: BTreeMap<String, Node> = BTreeMap::new();
         for (name, node) in &raw_map {
             let mut visiting = vec![name.clone()];
-            if let Some(node) = self.interpolate(node, vars, &raw_map, &mut visiting) {
+            if let Some(node) = self.interpolate(node, vars, &raw_map, &mut visiting, false) {
                 expanded.insert(name.clone(), node);
             }
         }
@@ -1173,18 +1179,22 @@ impl Resolver<'_> {
     ) -> Option<String> {
         let mut visiting = Vec::new();
         let string = Node::new(node.span, NodeValue::Str(text.to_string()));
-        let expanded = self.interpolate(&string, vars, params, &mut visiting)?;
+        let expanded = self.interpolate(&string, vars, params, &mut visiting, true)?;
         expanded.scalar_text()
     }
 
-    /// Substitutes `${vars.*}` and `${params.*}` in every string of a node. A string that is
-    /// exactly one reference takes the referenced node whole, keeping its type.
+    /// Substitutes `${vars.*}` in every string of a node, and `${params.*}` where the reference
+    /// is the whole value (keeping its type) or `inline_params` is set. A `${params.*}` inside
+    /// a longer param string stays a template, checked here and expanded by the stage: the
+    /// referenced param is in the key already, and `status` then reports the param that
+    /// changed rather than every string built from it.
     fn interpolate(
         &mut self,
         node: &Node,
         vars: &BTreeMap<String, Node>,
         params: &BTreeMap<String, Node>,
         visiting: &mut Vec<String>,
+        inline_params: bool,
     ) -> Option<Node> {
         match &node.value {
             NodeValue::Str(text) => {
@@ -1203,7 +1213,7 @@ impl Resolver<'_> {
                         "vars" => match vars.get(name) {
                             Some(v) => {
                                 let mut inner = Vec::new();
-                                this.interpolate(v, vars, &BTreeMap::new(), &mut inner).map(Some)
+                                this.interpolate(v, vars, &BTreeMap::new(), &mut inner, true).map(Some)
                             }
                             None => {
                                 this.push(
@@ -1234,7 +1244,7 @@ impl Resolver<'_> {
                             match params.get(name) {
                                 Some(v) => {
                                     visiting.push(name.to_string());
-                                    let out = this.interpolate(v, vars, params, visiting);
+                                    let out = this.interpolate(v, vars, params, visiting, inline_params);
                                     visiting.pop();
                                     out.map(Some)
                                 }
@@ -1279,6 +1289,7 @@ impl Resolver<'_> {
                         Piece::Literal(s) => out.push_str(s),
                         Piece::EscapedDollar => out.push_str("$${"),
                         Piece::Reference { namespace, name, raw } => match resolve(self, namespace, name)? {
+                            Some(_) if *namespace == "params" && !inline_params => out.push_str(raw),
                             Some(value) => match value.scalar_text() {
                                 Some(text) => out.push_str(&text),
                                 None => {
@@ -1303,14 +1314,14 @@ impl Resolver<'_> {
             NodeValue::Seq(items) => {
                 let mut out = Vec::new();
                 for item in items {
-                    out.push(self.interpolate(item, vars, params, visiting)?);
+                    out.push(self.interpolate(item, vars, params, visiting, inline_params)?);
                 }
                 Some(Node::new(node.span, NodeValue::Seq(out)))
             }
             NodeValue::Map(entries) => {
                 let mut out = Vec::new();
                 for (k, v) in entries {
-                    out.push((k.clone(), self.interpolate(v, vars, params, visiting)?));
+                    out.push((k.clone(), self.interpolate(v, vars, params, visiting, inline_params)?));
                 }
                 Some(Node::new(node.span, NodeValue::Map(out)))
             }
@@ -1630,6 +1641,16 @@ impl Resolver<'_> {
             }
         }
         Some(order)
+    }
+}
+
+fn matrix_axis_mut<'n>(matrix: &'n mut Node, name: &str) -> Option<&'n mut Node> {
+    match &mut matrix.value {
+        NodeValue::Map(entries) => entries
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == Some(name) && name != "include" && name != "exclude")
+            .map(|(_, v)| v),
+        _ => None,
     }
 }
 

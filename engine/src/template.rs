@@ -1,9 +1,9 @@
 //! `${namespace.name}` templates in param strings.
 //!
-//! Namespaces: `vars` and `params` are substituted when the pipeline is resolved (so their
-//! values enter the stage key); `inputs` and `outs` name paths that exist only when the stage
-//! runs, so they stay in the resolved params and are expanded by the stage. `$${` writes a
-//! literal `${`.
+//! Namespaces: `vars` are substituted when the pipeline is resolved, and so is a `${params.*}`
+//! that is a whole value; a `${params.*}` inside a longer string is checked then but expanded
+//! by the stage (the param it names is in the key already). `inputs` and `outs` name paths that
+//! exist only when the stage runs, so the stage expands them too. `$${` writes a literal `${`.
 
 /// A piece of a template.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -71,6 +71,14 @@ pub struct CommandParams {
     pub values: BTreeMap<String, Value>,
 }
 
+/// A param as command-line text: strings bare, anything else as JSON.
+fn param_text(params: &Value, name: &str) -> Option<String> {
+    params.get(name).map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
 /// The `command` stage kind.
 #[derive(Default)]
 pub struct CommandStage;
@@ -98,7 +106,9 @@ impl Stage for CommandStage {
     }
 
     fn run(&self, params: &CommandParams, ctx: &StageContext) -> Result<(), StageError> {
+        let all_params = serde_json::to_value(params).unwrap_or_default();
         let script = template::expand(&params.cmd, true, |namespace, name| match namespace {
+            "params" => param_text(&all_params, name),
             "inputs" => ctx.inputs().get(name).map(|paths| {
                 paths
                     .iter()
@@ -127,8 +137,16 @@ impl Stage for CommandStage {
             .stderr(log_err)
             .env("MIPIPE_STAGE", ctx.stage_name())
             .env("MIPIPE_SEED", ctx.seed().to_string());
-        for (k, v) in ctx.env().iter().cloned().chain(params.env.clone()) {
+        for (k, v) in ctx.env() {
             command.env(k, v);
+        }
+        for (k, v) in &params.env {
+            let value = template::expand(v, true, |namespace, name| match namespace {
+                "params" => param_text(&all_params, name),
+                _ => None,
+            })
+            .map_err(|e| StageError::failed(e.message))?;
+            command.env(k, value);
         }
         use std::os::unix::process::CommandExt;
         command.process_group(0);

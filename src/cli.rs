@@ -1,0 +1,182 @@
+//! Command-line interface definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// mipipe runs declarative ML pipelines incrementally: every stage is keyed by the hash of
+/// its resolved params and the content of its inputs, results are stored content-addressed,
+/// and only what changed runs again.
+#[derive(Parser, Debug)]
+#[command(name = "mipipe", version, propagate_version = true, after_help = "\
+Examples:
+  mipipe run                          run mipipe.yaml in this folder
+  mipipe run pipelines/quick.yaml -j 2
+  mipipe status --set train.lr=0.01   what would rerun if lr changed, and why
+  mipipe dag --format mermaid         draw the DAG
+  mipipe show 'train[lr=0.1,seed=1]'  key, params, inputs and outputs of one stage
+  mipipe cache gc --dry-run           what garbage collection would remove")]
+pub struct Cli {
+    /// Where cached results live [default: .mipipe/ beside the pipeline].
+    #[arg(long, global = true, env = "MIPIPE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text (for `run`: one event per line).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which pipeline, with which overrides.
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// The pipeline file.
+    #[arg(default_value = "mipipe.yaml", value_name = "PIPELINE")]
+    pub pipeline: PathBuf,
+
+    /// Override a param before hashing: `STAGE.PARAM=VALUE` or `vars.NAME=VALUE` (YAML value).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the stages that are not cached, in parallel, and update the lockfile.
+    ///
+    /// A stage runs when no cache entry matches its key; `mipipe status` says why. A stage
+    /// whose inputs come out byte-identical to last time is not rerun downstream.
+    Run(RunArgs),
+    /// Show every stage: cached, or will run and why. Runs nothing.
+    Status(StatusArgs),
+    /// Print the DAG of stage instances.
+    Dag(DagArgs),
+    /// Show one stage: key, params, inputs and outputs with digests, timing.
+    Show(ShowArgs),
+    /// Print the log of a stage's latest run.
+    Log(ShowArgs),
+    /// Inspect and maintain the cache folder.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// List stage kinds, or document one kind's params.
+    Stages(StagesArgs),
+    /// Run one stage from a serialised job description (used by worker processes and
+    /// cluster jobs; not usually run by hand).
+    #[command(hide = true)]
+    ExecStage(ExecStageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
+    /// Run only these stages and what they depend on (a stage name selects every matrix
+    /// instance; quote instance names: 'train[lr=0.1]').
+    #[arg(long = "target", short = 't', value_name = "STAGE")]
+    pub targets: Vec<String>,
+
+    /// Rerun these stages even if cached (their dependents rerun only if outputs change).
+    #[arg(long = "force", short = 'f', value_name = "STAGE", num_args = 0..)]
+    pub force: Option<Vec<String>>,
+
+    /// Print the plan and run nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+
+    /// CPU slots: how many CPU stages run at once [default: number of cores].
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// GPU device slots; a stage with `resources: {gpus: K}` takes K of them and gets
+    /// `CUDA_VISIBLE_DEVICES` [default: GPUs visible to this process].
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<usize>,
+
+    /// After a failure, keep running every stage that does not depend on it.
+    #[arg(long, short = 'k')]
+    pub keep_going: bool,
+
+    /// Run every stage in its own worker process (`mipipe exec-stage`) for crash isolation.
+    #[arg(long)]
+    pub isolate: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Only these stages and what they depend on.
+    #[arg(long = "target", short = 't', value_name = "STAGE")]
+    pub targets: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DagFormat {
+    /// Indented text.
+    Text,
+    /// Graphviz dot.
+    Dot,
+    /// Mermaid flowchart.
+    Mermaid,
+}
+
+#[derive(Args, Debug)]
+pub struct DagArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DagFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Stage instance name (or a stage name without a matrix).
+    pub stage: String,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Disk usage per area of the cache.
+    Du(CacheArgs),
+    /// Remove entries and objects no lockfile and no recent run references.
+    Gc(GcArgs),
+    /// Re-hash every object; move corrupt ones to quarantine and drop entries naming them.
+    Verify(CacheArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// A pipeline whose folder locates the default cache.
+    #[arg(default_value = "mipipe.yaml", value_name = "PIPELINE")]
+    pub pipeline: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Pipelines whose lockfiles name what to keep (every stage they record is kept).
+    #[arg(default_value = "mipipe.yaml", value_name = "PIPELINE")]
+    pub pipelines: Vec<PathBuf>,
+    /// Also keep entries written in the last DAYS days.
+    #[arg(long, default_value_t = 7.0, value_name = "DAYS")]
+    pub keep_recent: f64,
+    /// Only report what would be removed.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StagesArgs {
+    /// A kind to document.
+    pub kind: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecStageArgs {
+    /// The job description (JSON) written by the engine.
+    pub job: PathBuf,
+}

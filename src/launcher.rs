@@ -1,0 +1,81 @@
+//! Runs a stage in a worker process: this same binary, `mipipe exec-stage JOB`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mipipe_engine::{Job, StageError, WorkerLauncher};
+
+/// Spawns `mipipe exec-stage` for each job.
+pub struct SubprocessLauncher {
+    program: PathBuf,
+}
+
+impl SubprocessLauncher {
+    /// Uses the running executable.
+    pub fn current() -> std::io::Result<Self> {
+        Ok(Self {
+            program: std::env::current_exe()?,
+        })
+    }
+}
+
+impl WorkerLauncher for SubprocessLauncher {
+    fn launch(&self, job: &Job, job_file: &Path, cancel: &AtomicBool) -> Result<(), StageError> {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let log = mipipe_open_append(&job.log)?;
+        let mut child = Command::new(&self.program)
+            .arg("exec-stage")
+            .arg(job_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(env)?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| StageError::environment(format!("Cannot start worker `{}`: {e}", self.program.display())))?;
+        let pid = child.id() as libc::pid_t;
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(child.wait());
+        });
+        let mut signalled = false;
+        let status = loop {
+            match receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(status) => break status.map_err(env)?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if cancel.load(Ordering::Relaxed) && !signalled {
+                        // SAFETY: signalling our own child's process group.
+                        unsafe { libc::kill(-pid, libc::SIGTERM) };
+                        signalled = true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(StageError::environment("Lost track of the worker process"))
+                }
+            }
+        };
+        match (status.code(), status.signal()) {
+            (Some(0), _) => Ok(()),
+            (Some(3), _) => Err(StageError::environment("The worker hit an environment error; see the log")),
+            (Some(code), _) => Err(StageError::failed(format!("Worker exited with status {code}; see the log"))),
+            (None, Some(signal)) => Err(StageError::failed(format!(
+                "Worker was killed by signal {signal} (crash or out of memory); see the log"
+            ))),
+            _ => Err(StageError::failed("Worker failed")),
+        }
+    }
+}
+
+fn env(e: std::io::Error) -> StageError {
+    StageError::environment(e.to_string())
+}
+
+fn mipipe_open_append(path: &Path) -> Result<std::fs::File, StageError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| StageError::environment(format!("Cannot open log `{}`: {e}", path.display())))
+}
