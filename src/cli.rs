@@ -8,14 +8,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// its resolved params and the content of its inputs, results are stored content-addressed,
 /// and only what changed runs again.
 #[derive(Parser, Debug)]
-#[command(name = "mipipe", version, propagate_version = true, after_help = "\
+#[command(
+    name = "mipipe",
+    version,
+    propagate_version = true,
+    after_help = "\
 Examples:
   mipipe run                          run mipipe.yaml in this folder
   mipipe run pipelines/quick.yaml -j 2
   mipipe status --set train.lr=0.01   what would rerun if lr changed, and why
   mipipe dag --format mermaid         draw the DAG
   mipipe show 'train[lr=0.1,seed=1]'  key, params, inputs and outputs of one stage
-  mipipe cache gc --dry-run           what garbage collection would remove")]
+  mipipe cache gc --dry-run           what garbage collection would remove"
+)]
 pub struct Cli {
     /// Where cached results live [default: .mipipe/ beside the pipeline].
     #[arg(long, global = true, env = "MIPIPE_CACHE_DIR", value_name = "DIR")]

@@ -61,7 +61,10 @@ fn select(pipeline: &Pipeline, names: &[String], flag: &str) -> Result<Vec<usize
                 None => "`mipipe dag` lists every stage".to_string(),
             };
             return Err(CliError::Usage {
-                message: format!("`{flag} {name}` names no stage of `{}`", pipeline.path.display()),
+                message: format!(
+                    "`{flag} {name}` names no stage of `{}`",
+                    pipeline.path.display()
+                ),
                 help: Some(help),
             });
         }
@@ -80,7 +83,10 @@ fn selection(pipeline: &Pipeline, targets: &[String]) -> Result<BTreeSet<usize>,
 fn default_gpus() -> usize {
     if let Some(visible) = std::env::var_os("CUDA_VISIBLE_DEVICES") {
         let visible = visible.to_string_lossy().to_string();
-        return visible.split(',').filter(|s| !s.trim().is_empty() && s.trim() != "-1").count();
+        return visible
+            .split(',')
+            .filter(|s| !s.trim().is_empty() && s.trim() != "-1")
+            .count();
     }
     std::fs::read_dir("/dev")
         .map(|entries| {
@@ -88,14 +94,20 @@ fn default_gpus() -> usize {
                 .flatten()
                 .filter(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_prefix("nvidia").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    name.strip_prefix("nvidia")
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
                 })
                 .count()
         })
         .unwrap_or(0)
 }
 
-fn run(args: crate::cli::RunArgs, cache_dir: Option<PathBuf>, json: bool, style: Style) -> Result<(), CliError> {
+fn run(
+    args: crate::cli::RunArgs,
+    cache_dir: Option<PathBuf>,
+    json: bool,
+    style: Style,
+) -> Result<(), CliError> {
     let pipeline = load(&args.pipeline)?;
     let selected = selection(&pipeline, &args.targets)?;
     let forced: BTreeSet<usize> = match &args.force {
@@ -127,7 +139,9 @@ fn run(args: crate::cli::RunArgs, cache_dir: Option<PathBuf>, json: bool, style:
     let launcher = SubprocessLauncher::current()
         .map_err(|e| CliError::Environment(format!("Cannot locate the mipipe executable: {e}")))?;
     let options = RunOptions {
-        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         gpus: args.gpus.unwrap_or_else(default_gpus),
         keep_going: args.keep_going,
         forced,
@@ -151,7 +165,12 @@ fn run(args: crate::cli::RunArgs, cache_dir: Option<PathBuf>, json: bool, style:
         }
         eprintln!("{line}");
         for (name, outcome) in &summary.outcomes {
-            if let Outcome::Failed { error, log: Some(log), .. } = outcome {
+            if let Outcome::Failed {
+                error,
+                log: Some(log),
+                ..
+            } = outcome
+            {
                 eprintln!("\n{} {name}: {error}", style.red("FAILED"));
                 print_log_tail(log, 20);
             }
@@ -163,7 +182,10 @@ fn run(args: crate::cli::RunArgs, cache_dir: Option<PathBuf>, json: bool, style:
         );
     }
     if cancel.load(Ordering::SeqCst) {
-        return Err(CliError::StagesFailed("Interrupted; nothing partial was cached".into(), 130));
+        return Err(CliError::StagesFailed(
+            "Interrupted; nothing partial was cached".into(),
+            130,
+        ));
     }
     if failed > 0 {
         let classes: Vec<ErrorClass> = summary
@@ -181,13 +203,18 @@ fn run(args: crate::cli::RunArgs, cache_dir: Option<PathBuf>, json: bool, style:
         } else {
             3
         };
-        return Err(CliError::StagesFailed(format!("{failed} stage(s) failed"), code));
+        return Err(CliError::StagesFailed(
+            format!("{failed} stage(s) failed"),
+            code,
+        ));
     }
     Ok(())
 }
 
 fn print_log_tail(log: &Path, lines: usize) {
-    let Ok(text) = std::fs::read_to_string(log) else { return };
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
     if start > 0 {
@@ -200,7 +227,10 @@ fn print_log_tail(log: &Path, lines: usize) {
 
 fn print_plan(plan: &mipipe_engine::Plan, json: bool, style: Style) -> Result<(), CliError> {
     if json {
-        println!("{}", serde_json::to_string_pretty(plan).expect("plans serialise"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(plan).expect("plans serialise")
+        );
         return Ok(());
     }
     for warning in &plan.warnings {
@@ -212,7 +242,11 @@ fn print_plan(plan: &mipipe_engine::Plan, json: bool, style: Style) -> Result<()
             StageStatus::Cached { .. } => println!("  {}  {name}", style.dim("cached  ")),
             StageStatus::WillRun { reasons, .. } => {
                 let why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
-                println!("  {}  {name:<width$}  {}", style.yellow("will run"), why.join("; "));
+                println!(
+                    "  {}  {name:<width$}  {}",
+                    style.yellow("will run"),
+                    why.join("; ")
+                );
             }
         }
     }
@@ -221,7 +255,13 @@ fn print_plan(plan: &mipipe_engine::Plan, json: bool, style: Style) -> Result<()
     Ok(())
 }
 
-fn status(args: &PipelineArgs, targets: &[String], cache_dir: Option<PathBuf>, json: bool, style: Style) -> Result<(), CliError> {
+fn status(
+    args: &PipelineArgs,
+    targets: &[String],
+    cache_dir: Option<PathBuf>,
+    json: bool,
+    style: Style,
+) -> Result<(), CliError> {
     let pipeline = load(args)?;
     let selected = selection(&pipeline, targets)?;
     let cache = open_cache(&args.pipeline, cache_dir)?;
@@ -246,7 +286,11 @@ fn dag(args: &PipelineArgs, format: DagFormat) -> Result<(), CliError> {
                 let _ = writeln!(out, "{} ({})", stage.name, stage.kind.kind());
                 for (input, ups) in &stage.inputs {
                     for up in ups {
-                        let _ = writeln!(out, "    {input} <- {}.{}", pipeline.stages[up.stage].name, up.output);
+                        let _ = writeln!(
+                            out,
+                            "    {input} <- {}.{}",
+                            pipeline.stages[up.stage].name, up.output
+                        );
                     }
                 }
             }
@@ -254,12 +298,22 @@ fn dag(args: &PipelineArgs, format: DagFormat) -> Result<(), CliError> {
         DagFormat::Dot => {
             out.push_str("digraph mipipe {\n  rankdir=LR;\n  node [shape=box];\n");
             for (i, stage) in pipeline.stages.iter().enumerate() {
-                let _ = writeln!(out, "  {} [label=\"{}\"];", node_id(i), stage.name.replace('"', "\\\""));
+                let _ = writeln!(
+                    out,
+                    "  {} [label=\"{}\"];",
+                    node_id(i),
+                    stage.name.replace('"', "\\\"")
+                );
             }
             for (i, stage) in pipeline.stages.iter().enumerate() {
                 for (input, ups) in &stage.inputs {
                     for up in ups {
-                        let _ = writeln!(out, "  {} -> {} [label=\"{input}\"];", node_id(up.stage), node_id(i));
+                        let _ = writeln!(
+                            out,
+                            "  {} -> {} [label=\"{input}\"];",
+                            node_id(up.stage),
+                            node_id(i)
+                        );
                     }
                 }
             }
@@ -268,12 +322,18 @@ fn dag(args: &PipelineArgs, format: DagFormat) -> Result<(), CliError> {
         DagFormat::Mermaid => {
             out.push_str("flowchart LR\n");
             for (i, stage) in pipeline.stages.iter().enumerate() {
-                let _ = writeln!(out, "  {}[\"{}\"]", node_id(i), stage.name.replace('"', "#quot;"));
+                let _ = writeln!(
+                    out,
+                    "  {}[\"{}\"]",
+                    node_id(i),
+                    stage.name.replace('"', "#quot;")
+                );
             }
             for (i, stage) in pipeline.stages.iter().enumerate() {
                 for (input, ups) in &stage.inputs {
                     for up in ups {
-                        let _ = writeln!(out, "  {} -->|{input}| {}", node_id(up.stage), node_id(i));
+                        let _ =
+                            writeln!(out, "  {} -->|{input}| {}", node_id(up.stage), node_id(i));
                     }
                 }
             }
@@ -284,7 +344,12 @@ fn dag(args: &PipelineArgs, format: DagFormat) -> Result<(), CliError> {
 }
 
 /// The current key of one stage (None when an upstream stage must run first).
-fn current_key(pipeline: &Pipeline, cache: &Cache, lock: &Lockfile, index: usize) -> (Option<StageKey>, StageStatus) {
+fn current_key(
+    pipeline: &Pipeline,
+    cache: &Cache,
+    lock: &Lockfile,
+    index: usize,
+) -> (Option<StageKey>, StageStatus) {
     let selected = pipeline.closure(&[index]);
     let plan = plan(pipeline, cache, lock, &selected, &BTreeSet::new());
     let status = plan
@@ -309,15 +374,17 @@ fn one_stage(pipeline: &Pipeline, name: &str) -> Result<usize, CliError> {
         [one] => Ok(*one),
         many => Err(CliError::Usage {
             message: format!("`{name}` has {} matrix instances; name one", many.len()),
-            help: Some(format!(
-                "For example `{}`",
-                pipeline.stages[many[0]].name
-            )),
+            help: Some(format!("For example `{}`", pipeline.stages[many[0]].name)),
         }),
     }
 }
 
-fn show(name: &str, args: &PipelineArgs, cache_dir: Option<PathBuf>, json: bool) -> Result<(), CliError> {
+fn show(
+    name: &str,
+    args: &PipelineArgs,
+    cache_dir: Option<PathBuf>,
+    json: bool,
+) -> Result<(), CliError> {
     let pipeline = load(args)?;
     let index = one_stage(&pipeline, name)?;
     let stage = &pipeline.stages[index];
@@ -340,26 +407,45 @@ fn show(name: &str, args: &PipelineArgs, cache_dir: Option<PathBuf>, json: bool)
             "entry": entry,
             "last_run": last_run.as_ref().and_then(|(_, r)| r.clone()),
         });
-        println!("{}", serde_json::to_string_pretty(&value).expect("serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serialises")
+        );
         return Ok(());
     }
     let mut out = String::new();
     let _ = writeln!(out, "stage    {}", stage.name);
-    let _ = writeln!(out, "kind     {} v{}", stage.kind.kind(), stage.kind.version());
+    let _ = writeln!(
+        out,
+        "kind     {} v{}",
+        stage.kind.kind(),
+        stage.kind.version()
+    );
     if let Some(d) = &stage.description {
         let _ = writeln!(out, "about    {d}");
     }
-    let _ = writeln!(out, "key      {}", key.map_or("(known once upstream stages run)".into(), |k| k.to_hex()));
+    let _ = writeln!(
+        out,
+        "key      {}",
+        key.map_or("(known once upstream stages run)".into(), |k| k.to_hex())
+    );
     let state = match &status {
         StageStatus::Cached { .. } => "cached".to_string(),
         StageStatus::WillRun { reasons, .. } => format!(
             "will run: {}",
-            reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            reasons
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     };
     let _ = writeln!(out, "status   {state}");
     let _ = writeln!(out, "params");
-    for line in serde_json::to_string_pretty(&stage.params).unwrap_or_default().lines() {
+    for line in serde_json::to_string_pretty(&stage.params)
+        .unwrap_or_default()
+        .lines()
+    {
         let _ = writeln!(out, "  {line}");
     }
     let _ = writeln!(out, "inputs");
@@ -370,7 +456,11 @@ fn show(name: &str, args: &PipelineArgs, cache_dir: Option<PathBuf>, json: bool)
                 .and_then(|e| e.inputs.get(input))
                 .map(|d| d.iter().map(|d| d.short()).collect::<Vec<_>>().join(","))
                 .unwrap_or_else(|| "?".into());
-            let _ = writeln!(out, "  {input:<12} {}.{}  {digest}", pipeline.stages[up.stage].name, up.output);
+            let _ = writeln!(
+                out,
+                "  {input:<12} {}.{}  {digest}",
+                pipeline.stages[up.stage].name, up.output
+            );
         }
     }
     for dep in &stage.workspace_deps {
@@ -385,7 +475,18 @@ fn show(name: &str, args: &PipelineArgs, cache_dir: Option<PathBuf>, json: bool)
     for spec in &stage.outputs {
         match entry.as_ref().and_then(|e| e.outputs.get(&spec.name)) {
             Some(o) => {
-                let _ = writeln!(out, "  {:<12} {}  {} bytes  {}", spec.name, o.digest.to_hex(), o.size, cache.store().materialize(o).map(|p| p.display().to_string()).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {}  {} bytes  {}",
+                    spec.name,
+                    o.digest.to_hex(),
+                    o.size,
+                    cache
+                        .store()
+                        .materialize(o)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
             }
             None => {
                 let _ = writeln!(out, "  {:<12} (not computed)", spec.name);
@@ -393,10 +494,19 @@ fn show(name: &str, args: &PipelineArgs, cache_dir: Option<PathBuf>, json: bool)
         }
     }
     if let Some(entry) = &entry {
-        let _ = writeln!(out, "timing   {:.2}s (computed at unix time {})", entry.duration_ms as f64 / 1000.0, entry.created_unix);
+        let _ = writeln!(
+            out,
+            "timing   {:.2}s (computed at unix time {})",
+            entry.duration_ms as f64 / 1000.0,
+            entry.created_unix
+        );
     }
     if let Some((dir, record)) = &last_run {
-        let outcome = record.as_ref().map_or("unfinished (killed?)".to_string(), |r| format!("{:?}", r.outcome).to_lowercase());
+        let outcome = record
+            .as_ref()
+            .map_or("unfinished (killed?)".to_string(), |r| {
+                format!("{:?}", r.outcome).to_lowercase()
+            });
         let _ = writeln!(out, "last run {outcome}, log {}", dir.join("log").display());
     }
     print!("{out}");
@@ -410,7 +520,9 @@ fn log(name: &str, args: &PipelineArgs, cache_dir: Option<PathBuf>) -> Result<()
     let (lock, _) = Lockfile::read(&Lockfile::path_for(&args.pipeline));
     let (key, _) = current_key(&pipeline, &cache, &lock, index);
     let stage_name = &pipeline.stages[index].name;
-    let candidates = key.into_iter().chain(lock.stages.get(stage_name).map(|e| e.key));
+    let candidates = key
+        .into_iter()
+        .chain(lock.stages.get(stage_name).map(|e| e.key));
     for key in candidates {
         if let Some((dir, _)) = cache.runs().latest(&key) {
             let text = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
@@ -439,7 +551,11 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn cache_command(command: CacheCommand, cache_dir: Option<PathBuf>, json: bool) -> Result<(), CliError> {
+fn cache_command(
+    command: CacheCommand,
+    cache_dir: Option<PathBuf>,
+    json: bool,
+) -> Result<(), CliError> {
     match command {
         CacheCommand::Du(args) => {
             let cache = open_cache(&args.pipeline, cache_dir)?;
@@ -450,7 +566,10 @@ fn cache_command(command: CacheCommand, cache_dir: Option<PathBuf>, json: bool) 
                     .iter()
                     .map(|(a, f, b)| serde_json::json!({"area": a, "files": f, "bytes": b}))
                     .collect();
-                println!("{}", serde_json::json!({"cache": cache.root(), "areas": areas}));
+                println!(
+                    "{}",
+                    serde_json::json!({"cache": cache.root(), "areas": areas})
+                );
                 return Ok(());
             }
             println!("cache {}", cache.root().display());
@@ -459,11 +578,20 @@ fn cache_command(command: CacheCommand, cache_dir: Option<PathBuf>, json: bool) 
                 total += bytes;
                 println!("  {area:<11} {files:>8} files  {:>10}", human_bytes(*bytes));
             }
-            println!("  {:<11} {:>8}        {:>10}", "total", "", human_bytes(total));
+            println!(
+                "  {:<11} {:>8}        {:>10}",
+                "total",
+                "",
+                human_bytes(total)
+            );
             Ok(())
         }
         CacheCommand::Gc(args) => {
-            let first = args.pipelines.first().cloned().unwrap_or_else(|| PathBuf::from("mipipe.yaml"));
+            let first = args
+                .pipelines
+                .first()
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from("mipipe.yaml"));
             let cache = open_cache(&first, cache_dir)?;
             let mut roots = BTreeSet::new();
             for pipeline in &args.pipelines {
@@ -489,7 +617,11 @@ fn cache_command(command: CacheCommand, cache_dir: Option<PathBuf>, json: bool) 
                     serde_json::json!({"dry_run": args.dry_run, "entries": report.entries, "objects": report.objects, "runs": report.runs, "bytes": report.bytes})
                 );
             } else {
-                let verb = if args.dry_run { "would remove" } else { "removed" };
+                let verb = if args.dry_run {
+                    "would remove"
+                } else {
+                    "removed"
+                };
                 println!(
                     "{verb} {} cache entries, {} objects, {} run folders ({})",
                     report.entries,
@@ -523,7 +655,11 @@ fn cache_command(command: CacheCommand, cache_dir: Option<PathBuf>, json: bool) 
             if report.quarantined.is_empty() && report.bad_entries.is_empty() {
                 Ok(())
             } else {
-                Err(CliError::StagesFailed("The cache had corrupt entries (now removed; affected stages will rerun)".into(), 1))
+                Err(CliError::StagesFailed(
+                    "The cache had corrupt entries (now removed; affected stages will rerun)"
+                        .into(),
+                    1,
+                ))
             }
         }
     }
@@ -549,7 +685,10 @@ fn stages(kind: Option<&str>, json: bool) -> Result<(), CliError> {
             .iter()
             .map(|k| serde_json::json!({"kind": k.kind(), "version": k.version(), "summary": k.summary(), "params": k.params(), "accepts_extra_params": k.accepts_extra_params()}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&value).expect("serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serialises")
+        );
         return Ok(());
     }
     for k in kinds {
@@ -578,10 +717,14 @@ fn stages(kind: Option<&str>, json: bool) -> Result<(), CliError> {
 }
 
 fn exec_stage(job_file: &Path) -> Result<(), CliError> {
-    let bytes = std::fs::read(job_file)
-        .map_err(|e| CliError::Environment(format!("Cannot read job `{}`: {e}", job_file.display())))?;
+    let bytes = std::fs::read(job_file).map_err(|e| {
+        CliError::Environment(format!("Cannot read job `{}`: {e}", job_file.display()))
+    })?;
     let job: mipipe_engine::Job = serde_json::from_slice(&bytes).map_err(|e| CliError::Usage {
-        message: format!("`{}` is not a mipipe job description: {e}", job_file.display()),
+        message: format!(
+            "`{}` is not a mipipe job description: {e}",
+            job_file.display()
+        ),
         help: None,
     })?;
     let cancel = Arc::new(AtomicBool::new(false));

@@ -34,7 +34,12 @@ impl WorkerLauncher for SubprocessLauncher {
             .stderr(log)
             .process_group(0)
             .spawn()
-            .map_err(|e| StageError::environment(format!("Cannot start worker `{}`: {e}", self.program.display())))?;
+            .map_err(|e| {
+                StageError::environment(format!(
+                    "Cannot start worker `{}`: {e}",
+                    self.program.display()
+                ))
+            })?;
         let pid = child.id() as libc::pid_t;
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
@@ -58,8 +63,12 @@ impl WorkerLauncher for SubprocessLauncher {
         };
         match (status.code(), status.signal()) {
             (Some(0), _) => Ok(()),
-            (Some(3), _) => Err(StageError::environment("The worker hit an environment error; see the log")),
-            (Some(code), _) => Err(StageError::failed(format!("Worker exited with status {code}; see the log"))),
+            (Some(3), _) => Err(StageError::environment(
+                "The worker hit an environment error; see the log",
+            )),
+            (Some(code), _) => Err(StageError::failed(format!(
+                "Worker exited with status {code}; see the log"
+            ))),
             (None, Some(signal)) => Err(StageError::failed(format!(
                 "Worker was killed by signal {signal} (crash or out of memory); see the log"
             ))),

@@ -33,13 +33,17 @@ impl TerminalReporter {
     pub fn new(json: bool, style: Style) -> Self {
         let mode = if json {
             Mode::Json
-        } else if std::io::stderr().is_terminal() && std::env::var_os("MIPIPE_NO_PROGRESS").is_none() {
+        } else if std::io::stderr().is_terminal()
+            && std::env::var_os("MIPIPE_NO_PROGRESS").is_none()
+        {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let overall = multi.add(ProgressBar::new(0));
             overall.set_style(
-                ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} stages  {elapsed_precise} ETA {eta}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>8} [{bar:30}] {pos}/{len} stages  {elapsed_precise} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             overall.set_prefix("mipipe");
             Mode::Bars {
@@ -91,7 +95,10 @@ impl TerminalReporter {
 
     /// Removes the bars before the summary is printed.
     pub fn finish(&self) {
-        if let Mode::Bars { overall, running, .. } = &self.mode {
+        if let Mode::Bars {
+            overall, running, ..
+        } = &self.mode
+        {
             for (_, bar) in running.lock().expect("poisoned").drain() {
                 bar.finish_and_clear();
             }
@@ -141,16 +148,25 @@ impl Reporter for TerminalReporter {
                 );
                 bar.set_message(format!("{stage}: {}", why.join("; ")));
                 bar.enable_steady_tick(Duration::from_millis(120));
-                running.lock().expect("poisoned").insert(stage.to_string(), bar);
+                running
+                    .lock()
+                    .expect("poisoned")
+                    .insert(stage.to_string(), bar);
             }
-            Mode::Lines => self.line(&format!("{} start {stage}: {}", self.counter(), why.join("; "))),
+            Mode::Lines => self.line(&format!(
+                "{} start {stage}: {}",
+                self.counter(),
+                why.join("; ")
+            )),
             Mode::Json => {}
         }
     }
 
     fn on_waiting_for_lock(&self, stage: &str) {
         self.event(json!({"event": "waiting_for_lock", "stage": stage}));
-        self.line(&format!("{stage}: waiting for another mipipe process that is running it"));
+        self.line(&format!(
+            "{stage}: waiting for another mipipe process that is running it"
+        ));
     }
 
     fn on_progress(&self, stage: &str, done: u64, total: u64, message: &str) {
@@ -160,9 +176,11 @@ impl Reporter for TerminalReporter {
                 if bar.length() != Some(total) {
                     bar.set_length(total);
                     bar.set_style(
-                        ProgressStyle::with_template("  {prefix} [{bar:20}] {pos}/{len} {msg} ETA {eta}")
-                            .expect("valid template")
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "  {prefix} [{bar:20}] {pos}/{len} {msg} ETA {eta}",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
                     );
                     bar.set_prefix(stage.to_string());
                 }
@@ -186,8 +204,15 @@ impl Reporter for TerminalReporter {
         self.event(event);
         let counter = self.counter();
         let text = match outcome {
-            Outcome::Executed { .. } => format!("{counter} {} {stage} ({})", self.style.green("ran"), seconds(elapsed)),
-            Outcome::Cached { .. } => format!("{counter} {} {stage} (another process ran it)", self.style.dim("cached")),
+            Outcome::Executed { .. } => format!(
+                "{counter} {} {stage} ({})",
+                self.style.green("ran"),
+                seconds(elapsed)
+            ),
+            Outcome::Cached { .. } => format!(
+                "{counter} {} {stage} (another process ran it)",
+                self.style.dim("cached")
+            ),
             Outcome::Failed { error, log, .. } => {
                 let mut text = format!("{counter} {} {stage}: {error}", self.style.red("FAILED"));
                 if let Some(log) = log {
@@ -195,7 +220,10 @@ impl Reporter for TerminalReporter {
                 }
                 text
             }
-            Outcome::Skipped { cause } => format!("{counter} {} {stage}: {cause}", self.style.yellow("skipped")),
+            Outcome::Skipped { cause } => format!(
+                "{counter} {} {stage}: {cause}",
+                self.style.yellow("skipped")
+            ),
             Outcome::Cancelled => format!("{counter} {} {stage}", self.style.yellow("cancelled")),
         };
         self.line(&text);

@@ -89,15 +89,10 @@ impl ActionCache {
         };
         let entry: ActionEntry = match serde_json::from_slice(&bytes) {
             Ok(entry) => entry,
-            Err(e) => {
-                return Lookup::Corrupt(format!("`{}` does not parse: {e}", path.display()))
-            }
+            Err(e) => return Lookup::Corrupt(format!("`{}` does not parse: {e}", path.display())),
         };
         if entry.key != *key {
-            return Lookup::Corrupt(format!(
-                "`{}` is filed under the wrong key",
-                path.display()
-            ));
+            return Lookup::Corrupt(format!("`{}` is filed under the wrong key", path.display()));
         }
         for (name, output) in &entry.outputs {
             if !store.contains(&output.digest) {

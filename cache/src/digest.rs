@@ -347,7 +347,10 @@ mod tests {
             key_of(&serde_json::json!(1)),
             key_of(&serde_json::json!(1.0))
         );
-        assert_ne!(key_of(&serde_json::json!(1)), key_of(&serde_json::json!("1")));
+        assert_ne!(
+            key_of(&serde_json::json!(1)),
+            key_of(&serde_json::json!("1"))
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub struct FileDigests {
 
 impl FileDigests {
     pub(crate) fn open(cache_root: &Path) -> Self {
-        let path = cache_root.join("state").join("v1").join("file-digests.json");
+        let path = cache_root
+            .join("state")
+            .join("v1")
+            .join("file-digests.json");
         let table = fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Table>(&b).ok())

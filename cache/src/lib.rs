@@ -57,12 +57,11 @@ pub struct Cache {
 impl Cache {
     /// Opens (creating if needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
-        fs::create_dir_all(root.join("tmp"))
-            .map_err(|e| CacheError::Io {
-                action: "creating the cache folder",
-                path: root.to_path_buf(),
-                source: e,
-            })?;
+        fs::create_dir_all(root.join("tmp")).map_err(|e| CacheError::Io {
+            action: "creating the cache folder",
+            path: root.to_path_buf(),
+            source: e,
+        })?;
         let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         Ok(Self {
             store: ObjectStore::new(&root),
@@ -102,6 +101,21 @@ impl Cache {
     /// The stat cache of workspace file digests.
     pub fn file_digests(&self) -> &FileDigests {
         &self.file_digests
+    }
+
+    /// Whether `dest` in the workspace already holds exactly this output (checked through the
+    /// stat cache, so a no-op run re-hashes nothing).
+    pub fn is_copy_current(&self, output: &StoredOutput, dest: &Path) -> bool {
+        match output.kind {
+            OutputKind::File => {
+                dest.is_file() && self.file_digests.digest(dest).ok() == Some(output.digest)
+            }
+            OutputKind::Dir => {
+                dest.is_dir()
+                    && TreeManifest::describe(dest, |p| self.file_digests.digest(p))
+                        .is_ok_and(|m| m.digest() == output.digest)
+            }
+        }
     }
 
     /// A fresh scratch folder on the cache's filesystem, named so `gc` can tell whether its

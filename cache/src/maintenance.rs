@@ -92,7 +92,15 @@ impl Cache {
     /// Sizes of every area of the cache.
     pub fn disk_usage(&self) -> DiskUsage {
         let mut usage = DiskUsage::default();
-        for area in ["objects", "actions", "runs", "trees", "tmp", "state", "quarantine"] {
+        for area in [
+            "objects",
+            "actions",
+            "runs",
+            "trees",
+            "tmp",
+            "state",
+            "quarantine",
+        ] {
             let (files, bytes) = walk_usage(&self.root().join(area));
             usage.areas.push((area.to_string(), files, bytes));
         }
@@ -106,9 +114,7 @@ impl Cache {
         let mut live_objects: BTreeSet<ObjectDigest> = BTreeSet::new();
         for (path, entry) in self.actions().all_entries() {
             let keep = match &entry {
-                Some(entry) => {
-                    policy.roots.contains(&entry.key) || age(&path) < policy.keep_recent
-                }
+                Some(entry) => policy.roots.contains(&entry.key) || age(&path) < policy.keep_recent,
                 None => age(&path) < OBJECT_GRACE,
             };
             if keep {

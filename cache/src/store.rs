@@ -62,6 +62,44 @@ pub struct TreeManifest {
     pub entries: Vec<TreeEntry>,
 }
 
+impl TreeManifest {
+    /// The canonical bytes stored as the tree's object.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("tree manifests always serialise")
+    }
+
+    /// The tree's digest: the digest of its canonical bytes.
+    pub fn digest(&self) -> ObjectDigest {
+        ObjectDigest::of_bytes(&self.to_bytes())
+    }
+
+    /// Describes a directory on disk, taking file digests from `digest_of` (e.g. a stat
+    /// cache). Equal to the manifest `ingest_dir` would store for the same files.
+    pub fn describe(
+        dir: &Path,
+        mut digest_of: impl FnMut(&Path) -> io::Result<ObjectDigest>,
+    ) -> io::Result<Self> {
+        let mut files = Vec::new();
+        collect_files(dir, dir, &mut files)?;
+        files.sort();
+        let mut entries = Vec::with_capacity(files.len());
+        for relative in files {
+            let path = dir.join(&relative);
+            let meta = fs::metadata(&path)?;
+            entries.push(TreeEntry {
+                digest: digest_of(&path)?,
+                size: meta.len(),
+                executable: meta.permissions().mode() & 0o111 != 0,
+                path: relative,
+            });
+        }
+        Ok(Self {
+            version: 1,
+            entries,
+        })
+    }
+}
+
 /// Content-addressed storage of files and trees.
 #[derive(Clone, Debug)]
 pub struct ObjectStore {
@@ -180,8 +218,7 @@ impl ObjectStore {
             version: 1,
             entries,
         };
-        let bytes = serde_json::to_vec(&manifest).expect("tree manifests always serialise");
-        let digest = self.put_bytes(&bytes)?;
+        let digest = self.put_bytes(&manifest.to_bytes())?;
         let _ = fsutil::remove_all(dir);
         Ok((digest, total))
     }
@@ -210,6 +247,7 @@ impl ObjectStore {
         if dest.is_dir() {
             return Ok(dest);
         }
+        // (A checkout is a cache of the manifest; `gc` removes those of dead trees.)
         let manifest = self.read_tree(digest)?;
         fs::create_dir_all(&self.tmp).map_err(|e| CacheError::io("creating", &self.tmp, e))?;
         let staging = self.tmp.join(unique_temp_name("tree"));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use miette::{Diagnostic, LabeledSpan, NamedSource, SourceCode};
 
-use crate::yaml::{Span, Sources};
+use crate::yaml::{Sources, Span};
 
 /// The class of a pipeline error; its code appears in the rendered report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +191,10 @@ impl PipelineError {
 
     /// The individual problems (for tests and `--json`).
     pub fn messages(&self) -> Vec<String> {
-        self.problems.iter().map(|p| p.error.message.clone()).collect()
+        self.problems
+            .iter()
+            .map(|p| p.error.message.clone())
+            .collect()
     }
 
     /// The class of each problem.
@@ -254,7 +257,10 @@ impl Diagnostic for PipelineError {
 }
 
 /// The closest candidate to `word`, if any is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -273,7 +279,10 @@ pub fn suggestion_help<'a>(
     let listed = if all.is_empty() {
         "none".to_string()
     } else {
-        all.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        all.iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     match did_you_mean(word, candidates) {
         Some(best) => format!("Did you mean `{best}`? Valid {what}: {listed}"),

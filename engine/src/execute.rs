@@ -181,22 +181,21 @@ pub fn execute(
             let mut progressed = true;
             while progressed && stop_cause.is_none() {
                 progressed = false;
-                let ready: Vec<usize> = pending
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        pipeline.stages[i]
-                            .inputs
-                            .values()
-                            .flatten()
-                            .all(|u| outcomes[u.stage].as_ref().is_some_and(Outcome::is_success))
-                    })
-                    .collect();
+                let ready: Vec<usize> =
+                    pending
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            pipeline.stages[i].inputs.values().flatten().all(|u| {
+                                outcomes[u.stage].as_ref().is_some_and(Outcome::is_success)
+                            })
+                        })
+                        .collect();
                 for index in ready {
                     let stage = &pipeline.stages[index];
                     if keys[index].is_none() {
                         let digests = upstream_digests(stage, &outputs)
-                            .ok_or_else(|| Reason::NeverRun)
+                            .ok_or(Reason::NeverRun)
                             .and_then(|mut d| {
                                 d.extend(dependency_digests(stage, pipeline, cache)?);
                                 Ok(d)
@@ -244,6 +243,11 @@ pub fn execute(
                                     .flatten()
                                     .any(|u| ran_this_time[u.stage]);
                                 reporter.on_cached(&stage.name, early_cutoff);
+                                if let Err(e) =
+                                    materialize(pipeline, cache, stage, &entry.outputs, true)
+                                {
+                                    reporter.on_warning(&format!("Stage `{}`: {e}", stage.name));
+                                }
                                 outputs[index] = Some(entry.outputs);
                                 outcomes[index] = Some(Outcome::Cached { key, early_cutoff });
                                 pending.remove(&index);
@@ -287,11 +291,12 @@ pub fn execute(
                     let inputs = input_paths(stage, &outputs, cache);
                     let sender = sender.clone();
                     let cancel = options.cancel.clone();
-                    let launcher = if options.isolate_all || stage.kind.wants_worker_process(&stage.params) {
-                        options.launcher.clone()
-                    } else {
-                        None
-                    };
+                    let launcher =
+                        if options.isolate_all || stage.kind.wants_worker_process(&stage.params) {
+                            options.launcher.clone()
+                        } else {
+                            None
+                        };
                     let digests = inputs_of[index].clone().unwrap_or_default();
                     let reporter = reporter.clone();
                     scope.spawn(move || {
@@ -333,7 +338,10 @@ pub fn execute(
                 Ok(finished) => {
                     outputs[done.index] = Some(finished.outputs);
                     if finished.found_in_cache {
-                        Outcome::Cached { key, early_cutoff: false }
+                        Outcome::Cached {
+                            key,
+                            early_cutoff: false,
+                        }
                     } else {
                         ran_this_time[done.index] = true;
                         Outcome::Executed {
@@ -397,7 +405,9 @@ pub fn execute(
             if !outcomes[index].as_ref().is_some_and(Outcome::is_success) || !stage.cache {
                 continue;
             }
-            let (Some(key), Some(inputs), Some(outs)) = (keys[index], &inputs_of[index], &outputs[index]) else {
+            let (Some(key), Some(inputs), Some(outs)) =
+                (keys[index], &inputs_of[index], &outputs[index])
+            else {
                 continue;
             };
             lock.stages.insert(
@@ -425,7 +435,9 @@ pub fn execute(
             .map(|&i| {
                 (
                     pipeline.stages[i].name.clone(),
-                    outcomes[i].clone().unwrap_or(Outcome::Skipped { cause: "not run".into() }),
+                    outcomes[i].clone().unwrap_or(Outcome::Skipped {
+                        cause: "not run".into(),
+                    }),
                 )
             })
             .collect(),
@@ -437,14 +449,21 @@ fn lockfile_lock_name(lock_path: &Path) -> String {
     let absolute = fs::canonicalize(lock_path.parent().unwrap_or(Path::new(".")))
         .unwrap_or_default()
         .join(lock_path.file_name().unwrap_or_default());
-    format!("lockfile-{}", &blake_hex(absolute.to_string_lossy().as_bytes())[..16])
+    format!(
+        "lockfile-{}",
+        &blake_hex(absolute.to_string_lossy().as_bytes())[..16]
+    )
 }
 
 fn blake_hex(bytes: &[u8]) -> String {
     mipipe_cache::ObjectDigest::of_bytes(bytes).to_hex()
 }
 
-fn first_failed_upstream(pipeline: &Pipeline, index: usize, outcomes: &[Option<Outcome>]) -> Option<String> {
+fn first_failed_upstream(
+    pipeline: &Pipeline,
+    index: usize,
+    outcomes: &[Option<Outcome>],
+) -> Option<String> {
     let mut stack = vec![index];
     let mut seen = BTreeSet::new();
     while let Some(i) = stack.pop() {
@@ -505,7 +524,18 @@ fn env_error(e: impl std::fmt::Display) -> (Option<PathBuf>, StageError) {
 
 /// Runs one stage under its key's lock and commits its outputs.
 fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, StageError)> {
-    let RunOne { pipeline, cache, stage, key, digests, inputs, gpus, cancel, launcher, reporter } = job;
+    let RunOne {
+        pipeline,
+        cache,
+        stage,
+        key,
+        digests,
+        inputs,
+        gpus,
+        cancel,
+        launcher,
+        reporter,
+    } = job;
     let _guard = match cache.locks().try_lock_stage(&key).map_err(env_error)? {
         Some(guard) => guard,
         None => {
@@ -514,8 +544,11 @@ fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, StageError)> {
             // The other process may have finished the very same work.
             if stage.cache {
                 if let Lookup::Hit(entry) = cache.actions().lookup(&key, cache.store()) {
-                    materialize(pipeline, cache, stage, &entry.outputs).map_err(env_error)?;
-                    return Ok(Finished { outputs: entry.outputs, found_in_cache: true });
+                    materialize(pipeline, cache, stage, &entry.outputs, true).map_err(env_error)?;
+                    return Ok(Finished {
+                        outputs: entry.outputs,
+                        found_in_cache: true,
+                    });
                 }
             }
             guard
@@ -537,16 +570,25 @@ fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, StageError)> {
             executor: "local".into(),
         });
     };
-    let result = execute_in_scratch(pipeline, cache, stage, key, &digests, inputs, gpus, &cancel, launcher, &log_path, reporter);
+    let result = execute_in_scratch(
+        pipeline, cache, stage, key, &digests, inputs, gpus, &cancel, launcher, &log_path, reporter,
+    );
     match result {
         Ok(outputs) => {
             finish(RunOutcome::Succeeded, None);
-            Ok(Finished { outputs, found_in_cache: false })
+            Ok(Finished {
+                outputs,
+                found_in_cache: false,
+            })
         }
         Err(error) => {
             let cancelled = cancel.load(Ordering::Relaxed);
             finish(
-                if cancelled { RunOutcome::Cancelled } else { RunOutcome::Failed },
+                if cancelled {
+                    RunOutcome::Cancelled
+                } else {
+                    RunOutcome::Failed
+                },
                 Some(error.message().to_string()),
             );
             Err((Some(log_path), error))
@@ -574,7 +616,9 @@ fn execute_in_scratch(
         .map_err(|e| StageError::environment(e.to_string()))?;
     let cleanup = ScratchGuard(scratch.clone());
     let out_dir = scratch.join("out");
-    fs::create_dir_all(&out_dir).map_err(|e| StageError::environment(format!("Cannot create `{}`: {e}", out_dir.display())))?;
+    fs::create_dir_all(&out_dir).map_err(|e| {
+        StageError::environment(format!("Cannot create `{}`: {e}", out_dir.display()))
+    })?;
     let mut outputs = BTreeMap::new();
     for spec in &stage.outputs {
         let path = out_dir.join(&spec.file_name);
@@ -607,14 +651,23 @@ fn execute_in_scratch(
     match launcher {
         Some(launcher) => {
             let job_file = scratch.join("job.json");
-            fs::write(&job_file, serde_json::to_vec_pretty(&job).expect("jobs serialise"))
-                .map_err(|e| StageError::environment(format!("Cannot write `{}`: {e}", job_file.display())))?;
+            fs::write(
+                &job_file,
+                serde_json::to_vec_pretty(&job).expect("jobs serialise"),
+            )
+            .map_err(|e| {
+                StageError::environment(format!("Cannot write `{}`: {e}", job_file.display()))
+            })?;
             launcher.launch(&job, &job_file, cancel)?;
         }
         None => {
-            let log = open_log(log_path)
-                .map_err(|e| StageError::environment(format!("Cannot open log `{}`: {e}", log_path.display())))?;
-            let progress: Arc<dyn ProgressSink> = Arc::new(ProgressForward { stage: stage.name.clone(), reporter });
+            let log = open_log(log_path).map_err(|e| {
+                StageError::environment(format!("Cannot open log `{}`: {e}", log_path.display()))
+            })?;
+            let progress: Arc<dyn ProgressSink> = Arc::new(ProgressForward {
+                stage: stage.name.clone(),
+                reporter,
+            });
             let ctx = job.context(log, cancel.clone(), Some(progress));
             stage.kind.run(&stage.params, &ctx)?;
         }
@@ -631,7 +684,14 @@ fn execute_in_scratch(
             OutputKind::Dir => cache.store().ingest_dir(path),
         }
         .map_err(|e| StageError::environment(e.to_string()))?;
-        stored.insert(spec.name.clone(), StoredOutput { kind: spec.kind, digest, size });
+        stored.insert(
+            spec.name.clone(),
+            StoredOutput {
+                kind: spec.kind,
+                digest,
+                size,
+            },
+        );
     }
     if stage.cache {
         let entry = ActionEntry {
@@ -646,9 +706,13 @@ fn execute_in_scratch(
             created_unix: now_unix_ms() / 1000,
             duration_ms: started.elapsed().as_millis() as u64,
         };
-        cache.actions().insert(&entry).map_err(|e| StageError::environment(e.to_string()))?;
+        cache
+            .actions()
+            .insert(&entry)
+            .map_err(|e| StageError::environment(e.to_string()))?;
     }
-    materialize(pipeline, cache, stage, &stored).map_err(|e| StageError::environment(e.to_string()))?;
+    materialize(pipeline, cache, stage, &stored, false)
+        .map_err(|e| StageError::environment(e.to_string()))?;
     drop(cleanup);
     Ok(stored)
 }
@@ -662,14 +726,22 @@ fn check_outputs(stage: &ResolvedStage, out_dir: &Path) -> Result<(), StageError
             OutputKind::Dir => path.is_dir(),
         };
         if !ok {
-            let what = if spec.kind == OutputKind::File { "file" } else { "directory" };
+            let what = if spec.kind == OutputKind::File {
+                "file"
+            } else {
+                "directory"
+            };
             return Err(StageError::failed(format!(
                 "Stage `{}` did not write its declared output `{}` (a {what} named `{}`)",
                 stage.name, spec.name, spec.file_name
             )));
         }
     }
-    let declared: BTreeSet<PathBuf> = stage.outputs.iter().map(|o| out_dir.join(&o.file_name)).collect();
+    let declared: BTreeSet<PathBuf> = stage
+        .outputs
+        .iter()
+        .map(|o| out_dir.join(&o.file_name))
+        .collect();
     let mut stray = Vec::new();
     collect_stray(out_dir, &declared, &mut stray);
     if let Some(first) = stray.first() {
@@ -683,7 +755,9 @@ fn check_outputs(stage: &ResolvedStage, out_dir: &Path) -> Result<(), StageError
 }
 
 fn collect_stray(dir: &Path, declared: &BTreeSet<PathBuf>, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if declared.contains(&path) {
@@ -697,16 +771,22 @@ fn collect_stray(dir: &Path, declared: &BTreeSet<PathBuf>, out: &mut Vec<PathBuf
     }
 }
 
-/// Copies outputs named in `materialize:` into the workspace.
+/// Copies outputs named in `materialize:` into the workspace; with `only_if_stale`, leaves
+/// copies that already match alone (a cached stage whose copy was deleted or edited gets it
+/// back).
 pub(crate) fn materialize(
     pipeline: &Pipeline,
     cache: &Cache,
     stage: &ResolvedStage,
     outputs: &BTreeMap<String, StoredOutput>,
+    only_if_stale: bool,
 ) -> Result<(), mipipe_cache::CacheError> {
     for (name, dest) in &stage.materialize {
         if let Some(output) = outputs.get(name) {
-            cache.store().copy_out(output, &pipeline.workspace.join(dest))?;
+            let dest = pipeline.workspace.join(dest);
+            if !(only_if_stale && cache.is_copy_current(output, &dest)) {
+                cache.store().copy_out(output, &dest)?;
+            }
         }
     }
     Ok(())

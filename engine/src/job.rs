@@ -73,8 +73,9 @@ pub fn run_job(registry: &Registry, job: &Job, cancel: Arc<AtomicBool>) -> Resul
             job.kind_version
         )));
     }
-    let log = open_log(&job.log)
-        .map_err(|e| StageError::environment(format!("Cannot open log `{}`: {e}", job.log.display())))?;
+    let log = open_log(&job.log).map_err(|e| {
+        StageError::environment(format!("Cannot open log `{}`: {e}", job.log.display()))
+    })?;
     let ctx = job.context(log, cancel, None);
     kind.run(&job.params, &ctx)
 }

@@ -29,7 +29,9 @@ pub use execute::{execute, Outcome, RunOptions, RunSummary};
 pub use job::{run_job, Job, WorkerLauncher};
 pub use lockfile::{LockEntry, Lockfile};
 pub use pipeline::{LoadError, LoadOptions, Pipeline, ResolvedStage, Upstream};
-pub use plan::{dependency_input_name, plan, stage_key, stage_seed, InputDigests, Plan, Reason, StageStatus};
+pub use plan::{
+    dependency_input_name, plan, stage_key, stage_seed, InputDigests, Plan, Reason, StageStatus,
+};
 pub use reporter::{Reporter, SilentReporter};
 pub use stage::{
     ErrorClass, OutputKind, OutputSpec, ParamDoc, ParamError, ProgressSink, Registry, Resources,

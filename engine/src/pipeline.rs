@@ -129,18 +129,28 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Reads and resolves a pipeline file.
-    pub fn load(path: &Path, registry: &Registry, options: &LoadOptions) -> Result<Self, LoadError> {
+    pub fn load(
+        path: &Path,
+        registry: &Registry,
+        options: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let workspace = crate::fsutil::parent_dir(path);
-        Self::from_text(&path.display().to_string(), &text, &workspace, registry, options)
-            .map(|mut p| {
-                p.path = path.to_path_buf();
-                p
-            })
-            .map_err(LoadError::Invalid)
+        Self::from_text(
+            &path.display().to_string(),
+            &text,
+            &workspace,
+            registry,
+            options,
+        )
+        .map(|mut p| {
+            p.path = path.to_path_buf();
+            p
+        })
+        .map_err(LoadError::Invalid)
     }
 
     /// Resolves pipeline text; `name` is shown in diagnostics.
@@ -214,6 +224,9 @@ impl Pipeline {
     }
 }
 
+/// A stage's `inputs:` as written: input name -> reference nodes.
+type RawInputs = Vec<(Node, Vec<Node>)>;
+
 /// The pipeline file as written, with nodes everywhere.
 struct RawStage {
     name: String,
@@ -223,7 +236,7 @@ struct RawStage {
     params: Vec<(Node, Node)>,
     params_span: Span,
     matrix: Option<Node>,
-    inputs: Vec<(Node, Vec<Node>)>,
+    inputs: RawInputs,
     resources: Option<Node>,
     cache: Option<Node>,
     materialize: Vec<(Node, Node)>,
@@ -275,6 +288,19 @@ impl Resolver<'_> {
         self.errors.push(error);
     }
 
+    /// The span of `needle` inside the source text of `span`, or `span` itself when the text
+    /// there differs (escapes, folded block scalars).
+    fn span_within(&self, span: Span, needle: &str) -> Span {
+        let text = &self.sources.get(span.source).text;
+        text.get(span.offset..span.offset + span.len)
+            .and_then(|slice| slice.find(needle))
+            .map_or(span, |at| Span {
+                source: span.source,
+                offset: span.offset + at,
+                len: needle.len(),
+            })
+    }
+
     fn check_keys(&mut self, node: &Node, allowed: &[&str], what: &str) {
         let Some(entries) = node.as_map() else { return };
         for (key, _) in entries {
@@ -287,7 +313,11 @@ impl Resolver<'_> {
                         key.span,
                         "not a known key",
                     )
-                    .with_help(suggestion_help(&text, "keys", allowed.iter().copied())),
+                    .with_help(suggestion_help(
+                        &text,
+                        "keys",
+                        allowed.iter().copied(),
+                    )),
                 );
             }
         }
@@ -305,14 +335,20 @@ impl Resolver<'_> {
                         node.span,
                         "expected `key: value` pairs",
                     )
-                    .with_help(format!("Write {what} as an indented block of `key: value` lines")),
+                    .with_help(format!(
+                        "Write {what} as an indented block of `key: value` lines"
+                    )),
                 );
                 None
             }
         }
     }
 
-    fn run(&mut self, file: SourceId, overrides: &[(SourceId, String)]) -> Option<Vec<ResolvedStage>> {
+    fn run(
+        &mut self,
+        file: SourceId,
+        overrides: &[(SourceId, String)],
+    ) -> Option<Vec<ResolvedStage>> {
         let root = match yaml::parse(self.sources, file) {
             Ok(root) => root,
             Err(e) => {
@@ -351,7 +387,10 @@ impl Resolver<'_> {
                 err(
                     SpecErrorKind::Schema,
                     "The pipeline has no `version:`",
-                    Span { len: 0, ..root.span },
+                    Span {
+                        len: 0,
+                        ..root.span
+                    },
                     "add it here",
                 )
                 .with_help("Add `version: 1` at the top of the file"),
@@ -407,7 +446,11 @@ impl Resolver<'_> {
                         key.span,
                         "no such stage",
                     )
-                    .with_help(suggestion_help(target, "stages (or `vars`)", names.iter().copied())),
+                    .with_help(suggestion_help(
+                        target,
+                        "stages (or `vars`)",
+                        names.iter().copied(),
+                    )),
                 );
             }
         }
@@ -415,14 +458,16 @@ impl Resolver<'_> {
         // Which params some kind in this pipeline accepts: a `defaults.params` key nobody
         // accepts is a typo.
         let mut accepted: BTreeSet<String> = BTreeSet::new();
+        let mut any_open = false;
         for stage in &raw_stages {
             if let Some(kind) = stage.kind.as_ref().and_then(|(k, _)| self.registry.get(k)) {
                 accepted.extend(kind.params().iter().map(|p| p.name.clone()));
+                any_open |= kind.accepts_extra_params();
             }
         }
         for (key, _) in &defaults_params {
             let name = key.scalar_text().unwrap_or_default();
-            if !accepted.contains(&name) {
+            if !accepted.contains(&name) && !any_open {
                 self.push(
                     err(
                         SpecErrorKind::UnknownParam,
@@ -430,14 +475,17 @@ impl Resolver<'_> {
                         key.span,
                         "unused default",
                     )
-                    .with_help(suggestion_help(&name, "params", accepted.iter().map(String::as_str))),
+                    .with_help(suggestion_help(
+                        &name,
+                        "params",
+                        accepted.iter().map(String::as_str),
+                    )),
                 );
             }
         }
 
         // Expand and resolve each stage on its own.
-        let mut instances_by_stage: Vec<(usize, Vec<ResolvedStage>, Vec<(Node, Vec<Node>)>)> =
-            Vec::new();
+        let mut instances_by_stage: Vec<(usize, Vec<ResolvedStage>, RawInputs)> = Vec::new();
         for (index, raw) in raw_stages.iter().enumerate() {
             let Some((kind_name, kind_span)) = &raw.kind else {
                 self.push(
@@ -495,8 +543,12 @@ impl Resolver<'_> {
             let mut params: Vec<(Node, Node)> = raw.params.clone();
             for (key, value) in &defaults_params {
                 let name = key.scalar_text().unwrap_or_default();
-                let has = params.iter().any(|(k, _)| k.scalar_text().as_deref() == Some(&name));
-                if !has && kind.params().iter().any(|p| p.name == name) {
+                let has = params
+                    .iter()
+                    .any(|(k, _)| k.scalar_text().as_deref() == Some(&name));
+                let applies =
+                    kind.accepts_extra_params() || kind.params().iter().any(|p| p.name == name);
+                if !has && applies {
                     params.push((key.clone(), value.clone()));
                 }
             }
@@ -621,7 +673,10 @@ impl Resolver<'_> {
                 err(
                     SpecErrorKind::Schema,
                     "The pipeline has no `stages:`",
-                    Span { len: 0, ..root.span },
+                    Span {
+                        len: 0,
+                        ..root.span
+                    },
                     "add it here",
                 )
                 .with_help("Add a `stages:` mapping of stage names to stage definitions"),
@@ -860,7 +915,10 @@ impl Resolver<'_> {
                         self.push(
                             err(
                                 SpecErrorKind::Matrix,
-                                format!("`{name}` is both a matrix axis and a param of stage `{}`", raw.name),
+                                format!(
+                                    "`{name}` is both a matrix axis and a param of stage `{}`",
+                                    raw.name
+                                ),
                                 key.span,
                                 "matrix axis",
                             )
@@ -907,15 +965,19 @@ impl Resolver<'_> {
                             k.span,
                             "unknown axis",
                         )
-                        .with_help(suggestion_help(&key, "axes", axis_names.iter().copied())),
+                        .with_help(suggestion_help(
+                            &key,
+                            "axes",
+                            axis_names.iter().copied(),
+                        )),
                     );
                 }
             }
             combos.retain(|combo| {
                 !rule_entries.iter().all(|(k, v)| {
-                    combo
-                        .iter()
-                        .any(|(a, value)| Some(a.as_str()) == k.as_str() && text_of(value) == text_of(v))
+                    combo.iter().any(|(a, value)| {
+                        Some(a.as_str()) == k.as_str() && text_of(value) == text_of(v)
+                    })
                 })
             });
         }
@@ -934,9 +996,9 @@ impl Resolver<'_> {
                 .collect();
             let matches = |combo: &Vec<(String, Node)>| {
                 on_axes.iter().all(|(k, v)| {
-                    combo
-                        .iter()
-                        .any(|(a, value)| Some(a.as_str()) == k.as_str() && text_of(value) == text_of(v))
+                    combo.iter().any(|(a, value)| {
+                        Some(a.as_str()) == k.as_str() && text_of(value) == text_of(v)
+                    })
                 })
             };
             let matched = !extra.is_empty() && !on_axes.is_empty() && combos.iter().any(matches);
@@ -975,7 +1037,10 @@ impl Resolver<'_> {
             // added to an existing combination.
             let named: Vec<String> = combo
                 .iter()
-                .filter(|(k, _)| axis_names.contains(&k.as_str()) || !combo.iter().any(|(a, _)| axis_names.contains(&a.as_str())))
+                .filter(|(k, _)| {
+                    axis_names.contains(&k.as_str())
+                        || !combo.iter().any(|(a, _)| axis_names.contains(&a.as_str()))
+                })
                 .map(|(k, v)| format!("{k}={}", text_of(v)))
                 .collect();
             let name = format!("{}[{}]", raw.name, named.join(","));
@@ -994,13 +1059,18 @@ impl Resolver<'_> {
                 continue;
             }
             for (k, v) in &combo {
-                if params.iter().any(|(p, _)| p.scalar_text().as_deref() == Some(k.as_str()))
+                if params
+                    .iter()
+                    .any(|(p, _)| p.scalar_text().as_deref() == Some(k.as_str()))
                     && !axis_names.contains(&k.as_str())
                 {
                     self.push(
                         err(
                             SpecErrorKind::Matrix,
-                            format!("Matrix `include` sets `{k}`, which is also a param of stage `{}`", raw.name),
+                            format!(
+                                "Matrix `include` sets `{k}`, which is also a param of stage `{}`",
+                                raw.name
+                            ),
                             v.span,
                             "set by include",
                         )
@@ -1034,7 +1104,8 @@ impl Resolver<'_> {
             // Kinds with open params (like `command`, whose free params feed `${params.*}`)
             // reject only names that look like a typo of a declared one.
             let unknown = !known.contains(&name.as_str())
-                && (!kind.accepts_extra_params() || did_you_mean(&name, known.iter().copied()).is_some());
+                && (!kind.accepts_extra_params()
+                    || did_you_mean(&name, known.iter().copied()).is_some());
             if unknown {
                 self.push(
                     err(
@@ -1052,7 +1123,10 @@ impl Resolver<'_> {
             }
         }
         for doc in kind.params().iter().filter(|p| p.required) {
-            if !params.iter().any(|(k, _)| k.scalar_text().as_deref() == Some(&doc.name)) {
+            if !params
+                .iter()
+                .any(|(k, _)| k.scalar_text().as_deref() == Some(&doc.name))
+            {
                 self.push(
                     err(
                         SpecErrorKind::MissingParam,
@@ -1064,7 +1138,12 @@ impl Resolver<'_> {
                         "in these params",
                     )
                     .with_label(raw.name_span, "")
-                    .with_help(format!("Add `{}: <{}>`: {}", doc.name, doc.type_name, first_sentence(&doc.doc))),
+                    .with_help(format!(
+                        "Add `{}: <{}>`: {}",
+                        doc.name,
+                        doc.type_name,
+                        first_sentence(&doc.doc)
+                    )),
                 );
             }
         }
@@ -1086,7 +1165,12 @@ impl Resolver<'_> {
         if self.errors.len() > before {
             return None;
         }
-        let json = Value::Object(expanded.iter().map(|(k, v)| (k.clone(), v.to_json())).collect());
+        let json = Value::Object(
+            expanded
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect(),
+        );
         let canonical = match kind.canonicalize(&json) {
             Ok(value) => value,
             Err(problem) => {
@@ -1099,11 +1183,17 @@ impl Resolver<'_> {
                 self.push(
                     err(
                         SpecErrorKind::InvalidParam,
-                        format!("Invalid param{field} of stage `{}`: {}", instance.name, problem.message),
+                        format!(
+                            "Invalid param{field} of stage `{}`: {}",
+                            instance.name, problem.message
+                        ),
                         node,
                         "invalid value",
                     )
-                    .with_help(param_help(kind.as_ref(), problem.path.first().map(String::as_str))),
+                    .with_help(param_help(
+                        kind.as_ref(),
+                        problem.path.first().map(String::as_str),
+                    )),
                 );
                 return None;
             }
@@ -1125,11 +1215,18 @@ impl Resolver<'_> {
                 self.push(
                     err(
                         SpecErrorKind::UnknownReference,
-                        format!("`materialize` names `{out}`, which stage `{}` does not output", raw.name),
+                        format!(
+                            "`materialize` names `{out}`, which stage `{}` does not output",
+                            raw.name
+                        ),
                         k.span,
                         "unknown output",
                     )
-                    .with_help(suggestion_help(&out, "outputs", output_names.iter().copied())),
+                    .with_help(suggestion_help(
+                        &out,
+                        "outputs",
+                        output_names.iter().copied(),
+                    )),
                 );
                 continue;
             }
@@ -1202,28 +1299,43 @@ impl Resolver<'_> {
                     Ok(p) => p,
                     Err(e) => {
                         self.push(
-                            err(SpecErrorKind::Interpolation, e.message, node.span, "malformed reference")
-                                .with_help("Write `$${` for a literal `${`"),
+                            err(
+                                SpecErrorKind::Interpolation,
+                                e.message,
+                                node.span,
+                                "malformed reference",
+                            )
+                            .with_help("Write `$${` for a literal `${`"),
                         );
                         return None;
                     }
                 };
-                let mut resolve = |this: &mut Self, namespace: &str, name: &str| -> Option<Option<Node>> {
+                let mut resolve = |this: &mut Self,
+                                   namespace: &str,
+                                   name: &str|
+                 -> Option<Option<Node>> {
                     match namespace {
                         "vars" => match vars.get(name) {
                             Some(v) => {
                                 let mut inner = Vec::new();
-                                this.interpolate(v, vars, &BTreeMap::new(), &mut inner, true).map(Some)
+                                this.interpolate(v, vars, &BTreeMap::new(), &mut inner, true)
+                                    .map(Some)
                             }
                             None => {
                                 this.push(
                                     err(
                                         SpecErrorKind::Interpolation,
                                         format!("`${{vars.{name}}}` refers to an undefined var"),
-                                        node.span,
-                                        "in this value",
+                                        this.span_within(node.span, &format!("${{vars.{name}}}")),
+                                        "no such var",
                                     )
-                                    .with_help(suggestion_help(name, "vars", vars.keys().map(String::as_str))),
+                                    .with_help(
+                                        suggestion_help(
+                                            name,
+                                            "vars",
+                                            vars.keys().map(String::as_str),
+                                        ),
+                                    ),
                                 );
                                 None
                             }
@@ -1233,18 +1345,24 @@ impl Resolver<'_> {
                                 this.push(
                                     err(
                                         SpecErrorKind::Interpolation,
-                                        format!("`${{params.{name}}}` refers to itself through {}", visiting.join(" -> ")),
+                                        format!(
+                                            "`${{params.{name}}}` refers to itself through {}",
+                                            visiting.join(" -> ")
+                                        ),
                                         node.span,
                                         "circular reference",
                                     )
-                                    .with_help("Params may refer to other params, but not in a circle"),
+                                    .with_help(
+                                        "Params may refer to other params, but not in a circle",
+                                    ),
                                 );
                                 return None;
                             }
                             match params.get(name) {
                                 Some(v) => {
                                     visiting.push(name.to_string());
-                                    let out = this.interpolate(v, vars, params, visiting, inline_params);
+                                    let out =
+                                        this.interpolate(v, vars, params, visiting, inline_params);
                                     visiting.pop();
                                     out.map(Some)
                                 }
@@ -1253,8 +1371,8 @@ impl Resolver<'_> {
                                         err(
                                             SpecErrorKind::Interpolation,
                                             format!("`${{params.{name}}}` refers to a param this stage does not set"),
-                                            node.span,
-                                            "in this value",
+                                            this.span_within(node.span, &format!("${{params.{name}}}")),
+                                            "no such param",
                                         )
                                         .with_help(suggestion_help(name, "params set here", params.keys().map(String::as_str))),
                                     );
@@ -1267,17 +1385,26 @@ impl Resolver<'_> {
                             this.push(
                                 err(
                                     SpecErrorKind::Interpolation,
-                                    format!("`${{{other}.{name}}}` uses unknown namespace `{other}`"),
+                                    format!(
+                                        "`${{{other}.{name}}}` uses unknown namespace `{other}`"
+                                    ),
                                     node.span,
                                     "in this value",
                                 )
-                                .with_help(suggestion_help(other, "namespaces", ["vars", "params", "inputs", "outs"])),
+                                .with_help(suggestion_help(
+                                    other,
+                                    "namespaces",
+                                    ["vars", "params", "inputs", "outs"],
+                                )),
                             );
                             None
                         }
                     }
                 };
-                if let [Piece::Reference { namespace, name, .. }] = pieces.as_slice() {
+                if let [Piece::Reference {
+                    namespace, name, ..
+                }] = pieces.as_slice()
+                {
                     return match resolve(self, namespace, name)? {
                         Some(whole) => Some(Node::new(node.span, whole.value)),
                         None => Some(node.clone()),
@@ -1288,8 +1415,14 @@ impl Resolver<'_> {
                     match piece {
                         Piece::Literal(s) => out.push_str(s),
                         Piece::EscapedDollar => out.push_str("$${"),
-                        Piece::Reference { namespace, name, raw } => match resolve(self, namespace, name)? {
-                            Some(_) if *namespace == "params" && !inline_params => out.push_str(raw),
+                        Piece::Reference {
+                            namespace,
+                            name,
+                            raw,
+                        } => match resolve(self, namespace, name)? {
+                            Some(_) if *namespace == "params" && !inline_params => {
+                                out.push_str(raw)
+                            }
                             Some(value) => match value.scalar_text() {
                                 Some(text) => out.push_str(&text),
                                 None => {
@@ -1321,7 +1454,10 @@ impl Resolver<'_> {
             NodeValue::Map(entries) => {
                 let mut out = Vec::new();
                 for (k, v) in entries {
-                    out.push((k.clone(), self.interpolate(v, vars, params, visiting, inline_params)?));
+                    out.push((
+                        k.clone(),
+                        self.interpolate(v, vars, params, visiting, inline_params)?,
+                    ));
                 }
                 Some(Node::new(node.span, NodeValue::Map(out)))
             }
@@ -1332,23 +1468,33 @@ impl Resolver<'_> {
     fn check_runtime_refs(&mut self, node: &Node, inputs: &[String], outs: &[&str], stage: &str) {
         match &node.value {
             NodeValue::Str(text) => {
-                let Ok(pieces) = template::parse(text) else { return };
+                let Ok(pieces) = template::parse(text) else {
+                    return;
+                };
                 for piece in pieces {
-                    let Piece::Reference { namespace, name, raw } = piece else { continue };
+                    let Piece::Reference {
+                        namespace,
+                        name,
+                        raw,
+                    } = piece
+                    else {
+                        continue;
+                    };
                     let (known, what): (Vec<&str>, &str) = match namespace {
-                        "inputs" => (inputs.iter().map(String::as_str).collect(), "inputs"),
-                        "outs" => (outs.to_vec(), "outputs"),
+                        "inputs" => (inputs.iter().map(String::as_str).collect(), "input"),
+                        "outs" => (outs.to_vec(), "output"),
                         _ => continue,
                     };
                     if !known.contains(&name) {
+                        let span = self.span_within(node.span, raw);
                         self.push(
                             err(
                                 SpecErrorKind::Interpolation,
                                 format!("`{raw}` refers to nothing: stage `{stage}` has no {what} `{name}`"),
-                                node.span,
-                                "in this value",
+                                span,
+                                "refers to nothing",
                             )
-                            .with_help(suggestion_help(name, what, known.iter().copied())),
+                            .with_help(suggestion_help(name, &format!("{what}s"), known.iter().copied())),
                         );
                     }
                 }
@@ -1417,10 +1563,18 @@ impl Resolver<'_> {
                         // Selector values may use the consumer's own params: `[model=${params.model}]`.
                         let value = template::expand(v.trim(), false, |ns, name| {
                             (ns == "params")
-                                .then(|| consumer.matrix.iter().find(|(a, _)| a == name).map(|(_, v)| v.clone()))
+                                .then(|| {
+                                    consumer
+                                        .matrix
+                                        .iter()
+                                        .find(|(a, _)| a == name)
+                                        .map(|(_, v)| v.clone())
+                                })
                                 .flatten()
                                 .or_else(|| {
-                                    (ns == "params").then(|| consumer.params.get(name).map(json_text)).flatten()
+                                    (ns == "params")
+                                        .then(|| consumer.params.get(name).map(json_text))
+                                        .flatten()
                                 })
                         })
                         .unwrap_or_else(|_| v.trim().to_string());
@@ -1453,7 +1607,11 @@ impl Resolver<'_> {
                     reference.span,
                     "no such stage",
                 )
-                .with_help(suggestion_help(&reference.stage, "stages", ranges.keys().map(String::as_str))),
+                .with_help(suggestion_help(
+                    &reference.stage,
+                    "stages",
+                    ranges.keys().map(String::as_str),
+                )),
             );
             return Vec::new();
         };
@@ -1473,9 +1631,12 @@ impl Resolver<'_> {
                         .map(|(_, v)| v.clone())
                         .or_else(|| consumer_stage.params.get(axis).map(json_text))
                 };
-                let joinable = candidates
-                    .iter()
-                    .all(|&i| stages[i].matrix.iter().all(|(a, _)| consumer_value(a).is_some()));
+                let joinable = candidates.iter().all(|&i| {
+                    stages[i]
+                        .matrix
+                        .iter()
+                        .all(|(a, _)| consumer_value(a).is_some())
+                });
                 if !joinable {
                     let example = stages[start].name.clone();
                     self.push(
@@ -1520,7 +1681,11 @@ impl Resolver<'_> {
                                 reference.span,
                                 "unknown matrix key",
                             )
-                            .with_help(suggestion_help(k, "matrix keys", axes.iter().copied())),
+                            .with_help(suggestion_help(
+                                k,
+                                "matrix keys",
+                                axes.iter().copied(),
+                            )),
                         );
                         return Vec::new();
                     }
@@ -1537,17 +1702,27 @@ impl Resolver<'_> {
             }
         };
         if selected.is_empty() {
-            let names: Vec<&str> = candidates.iter().map(|&i| stages[i].name.as_str()).collect();
+            let names: Vec<&str> = candidates
+                .iter()
+                .map(|&i| stages[i].name.as_str())
+                .collect();
             self.push(
                 err(
                     SpecErrorKind::UnknownReference,
-                    format!("No instance of stage `{}` matches this reference", reference.stage),
+                    format!(
+                        "No instance of stage `{}` matches this reference",
+                        reference.stage
+                    ),
                     reference.span,
                     "matches nothing",
                 )
                 .with_help(format!(
                     "Instances: {}",
-                    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             );
             return Vec::new();
@@ -1558,11 +1733,18 @@ impl Resolver<'_> {
                 self.push(
                     err(
                         SpecErrorKind::UnknownReference,
-                        format!("Stage `{}` has no output `{}`", stages[i].name, reference.output),
+                        format!(
+                            "Stage `{}` has no output `{}`",
+                            stages[i].name, reference.output
+                        ),
                         reference.span,
                         "unknown output",
                     )
-                    .with_help(suggestion_help(&reference.output, "outputs", outs.iter().copied())),
+                    .with_help(suggestion_help(
+                        &reference.output,
+                        "outputs",
+                        outs.iter().copied(),
+                    )),
                 );
                 return Vec::new();
             }
@@ -1571,7 +1753,11 @@ impl Resolver<'_> {
     }
 
     /// A topological order that prefers file order (deterministic), or a cycle error.
-    fn order(&mut self, stages: &[ResolvedStage], edge_spans: &BTreeMap<(usize, usize), Span>) -> Option<Vec<usize>> {
+    fn order(
+        &mut self,
+        stages: &[ResolvedStage],
+        edge_spans: &BTreeMap<(usize, usize), Span>,
+    ) -> Option<Vec<usize>> {
         let mut graph: DiGraph<usize, ()> = DiGraph::new();
         let nodes: Vec<NodeIndex> = (0..stages.len()).map(|i| graph.add_node(i)).collect();
         for &(from, to) in edge_spans.keys() {
@@ -1608,19 +1794,33 @@ impl Resolver<'_> {
             let names: Vec<&str> = path.iter().map(|&i| stages[i].name.as_str()).collect();
             let mut error = err(
                 SpecErrorKind::Cycle,
-                format!("Stages depend on each other in a cycle: {}", names.join(" -> ")),
+                format!(
+                    "Stages depend on each other in a cycle: {}",
+                    names.join(" -> ")
+                ),
                 edge_spans[&(path[0], path[1.min(path.len() - 1)])],
-                &format!("`{}` reads `{}` here", names[1.min(names.len() - 1)], names[0]),
+                &format!(
+                    "`{}` reads `{}` here",
+                    names[1.min(names.len() - 1)],
+                    names[0]
+                ),
             );
             for window in path.windows(2).skip(1) {
                 if let Some(span) = edge_spans.get(&(window[0], window[1])) {
                     error = error.with_label(
                         *span,
-                        format!("`{}` reads `{}` here", stages[window[1]].name, stages[window[0]].name),
+                        format!(
+                            "`{}` reads `{}` here",
+                            stages[window[1]].name, stages[window[0]].name
+                        ),
                     );
                 }
             }
-            self.push(error.with_help("A stage cannot depend on its own output; remove one of these inputs"));
+            self.push(
+                error.with_help(
+                    "A stage cannot depend on its own output; remove one of these inputs",
+                ),
+            );
             return None;
         }
         let mut indegree = vec![0usize; stages.len()];
@@ -1668,7 +1868,12 @@ fn first_sentence(doc: &str) -> &str {
 
 fn param_help(kind: &dyn StageKind, param: Option<&str>) -> String {
     match param.and_then(|p| kind.params().iter().find(|d| d.name == p)) {
-        Some(doc) => format!("`{}` takes {}: {}", doc.name, doc.type_name, first_sentence(&doc.doc)),
+        Some(doc) => format!(
+            "`{}` takes {}: {}",
+            doc.name,
+            doc.type_name,
+            first_sentence(&doc.doc)
+        ),
         None => format!("`mipipe stages {}` documents every param", kind.kind()),
     }
 }

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use mipipe_cache::{ActionEntry, Cache, Lookup, ObjectDigest, StableHasher, StageKey, StoredOutput};
+use mipipe_cache::{
+    ActionEntry, Cache, Lookup, ObjectDigest, StableHasher, StageKey, StoredOutput, TreeManifest,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -71,30 +73,9 @@ pub fn dependency_digests(
     Ok(out)
 }
 
-/// A directory dependency's digest: over its sorted relative paths and file digests.
+/// A directory dependency's digest: that of its tree manifest, as if it were an output.
 fn dir_digest(dir: &std::path::Path, cache: &Cache) -> std::io::Result<ObjectDigest> {
-    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                walk(root, &entry.path(), out)?;
-            } else {
-                out.push(entry.path());
-            }
-        }
-        Ok(())
-    }
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
-    files.sort();
-    let mut entries = BTreeMap::new();
-    for file in files {
-        let relative = file.strip_prefix(dir).unwrap_or(&file).to_string_lossy().into_owned();
-        entries.insert(relative, cache.file_digests().digest(&file)?);
-    }
-    let mut hasher = StableHasher::new("mipipe dependency-dir v1");
-    hasher.write(&entries);
-    Ok(ObjectDigest::from_bytes(hasher.finish()))
+    TreeManifest::describe(dir, |p| cache.file_digests().digest(p)).map(|m| m.digest())
 }
 
 /// Why a stage must run, in words a person reads.
@@ -160,12 +141,21 @@ impl fmt::Display for Reason {
             Self::Forced => write!(f, "forced with `--force`"),
             Self::CachingDisabled => write!(f, "`cache: false`"),
             Self::NeverRun => write!(f, "never run"),
-            Self::ParamChanged { name, old, new } => write!(f, "param `{name}` changed {old} -> {new}"),
+            Self::ParamChanged { name, old, new } => {
+                write!(f, "param `{name}` changed {old} -> {new}")
+            }
             Self::InputChanged { name } => write!(f, "input `{name}` changed"),
             Self::DependencyChanged { path } => write!(f, "dependency `{path}` changed"),
-            Self::DependencyMissing { path, error } => write!(f, "dependency `{path}` cannot be read: {error}"),
-            Self::KindVersionChanged { old, new } => write!(f, "stage kind version changed {old} -> {new}"),
-            Self::CacheEntryMissing => write!(f, "cache entry missing (removed by gc, or another cache folder)"),
+            Self::DependencyMissing { path, error } => {
+                write!(f, "dependency `{path}` cannot be read: {error}")
+            }
+            Self::KindVersionChanged { old, new } => {
+                write!(f, "stage kind version changed {old} -> {new}")
+            }
+            Self::CacheEntryMissing => write!(
+                f,
+                "cache entry missing (removed by gc, or another cache folder)"
+            ),
             Self::CorruptEntry { problem } => write!(f, "cache entry unusable: {problem}"),
             Self::UpstreamWillRun { stages } => {
                 let shown: Vec<String> = stages.iter().take(3).map(|s| format!("`{s}`")).collect();
@@ -220,7 +210,9 @@ pub fn explain_miss(
     for name in names {
         if previous.inputs.get(name) != inputs.get(name) {
             reasons.push(match name.strip_prefix("dep:") {
-                Some(path) => Reason::DependencyChanged { path: path.to_string() },
+                Some(path) => Reason::DependencyChanged {
+                    path: path.to_string(),
+                },
                 None => Reason::InputChanged { name: name.clone() },
             });
         }
@@ -235,17 +227,27 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&name, v, out);
             }
         }
         other => {
             let text = match other {
-                Value::String(s) if s.len() > 60 => format!("\"{}…\"", &s[..s.floor_char_boundary(57)]),
+                Value::String(s) if s.len() > 60 => {
+                    format!("\"{}…\"", &s[..s.floor_char_boundary(57)])
+                }
                 Value::String(s) => format!("\"{s}\""),
                 v => {
                     let t = v.to_string();
-                    if t.len() > 60 { format!("{}…", &t[..t.floor_char_boundary(57)]) } else { t }
+                    if t.len() > 60 {
+                        format!("{}…", &t[..t.floor_char_boundary(57)])
+                    } else {
+                        t
+                    }
                 }
             };
             out.insert(prefix.to_string(), text);
@@ -314,9 +316,17 @@ pub(crate) fn lookup_stage(
     }
     match cache.actions().lookup(key, cache.store()) {
         Lookup::Hit(entry) => KeyedLookup::Hit(entry),
-        Lookup::Miss => KeyedLookup::Miss(explain_miss(stage, inputs, key, lock.stages.get(&stage.name))),
+        Lookup::Miss => KeyedLookup::Miss(explain_miss(
+            stage,
+            inputs,
+            key,
+            lock.stages.get(&stage.name),
+        )),
         Lookup::Corrupt(problem) => {
-            warnings.push(format!("Stage `{}`: {problem}; it will run again", stage.name));
+            warnings.push(format!(
+                "Stage `{}`: {problem}; it will run again",
+                stage.name
+            ));
             KeyedLookup::Miss(vec![Reason::CorruptEntry { problem }])
         }
     }
@@ -346,7 +356,8 @@ pub fn plan(
     selected: &BTreeSet<usize>,
     forced: &BTreeSet<usize>,
 ) -> Plan {
-    let mut outputs: Vec<Option<BTreeMap<String, StoredOutput>>> = vec![None; pipeline.stages.len()];
+    let mut outputs: Vec<Option<BTreeMap<String, StoredOutput>>> =
+        vec![None; pipeline.stages.len()];
     let mut will_run = vec![false; pipeline.stages.len()];
     let mut warnings = Vec::new();
     let mut stages = Vec::new();
@@ -366,7 +377,9 @@ pub fn plan(
         let status = if !upstream_running.is_empty() {
             StageStatus::WillRun {
                 key: None,
-                reasons: vec![Reason::UpstreamWillRun { stages: upstream_running }],
+                reasons: vec![Reason::UpstreamWillRun {
+                    stages: upstream_running,
+                }],
             }
         } else {
             let inputs = upstream_digests(stage, &outputs).map(|mut d| {
@@ -380,15 +393,29 @@ pub fn plan(
                     key: None,
                     reasons: vec![Reason::NeverRun],
                 },
-                Some(Err(reason)) => StageStatus::WillRun { key: None, reasons: vec![reason] },
+                Some(Err(reason)) => StageStatus::WillRun {
+                    key: None,
+                    reasons: vec![reason],
+                },
                 Some(Ok(inputs)) => {
                     let key = stage_key(stage, &inputs);
-                    match lookup_stage(stage, &inputs, &key, cache, lock, forced.contains(&index), &mut warnings) {
+                    match lookup_stage(
+                        stage,
+                        &inputs,
+                        &key,
+                        cache,
+                        lock,
+                        forced.contains(&index),
+                        &mut warnings,
+                    ) {
                         KeyedLookup::Hit(entry) => {
                             outputs[index] = Some(entry.outputs);
                             StageStatus::Cached { key }
                         }
-                        KeyedLookup::Miss(reasons) => StageStatus::WillRun { key: Some(key), reasons },
+                        KeyedLookup::Miss(reasons) => StageStatus::WillRun {
+                            key: Some(key),
+                            reasons,
+                        },
                     }
                 }
             }

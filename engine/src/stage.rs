@@ -240,7 +240,10 @@ impl<S: Stage> StageKind for Adapter<S> {
 fn param_docs<P: JsonSchema>() -> (Vec<ParamDoc>, bool) {
     let schema = schemars::SchemaGenerator::default().into_root_schema_for::<P>();
     let root = schema.as_value();
-    let open = !matches!(root.get("additionalProperties"), None | Some(Value::Bool(false)));
+    let open = !matches!(
+        root.get("additionalProperties"),
+        None | Some(Value::Bool(false))
+    );
     (param_docs_of(root), open)
 }
 
@@ -294,19 +297,21 @@ fn type_name(prop: &Value, root: &Value) -> String {
         }
     }
     if let Some(constant) = prop.get("const") {
-        return constant.as_str().map_or(constant.to_string(), str::to_string);
+        return constant
+            .as_str()
+            .map_or(constant.to_string(), str::to_string);
     }
     match prop.get("type") {
         Some(Value::String(t)) if t == "array" => {
-            let item = prop.get("items").map_or("any".into(), |i| type_name(i, root));
+            let item = prop
+                .get("items")
+                .map_or("any".into(), |i| type_name(i, root));
             format!("list of {item}")
         }
-        Some(Value::String(t)) if t == "object" => {
-            match prop.get("additionalProperties") {
-                Some(v) if v.is_object() => format!("map of {}", type_name(v, root)),
-                _ => "mapping".into(),
-            }
-        }
+        Some(Value::String(t)) if t == "object" => match prop.get("additionalProperties") {
+            Some(v) if v.is_object() => format!("map of {}", type_name(v, root)),
+            _ => "mapping".into(),
+        },
         Some(Value::String(t)) => t.clone(),
         Some(Value::Array(ts)) => ts
             .iter()
@@ -333,8 +338,14 @@ impl Registry {
     /// Adds a kind.
     pub fn register<S: Stage>(&mut self, stage: S) -> &mut Self {
         let (params, open) = param_docs::<S::Params>();
-        self.kinds
-            .insert(S::KIND, Arc::new(Adapter { stage, params, open }));
+        self.kinds.insert(
+            S::KIND,
+            Arc::new(Adapter {
+                stage,
+                params,
+                open,
+            }),
+        );
         self
     }
 

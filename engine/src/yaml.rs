@@ -260,7 +260,9 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
                         span,
                         "second document starts here",
                     )
-                    .with_help("Remove the `---` separator, or split the file into two pipelines"));
+                    .with_help(
+                        "Remove the `---` separator, or split the file into two pipelines",
+                    ));
                 }
             }
             Event::Alias(id) => {
@@ -341,7 +343,9 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
                                 "defined again here",
                             )
                             .with_label(first.span, "first defined here")
-                            .with_help("Each key may appear once in a mapping; remove or rename one"));
+                            .with_help(
+                                "Each key may appear once in a mapping; remove or rename one",
+                            ));
                         }
                         *pending = Some(node);
                     }
@@ -389,10 +393,9 @@ pub fn plain_scalar(text: &str) -> NodeValue {
             return NodeValue::Int(i);
         }
     }
-    let looks_numeric = digits
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'-' || b == b'+')
-        && digits.bytes().any(|b| b.is_ascii_digit())
+    let looks_numeric = digits.bytes().all(|b| {
+        b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'-' || b == b'+'
+    }) && digits.bytes().any(|b| b.is_ascii_digit())
         && digits.starts_with(|c: char| c.is_ascii_digit() || c == '.');
     if looks_numeric {
         if let Ok(f) = text.parse::<f64>() {
@@ -437,7 +440,10 @@ mod tests {
         let text = "name: \"héllo wörld\"\nrows: 1000\n";
         let node = parse_text(text).unwrap();
         let rows = node.get("rows").unwrap();
-        assert_eq!(&text[rows.span.offset..rows.span.offset + rows.span.len], "1000");
+        assert_eq!(
+            &text[rows.span.offset..rows.span.offset + rows.span.len],
+            "1000"
+        );
     }
 
     #[test]
@@ -449,6 +455,9 @@ mod tests {
     #[test]
     fn aliases_copy_the_anchored_node() {
         let node = parse_text("base: &b {x: 1}\nother: *b\n").unwrap();
-        assert_eq!(node.get("other").unwrap().to_json(), serde_json::json!({"x": 1}));
+        assert_eq!(
+            node.get("other").unwrap().to_json(),
+            serde_json::json!({"x": 1})
+        );
     }
 }

@@ -1,1 +1,122 @@
+//! Integration tests: they drive the real `mipipe` binary on temporary projects.
 
+mod cache_maintenance;
+mod concurrency;
+mod dependency_rules;
+mod diagnostics;
+mod execution;
+mod incremental;
+mod interruption;
+mod pipeline_features;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temporary project folder with helpers to write files and run mipipe in it.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+/// What one mipipe invocation printed and returned.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Stage names by outcome word in plain-line output (`ran`, `FAILED`, `skipped`, ...).
+    pub fn stages_with(&self, word: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .stderr
+            .lines()
+            .filter_map(|line| {
+                let rest = line.split_once("] ")?.1;
+                let rest = rest.strip_prefix(word)?.strip_prefix(' ')?;
+                let name = rest.split([' ', ':']).next()?;
+                Some(name.to_string())
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+pub fn mipipe_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mipipe"))
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Project {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, relative: &str, text: &str) -> &Self {
+        let path = self.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        self
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.path().join(relative))
+            .unwrap_or_else(|e| panic!("reading {relative}: {e}"))
+    }
+
+    /// A `mipipe` command in the project folder, with plain output.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(mipipe_bin());
+        command
+            .args(args)
+            .current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env("MIPIPE_NO_PROGRESS", "1")
+            .env_remove("MIPIPE_CACHE_DIR")
+            .env_remove("CUDA_VISIBLE_DEVICES");
+        command
+    }
+
+    pub fn mipipe(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("mipipe runs"))
+    }
+
+    /// Lines of a file that stages append to, to count executions.
+    pub fn count_lines(&self, relative: &str, needle: &str) -> usize {
+        std::fs::read_to_string(self.path().join(relative))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == needle)
+            .count()
+    }
+}

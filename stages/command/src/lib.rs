@@ -96,7 +96,11 @@ impl Stage for CommandStage {
             .map(|(name, path)| OutputSpec {
                 name: name.clone(),
                 file_name: path.0.trim_end_matches('/').to_string(),
-                kind: if path.0.ends_with('/') { OutputKind::Dir } else { OutputKind::File },
+                kind: if path.0.ends_with('/') {
+                    OutputKind::Dir
+                } else {
+                    OutputKind::File
+                },
             })
             .collect()
     }
@@ -116,7 +120,10 @@ impl Stage for CommandStage {
                     .collect::<Vec<_>>()
                     .join(" ")
             }),
-            "outs" => ctx.outputs().get(name).map(|p| shell_quote(&p.to_string_lossy())),
+            "outs" => ctx
+                .outputs()
+                .get(name)
+                .map(|p| shell_quote(&p.to_string_lossy())),
             _ => None,
         })
         .map_err(|e| StageError::failed(e.message))?;
@@ -178,11 +185,14 @@ impl Stage for CommandStage {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(StageError::environment("Lost track of the command's process"))
+                    return Err(StageError::environment(
+                        "Lost track of the command's process",
+                    ))
                 }
             }
         };
-        let status = status.map_err(|e| StageError::environment(format!("Waiting for the command failed: {e}")))?;
+        let status = status
+            .map_err(|e| StageError::environment(format!("Waiting for the command failed: {e}")))?;
         if status.success() {
             return Ok(());
         }

@@ -1,0 +1,106 @@
+//! `cache verify`, `cache gc`, `cache du`, and corrupt entries.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::Project;
+
+fn object_files(project: &Project) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(project.path().join(".mipipe/objects/v1")).unwrap() {
+        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            out.push(file.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn verify_quarantines_a_corrupt_object_and_the_stage_reruns() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    let report_digest = {
+        let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
+        lock["stages"]["report"]["outputs"]["md"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let victim = object_files(&project)
+        .into_iter()
+        .find(|p| {
+            p.to_string_lossy()
+                .replace('/', "")
+                .ends_with(&report_digest)
+        })
+        .unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&victim, "tampered").unwrap();
+    let verify = project.mipipe(&["cache", "verify"]);
+    verify.expect_code(1);
+    assert!(
+        verify.stdout.contains("corrupt object moved to"),
+        "{}",
+        verify.stdout
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran"), ["report"], "{}", run.stderr);
+    project.mipipe(&["cache", "verify"]).expect_code(0);
+}
+
+#[test]
+fn a_corrupt_action_entry_is_a_miss_with_a_warning() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    let key = {
+        let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
+        lock["stages"]["prepare"]["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let entry = project
+        .path()
+        .join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]));
+    std::fs::write(&entry, "{ not json").unwrap();
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("warning: Stage `prepare`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stages_with("ran"), ["prepare"], "{}", run.stderr);
+}
+
+#[test]
+fn gc_keeps_what_the_lockfile_references_and_removes_the_rest() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    project
+        .mipipe(&["run", "--set", "prepare.rows=1"])
+        .expect_code(0);
+    project.mipipe(&["run"]).expect_code(0);
+    // Everything is recent: nothing goes with the default 7-day window.
+    let dry = project.mipipe(&["cache", "gc", "--dry-run"]);
+    assert!(
+        dry.stdout.contains("would remove 0 cache entries"),
+        "{}",
+        dry.stdout
+    );
+    // With no window, the rows=1 results go (entries; their objects are younger than the
+    // one-hour grace that protects concurrent runs, so they stay until later).
+    let gc = project.mipipe(&["cache", "gc", "--keep-recent", "0"]);
+    gc.expect_code(0);
+    assert!(
+        gc.stdout.contains("removed 6 cache entries"),
+        "{}",
+        gc.stdout
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert!(run.stages_with("ran").is_empty(), "{}", run.stderr);
+    let du = project.mipipe(&["cache", "du"]);
+    assert!(du.stdout.contains("objects"), "{}", du.stdout);
+}

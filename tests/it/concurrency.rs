@@ -1,0 +1,59 @@
+//! Two `mipipe run` processes on one cache: no corruption, no stage computed twice.
+
+use std::process::Stdio;
+
+use crate::Project;
+
+#[test]
+fn concurrent_runs_on_one_cache_compute_each_stage_once() {
+    let project = Project::new();
+    let mut yaml = String::from("version: 1\nstages:\n");
+    for i in 0..8 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    kind: command\n    params:\n      cmd: echo s{i} >> runs.log && sleep 0.3 && echo {i} > ${{outs.o}}\n      outs: {{o: o.txt}}\n"
+        ));
+    }
+    yaml.push_str("  total:\n    kind: command\n    inputs: {all: [");
+    yaml.push_str(
+        &(0..8)
+            .map(|i| format!("s{i}.o"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    yaml.push_str("]}\n    params:\n      cmd: echo total >> runs.log && cat ${inputs.all} > ${outs.o}\n      outs: {o: o.txt}\n");
+    project.write("mipipe.yaml", &yaml);
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            project
+                .command(&["run", "-j", "4"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for i in 0..8 {
+        assert_eq!(
+            project.count_lines("runs.log", &format!("s{i}")),
+            1,
+            "{}",
+            project.read("runs.log")
+        );
+    }
+    assert_eq!(project.count_lines("runs.log", "total"), 1);
+    let verify = project.mipipe(&["cache", "verify"]);
+    verify.expect_code(0);
+    assert!(
+        verify.stdout.contains("cache is clean"),
+        "{}",
+        verify.stdout
+    );
+}

@@ -1,0 +1,66 @@
+//! Every invalid pipeline in `tests/invalid/` renders a report with labels and a help line,
+//! and exits with code 2. The rendered reports are snapshots.
+
+use std::path::Path;
+
+use crate::Project;
+
+fn render(file: &Path, extra: &[&str]) -> (i32, String) {
+    let project = Project::new();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    project.write(name, &std::fs::read_to_string(file).unwrap());
+    let mut args = vec!["status", name];
+    args.extend_from_slice(extra);
+    let run = project.mipipe(&args);
+    (run.code, run.stderr)
+}
+
+#[test]
+fn every_invalid_pipeline_has_a_labelled_report() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 15,
+        "the folder of invalid pipelines went missing"
+    );
+    for file in files {
+        let (code, report) = render(&file, &[]);
+        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
+        assert_eq!(
+            code, 2,
+            "{name} should be rejected with exit code 2:\n{report}"
+        );
+        assert!(
+            report.contains("help:"),
+            "{name} has no help line:\n{report}"
+        );
+        assert!(
+            report.contains("╭─["),
+            "{name} has no source label:\n{report}"
+        );
+        insta::assert_snapshot!(name, report);
+    }
+}
+
+#[test]
+fn bad_overrides_point_into_the_flag() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        "version: 1\nstages:\n  train:\n    kind: command\n    params:\n      cmd: echo ${params.lr} > ${outs.m}\n      lr: 0.1\n      outs: {m: m.txt}\n",
+    );
+    let _ = dir;
+    let run = project.mipipe(&["status", "--set", "trian.lr=0.5"]);
+    run.expect_code(2);
+    insta::assert_snapshot!("override_unknown_stage", run.stderr);
+    let run = project.mipipe(&["status", "--set", "train.lr=fast"]);
+    // A free param of `command` may be any value: this is valid and changes the key.
+    run.expect_code(0);
+    assert!(run.stdout.contains("will run"), "{}", run.stdout);
+}

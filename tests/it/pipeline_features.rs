@@ -1,0 +1,298 @@
+//! Pipeline syntax beyond the basics: vars, defaults, include/exclude, instance selection,
+//! `cache: false`, GPU slots, directory outputs.
+
+use crate::Project;
+
+#[test]
+fn vars_defaults_and_overrides_reach_the_command() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+vars:
+  rows: 3
+  greeting: hello
+defaults:
+  params:
+    seed: 7
+stages:
+  make:
+    kind: command
+    params:
+      cmd: echo "${vars.greeting} ${params.n} ${params.seed}" > ${outs.txt}
+      n: ${vars.rows}
+      outs: {txt: out.txt}
+      materialize: {txt: out.txt}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(project.read("out.txt"), "hello 3 7\n");
+    project
+        .mipipe(&["run", "--set", "vars.rows=5", "--set", "make.seed=8"])
+        .expect_code(0);
+    assert_eq!(project.read("out.txt"), "hello 5 8\n");
+    // A whole-value `${vars.*}` keeps its type: `n` is the integer 3, not the string "3".
+    let show = project.mipipe(&["show", "make", "--json"]);
+    let value: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(value["params"]["n"], serde_json::json!(3));
+}
+
+#[test]
+fn matrix_include_exclude_and_instance_selection() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  train:
+    kind: command
+    matrix:
+      model: [small, large]
+      seed: [1, 2]
+      exclude:
+        - {model: large, seed: 2}
+      include:
+        - {model: large, batch: 4}
+        - {model: tiny, seed: 9}
+    params:
+      cmd: echo "${params.model} ${params.seed} ${params.batch}" > ${outs.m}
+      batch: 0
+      outs: {m: m.txt}
+  pick:
+    kind: command
+    inputs: {one: "train[model=small,seed=2].m", smalls: "train[model=small].m"}
+    params:
+      cmd: cat ${inputs.one} ${inputs.smalls} > ${outs.r}
+      outs: {r: r.txt}
+      materialize: {r: r.txt}
+"#,
+    );
+    let dag = project.mipipe(&["dag"]);
+    dag.expect_code(2);
+    assert!(
+        dag.stderr.contains("Matrix `include` sets `batch`"),
+        "{}",
+        dag.stderr
+    );
+    let fixed = project.read("mipipe.yaml").replace("      batch: 0\n", "");
+    project.write("mipipe.yaml", &fixed.replace("${params.batch}", "x"));
+    let dag = project.mipipe(&["dag"]);
+    dag.expect_code(0);
+    let names: Vec<&str> = dag
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("train"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "train[model=small,seed=1] (command)",
+            "train[model=small,seed=2] (command)",
+            "train[model=large,seed=1] (command)",
+            "train[model=tiny,seed=9] (command)"
+        ],
+        "{}",
+        dag.stdout
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(project.read("r.txt"), "small 2 x\nsmall 1 x\nsmall 2 x\n");
+}
+
+#[test]
+fn matrix_stages_join_on_shared_axes() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  pretrain:
+    kind: command
+    matrix: {family: [llava, blip]}
+    params:
+      cmd: echo "base ${params.family}" > ${outs.ckpt}
+      outs: {ckpt: base.txt}
+  finetune:
+    kind: command
+    matrix: {family: [llava, blip], method: [js, kl]}
+    inputs: {base: pretrain.ckpt}
+    params:
+      cmd: (cat ${inputs.base}; echo ${params.method}) > ${outs.ckpt}
+      outs: {ckpt: ft.txt}
+"#,
+    );
+    let dag = project.mipipe(&["dag"]);
+    dag.expect_code(0);
+    assert!(
+        dag.stdout.contains(
+            "finetune[family=blip,method=kl] (command)\n    base <- pretrain[family=blip].ckpt"
+        ),
+        "{}",
+        dag.stdout
+    );
+}
+
+#[test]
+fn cache_false_runs_every_time_and_is_never_recorded() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  clock:
+    kind: command
+    cache: false
+    params:
+      cmd: echo tick >> runs.log && echo same > ${outs.t}
+      outs: {t: t.txt}
+  after:
+    kind: command
+    inputs: {t: clock.t}
+    params:
+      cmd: echo after >> runs.log && cat ${inputs.t} > ${outs.o}
+      outs: {o: o.txt}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(project.count_lines("runs.log", "tick"), 2);
+    // Its output is identical, so the consumer stays cached.
+    assert_eq!(project.count_lines("runs.log", "after"), 1);
+    let lock = project.read("mipipe.lock");
+    assert!(!lock.contains("\"clock\""), "{lock}");
+}
+
+#[test]
+fn gpu_stages_take_device_slots_and_see_cuda_visible_devices() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  a:
+    kind: command
+    resources: {gpus: 1}
+    params:
+      cmd: echo "$CUDA_VISIBLE_DEVICES" > ${outs.d}
+      outs: {d: d.txt}
+      materialize: {d: a.txt}
+  b:
+    kind: command
+    resources: {gpus: 2}
+    params:
+      cmd: echo "$CUDA_VISIBLE_DEVICES" > ${outs.d}
+      outs: {d: d.txt}
+      materialize: {d: b.txt}
+"#,
+    );
+    let run = project.mipipe(&["run", "--gpus", "1"]);
+    run.expect_code(3);
+    assert!(
+        run.stderr.contains("needs 2 GPU(s) but this run has 1"),
+        "{}",
+        run.stderr
+    );
+    project
+        .mipipe(&["run", "--gpus", "2", "-j", "1"])
+        .expect_code(0);
+    // `a` and `b` have the same params, so they share one key and one result (resources are
+    // not part of the key); both copies are materialized anyway.
+    assert_eq!(project.read("a.txt"), "0\n");
+    assert_eq!(project.read("b.txt"), "0\n");
+    project.write(
+        "mipipe.yaml",
+        &project.read("mipipe.yaml").replace(
+            "> ${outs.d}\n      outs: {d: d.txt}\n      materialize: {d: b.txt}",
+            "> ${outs.d} && true\n      outs: {d: d.txt}\n      materialize: {d: b.txt}",
+        ),
+    );
+    project.mipipe(&["run", "--gpus", "2"]).expect_code(0);
+    assert_eq!(project.read("b.txt"), "0,1\n");
+    // A deleted workspace copy comes back from the cache without rerunning.
+    std::fs::remove_file(project.path().join("a.txt")).unwrap();
+    let run = project.mipipe(&["run", "--gpus", "2"]);
+    assert!(run.stages_with("ran").is_empty(), "{}", run.stderr);
+    assert_eq!(project.read("a.txt"), "0\n");
+}
+
+#[test]
+fn directory_outputs_are_stored_as_trees_and_read_as_folders() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  shards:
+    kind: command
+    params:
+      cmd: mkdir -p ${outs.dir}/sub && echo 1 > ${outs.dir}/a && echo 2 > ${outs.dir}/sub/b
+      outs: {dir: shards/}
+  count:
+    kind: command
+    inputs: {dir: shards.dir}
+    params:
+      cmd: find ${inputs.dir} -type f | wc -l | tr -d ' ' > ${outs.n}
+      outs: {n: n.txt}
+      materialize: {n: n.txt}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(project.read("n.txt"), "2\n");
+}
+
+#[test]
+fn undeclared_or_missing_outputs_fail_the_stage() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  missing:
+    kind: command
+    params:
+      cmd: "true"
+      outs: {x: x.txt}
+"#,
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("did not write its declared output `x`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn json_events_are_one_object_per_line() {
+    let project = crate::incremental::example_project();
+    let run = project.mipipe(&["run", "--json"]);
+    run.expect_code(0);
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.first().unwrap()["event"], "run_start");
+    assert_eq!(
+        events.iter().filter(|e| e["outcome"] == "executed").count(),
+        6
+    );
+    assert_eq!(events.last().unwrap()["event"], "summary");
+}
+
+#[test]
+fn stages_documents_the_command_kind() {
+    let project = Project::new();
+    let run = project.mipipe(&["stages", "command"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("cmd        string (required)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("deps       list of string"),
+        "{}",
+        run.stdout
+    );
+}
