@@ -152,6 +152,15 @@ pub enum CacheCommand {
     Gc(GcArgs),
     /// Re-hash every object; move corrupt ones to quarantine and drop entries naming them.
     Verify(CacheArgs),
+    /// Print the blake3 digest of files, as the cache names them (same as `b3sum`).
+    Hash(HashArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HashArgs {
+    /// Files to hash.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -237,12 +237,16 @@ fn print_plan(plan: &mipipe_engine::Plan, json: bool, style: Style) -> Result<()
         eprintln!("warning: {warning}");
     }
     let width = plan.stages.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let mut out = String::new();
     for (name, status) in &plan.stages {
         match status {
-            StageStatus::Cached { .. } => println!("  {}  {name}", style.dim("cached  ")),
+            StageStatus::Cached { .. } => {
+                let _ = writeln!(out, "  {}  {name}", style.dim("cached  "));
+            }
             StageStatus::WillRun { reasons, .. } => {
                 let why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
-                println!(
+                let _ = writeln!(
+                    out,
                     "  {}  {name:<width$}  {}",
                     style.yellow("will run"),
                     why.join("; ")
@@ -250,8 +254,13 @@ fn print_plan(plan: &mipipe_engine::Plan, json: bool, style: Style) -> Result<()
             }
         }
     }
-    let to_run = plan.to_run();
-    println!("{} of {} stages will run", to_run, plan.stages.len());
+    let _ = writeln!(
+        out,
+        "{} of {} stages will run",
+        plan.to_run(),
+        plan.stages.len()
+    );
+    print!("{out}");
     Ok(())
 }
 
@@ -629,6 +638,15 @@ fn cache_command(
                     report.runs,
                     human_bytes(report.bytes)
                 );
+            }
+            Ok(())
+        }
+        CacheCommand::Hash(args) => {
+            for file in &args.files {
+                let digest = mipipe_cache::hash_file(file).map_err(|e| {
+                    CliError::Environment(format!("Cannot hash `{}`: {e}", file.display()))
+                })?;
+                println!("{digest}  {}", file.display());
             }
             Ok(())
         }

@@ -153,7 +153,7 @@ pub fn execute(
     options: &RunOptions,
     reporter: &Arc<dyn Reporter>,
 ) -> RunSummary {
-    let (mut lock, warning) = Lockfile::read(lock_path);
+    let (lock, warning) = Lockfile::read(lock_path);
     if let Some(w) = warning {
         reporter.on_warning(&w);
     }
@@ -236,19 +236,17 @@ pub fn execute(
                         keys[index] = Some(key);
                         inputs_of[index] = Some(digests);
                         match lookup {
-                            KeyedLookup::Hit(entry) => {
+                            KeyedLookup::Hit(cached) => {
                                 let early_cutoff = stage
                                     .inputs
                                     .values()
                                     .flatten()
                                     .any(|u| ran_this_time[u.stage]);
                                 reporter.on_cached(&stage.name, early_cutoff);
-                                if let Err(e) =
-                                    materialize(pipeline, cache, stage, &entry.outputs, true)
-                                {
+                                if let Err(e) = materialize(pipeline, cache, stage, &cached, true) {
                                     reporter.on_warning(&format!("Stage `{}`: {e}", stage.name));
                                 }
-                                outputs[index] = Some(entry.outputs);
+                                outputs[index] = Some(cached);
                                 outcomes[index] = Some(Outcome::Cached { key, early_cutoff });
                                 pending.remove(&index);
                                 progressed = true;
@@ -392,13 +390,11 @@ pub fn execute(
         outcomes[index] = Some(outcome);
     }
 
-    // Record what is now known to be current.
+    // Record what is now known to be current. Skip the write (and the re-read under the lock
+    // that merges with concurrent runs) when nothing would change: the no-op fast path.
     let mut lockfile_updated = false;
     let _ = cache.file_digests().save();
-    let lock_guard = cache.locks().lock(&lockfile_lock_name(lock_path));
-    if lock_guard.is_ok() {
-        let (fresh, _) = Lockfile::read(lock_path);
-        lock = fresh;
+    let record = |lock: &mut Lockfile| {
         let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
         lock.stages.retain(|name, _| names.contains(name.as_str()));
         for (index, stage) in pipeline.stages.iter().enumerate() {
@@ -422,9 +418,22 @@ pub fn execute(
                 },
             );
         }
-        match lock.write(lock_path) {
-            Ok(changed) => lockfile_updated = changed,
-            Err(e) => reporter.on_warning(&format!("Cannot write `{}`: {e}", lock_path.display())),
+    };
+    let mut updated = lock.clone();
+    record(&mut updated);
+    if updated != lock || !lock_path.exists() {
+        match cache.locks().lock(&lockfile_lock_name(lock_path)) {
+            Ok(_guard) => {
+                let (mut fresh, _) = Lockfile::read(lock_path);
+                record(&mut fresh);
+                match fresh.write(lock_path) {
+                    Ok(changed) => lockfile_updated = changed,
+                    Err(e) => {
+                        reporter.on_warning(&format!("Cannot write `{}`: {e}", lock_path.display()))
+                    }
+                }
+            }
+            Err(e) => reporter.on_warning(&format!("Cannot lock the lockfile: {e}")),
         }
     }
 

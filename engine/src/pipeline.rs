@@ -607,18 +607,21 @@ impl Resolver<'_> {
         // Bind references, then order the DAG.
         let mut stages: Vec<ResolvedStage> = Vec::new();
         let mut ranges: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-        for (index, resolved, _) in &instances_by_stage {
+        let mut stage_inputs: Vec<(usize, RawInputs)> = Vec::new();
+        for (index, resolved, inputs) in instances_by_stage {
             let start = stages.len();
-            stages.extend(resolved.iter().cloned());
-            ranges.insert(raw_stages[*index].name.clone(), (start, stages.len()));
+            let count = resolved.len();
+            stages.extend(resolved);
+            stage_inputs.push((count, inputs));
+            ranges.insert(raw_stages[index].name.clone(), (start, stages.len()));
         }
         let mut edge_spans: BTreeMap<(usize, usize), Span> = BTreeMap::new();
-        for (_, resolved, inputs) in &instances_by_stage {
-            for instance in resolved {
-                let consumer = stages
-                    .iter()
-                    .position(|s| s.name == instance.name)
-                    .expect("instances were just added");
+        let mut consumer = 0;
+        for (count, inputs) in &stage_inputs {
+            for _ in 0..*count {
+                // Instances were appended in this same order.
+                consumer += 1;
+                let consumer = consumer - 1;
                 for (input_key, refs) in inputs {
                     let input_name = input_key.scalar_text().unwrap_or_default();
                     let mut bound = Vec::new();
@@ -648,7 +651,11 @@ impl Resolver<'_> {
         for (new, old) in order.iter().enumerate() {
             position[*old] = new;
         }
-        let mut ordered: Vec<ResolvedStage> = order.iter().map(|&i| stages[i].clone()).collect();
+        let mut slots: Vec<Option<ResolvedStage>> = stages.into_iter().map(Some).collect();
+        let mut ordered: Vec<ResolvedStage> = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each stage is ordered once"))
+            .collect();
         for stage in &mut ordered {
             for ups in stage.inputs.values_mut() {
                 for u in ups.iter_mut() {
@@ -1824,19 +1831,19 @@ impl Resolver<'_> {
             return None;
         }
         let mut indegree = vec![0usize; stages.len()];
-        for &(_, to) in edge_spans.keys() {
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); stages.len()];
+        for &(from, to) in edge_spans.keys() {
             indegree[to] += 1;
+            consumers[from].push(to);
         }
         let mut ready: BTreeSet<usize> = (0..stages.len()).filter(|&i| indegree[i] == 0).collect();
         let mut order = Vec::with_capacity(stages.len());
         while let Some(next) = ready.pop_first() {
             order.push(next);
-            for &(from, to) in edge_spans.keys() {
-                if from == next {
-                    indegree[to] -= 1;
-                    if indegree[to] == 0 {
-                        ready.insert(to);
-                    }
+            for &to in &consumers[next] {
+                indegree[to] -= 1;
+                if indegree[to] == 0 {
+                    ready.insert(to);
                 }
             }
         }

@@ -202,6 +202,13 @@ impl<S: Stage> StageKind for Adapter<S> {
         self.open
     }
     fn canonicalize(&self, params: &Value) -> Result<Value, ParamError> {
+        // The plain path first; the path-tracking one only to locate an error.
+        if let Ok(typed) = S::Params::deserialize(params) {
+            return serde_json::to_value(&typed).map_err(|e| ParamError {
+                path: Vec::new(),
+                message: e.to_string(),
+            });
+        }
         let typed: S::Params = serde_path_to_error::deserialize(params).map_err(|e| {
             let path = e
                 .path()

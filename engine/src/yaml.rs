@@ -5,6 +5,7 @@
 //! of `saphyr-parser`. Scalars are typed with the YAML 1.2 core schema; quoted and block
 //! scalars are always strings.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
@@ -216,7 +217,14 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
 
     enum Frame {
         Seq(Span, usize, Vec<Node>),
-        Map(Span, usize, Vec<(Node, Node)>, Option<Node>),
+        // The keys seen so far, for the duplicate check without a quadratic scan.
+        Map(
+            Span,
+            usize,
+            Vec<(Node, Node)>,
+            Option<Node>,
+            HashMap<String, Span>,
+        ),
     }
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: Vec<Option<Node>> = Vec::new();
@@ -286,7 +294,7 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
             }
             Event::SequenceStart(anchor, _) => stack.push(Frame::Seq(span, anchor, Vec::new())),
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map(span, anchor, Vec::new(), None))
+                stack.push(Frame::Map(span, anchor, Vec::new(), None, HashMap::new()))
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(start, anchor, items)) = stack.pop() {
@@ -301,7 +309,7 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map(start, anchor, entries, _)) = stack.pop() {
+                if let Some(Frame::Map(start, anchor, entries, _, _)) = stack.pop() {
                     let end = entries.last().map_or(start, |(_, v)| v.span);
                     finished = Some((
                         Node {
@@ -318,9 +326,9 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
             match stack.last_mut() {
                 None => root = Some(node),
                 Some(Frame::Seq(_, _, items)) => items.push(node),
-                Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+                Some(Frame::Map(_, _, entries, pending, seen)) => match pending.take() {
                     None => {
-                        if node.scalar_text().is_none() {
+                        let Some(text) = node.scalar_text() else {
                             return Err(SpecError::new(
                                 SpecErrorKind::YamlSyntax,
                                 "Mapping keys must be plain values",
@@ -328,21 +336,15 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
                                 "this key is a list or mapping",
                             )
                             .with_help("Use a string as the key"));
-                        }
-                        if let Some((first, _)) = entries
-                            .iter()
-                            .find(|(k, _)| k.scalar_text() == node.scalar_text())
-                        {
+                        };
+                        if let Some(first) = seen.insert(text.clone(), node.span) {
                             return Err(SpecError::new(
                                 SpecErrorKind::DuplicateName,
-                                format!(
-                                    "Duplicate key `{}`",
-                                    node.scalar_text().unwrap_or_default()
-                                ),
+                                format!("Duplicate key `{text}`"),
                                 node.span,
                                 "defined again here",
                             )
-                            .with_label(first.span, "first defined here")
+                            .with_label(first, "first defined here")
                             .with_help(
                                 "Each key may appear once in a mapping; remove or rename one",
                             ));
