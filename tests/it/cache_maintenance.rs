@@ -64,6 +64,9 @@ fn a_corrupt_action_entry_is_a_miss_with_a_warning() {
         .path()
         .join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]));
     std::fs::write(&entry, "{ not json").unwrap();
+    // While the lockfile vouches for the key's outputs, a no-op run reads no entry (its fast
+    // path); a cache shared by a checkout without that lockfile must read the entry.
+    std::fs::remove_file(project.path().join("mipipe.lock")).unwrap();
     let run = project.mipipe(&["run"]);
     run.expect_code(0);
     assert!(
@@ -72,6 +75,24 @@ fn a_corrupt_action_entry_is_a_miss_with_a_warning() {
         run.stderr
     );
     assert_eq!(run.stages_with("ran"), ["prepare"], "{}", run.stderr);
+}
+
+#[test]
+fn verify_removes_an_unparseable_entry_even_when_the_lockfile_vouches_for_it() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    let key = {
+        let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
+        lock["stages"]["report"]["key"].as_str().unwrap().to_string()
+    };
+    let entry = project.path().join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]));
+    std::fs::write(&entry, "garbage").unwrap();
+    let verify = project.mipipe(&["cache", "verify"]);
+    verify.expect_code(1);
+    assert!(verify.stdout.contains("does not parse"), "{}", verify.stdout);
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran"), ["report"], "{}", run.stderr);
 }
 
 #[test]
