@@ -129,8 +129,7 @@ mod tests {
                 },
                 Piece::Literal(" "),
                 Piece::EscapedDollar,
-                Piece::Literal("keep} "),
-                Piece::Literal("$"),
+                Piece::Literal("keep} $"),
                 Piece::Literal("5"),
             ]
         );

@@ -83,13 +83,22 @@ fn verify_removes_an_unparseable_entry_even_when_the_lockfile_vouches_for_it() {
     project.mipipe(&["run"]).expect_code(0);
     let key = {
         let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
-        lock["stages"]["report"]["key"].as_str().unwrap().to_string()
+        lock["stages"]["report"]["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
-    let entry = project.path().join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]));
+    let entry = project
+        .path()
+        .join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]));
     std::fs::write(&entry, "garbage").unwrap();
     let verify = project.mipipe(&["cache", "verify"]);
     verify.expect_code(1);
-    assert!(verify.stdout.contains("does not parse"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("does not parse"),
+        "{}",
+        verify.stdout
+    );
     let run = project.mipipe(&["run"]);
     run.expect_code(0);
     assert_eq!(run.stages_with("ran"), ["report"], "{}", run.stderr);
