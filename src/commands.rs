@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use mipipe_cache::{Cache, GcPolicy, Lookup, StageKey};
 use mipipe_engine::{
-    did_you_mean, execute, plan, ErrorClass, LoadOptions, Lockfile, Outcome, Pipeline, Reporter,
-    RunOptions, StageStatus,
+    check_up_to_date, did_you_mean, execute, plan, record_up_to_date, ErrorClass, Fingerprint,
+    LoadOptions, Lockfile, Outcome, Pipeline, Reporter, RunOptions, StageStatus,
 };
 
 use crate::cli::{CacheCommand, Cli, Command, DagFormat, PipelineArgs};
@@ -35,10 +35,43 @@ pub fn dispatch(cli: Cli, style: Style) -> Result<(), CliError> {
 }
 
 fn load(args: &PipelineArgs) -> Result<Pipeline, CliError> {
+    let text = Pipeline::read_text(&args.pipeline)?;
+    load_text(args, &text)
+}
+
+fn load_text(args: &PipelineArgs, text: &str) -> Result<Pipeline, CliError> {
     let options = LoadOptions {
         overrides: args.overrides.clone(),
     };
-    Ok(Pipeline::load(&args.pipeline, &registry(), &options)?)
+    Ok(Pipeline::load_text(
+        &args.pipeline,
+        text,
+        &registry(),
+        &options,
+    )?)
+}
+
+/// Identifies this build: its stage kinds and their versions come with it.
+fn binary_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| format!("{}:{}.{}", m.len(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default();
+    format!("mipipe {} {exe}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The fingerprint of resolving `text` with these arguments against the current lockfile.
+fn fingerprint(args: &PipelineArgs, text: &str, targets: &[String]) -> Fingerprint {
+    let lock_bytes = std::fs::read(Lockfile::path_for(&args.pipeline)).unwrap_or_default();
+    let mut arguments = Vec::new();
+    for o in &args.overrides {
+        arguments.push(format!("--set={o}"));
+    }
+    for t in targets {
+        arguments.push(format!("--target={t}"));
+    }
+    Fingerprint::new(&binary_identity(), text, &arguments, &lock_bytes)
 }
 
 fn open_cache(pipeline_path: &Path, cache_dir: Option<PathBuf>) -> Result<Cache, CliError> {
@@ -108,7 +141,29 @@ fn run(
     json: bool,
     style: Style,
 ) -> Result<(), CliError> {
-    let pipeline = load(&args.pipeline)?;
+    let text = Pipeline::read_text(&args.pipeline.pipeline)?;
+    if args.force.is_none() && !args.dry_run {
+        let cache = open_cache(&args.pipeline.pipeline, cache_dir.clone())?;
+        let print = fingerprint(&args.pipeline, &text, &args.targets);
+        if let Some(stages) = check_up_to_date(&cache, &args.pipeline.pipeline, &print) {
+            let reporter = TerminalReporter::new(json, style);
+            reporter.on_run_start(stages.len());
+            for stage in &stages {
+                reporter.on_cached(stage, false);
+            }
+            reporter.finish();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "summary", "ran": 0, "cached": stages.len(), "failed": 0, "not_run": 0})
+                );
+            } else {
+                eprintln!("0 ran, {} cached", stages.len());
+            }
+            return Ok(());
+        }
+    }
+    let pipeline = load_text(&args.pipeline, &text)?;
     let selected = selection(&pipeline, &args.targets)?;
     let forced: BTreeSet<usize> = match &args.force {
         None => BTreeSet::new(),
@@ -154,6 +209,12 @@ fn run(
     let dyn_reporter: Arc<dyn Reporter> = reporter.clone();
     let summary = execute(&pipeline, &cache, &lock_path, &options, &dyn_reporter);
     reporter.finish();
+    let all_succeeded = summary.outcomes.iter().all(|(_, o)| o.is_success());
+    if all_succeeded && options.forced.is_empty() {
+        let selected: Vec<usize> = options.selected.iter().copied().collect();
+        let print = fingerprint(&args.pipeline, &text, &args.targets);
+        record_up_to_date(&cache, &pipeline, &selected, &print);
+    }
     let (executed, cached, failed, skipped) = summary.counts();
     if !json {
         let mut line = format!("{executed} ran, {cached} cached");
@@ -271,9 +332,14 @@ fn status(
     json: bool,
     style: Style,
 ) -> Result<(), CliError> {
-    let pipeline = load(args)?;
-    let selected = selection(&pipeline, targets)?;
+    let text = Pipeline::read_text(&args.pipeline)?;
     let cache = open_cache(&args.pipeline, cache_dir)?;
+    let print = fingerprint(args, &text, targets);
+    if let Some(stages) = check_up_to_date(&cache, &args.pipeline, &print) {
+        return print_plan(&mipipe_engine::Plan::all_cached(stages), json, style);
+    }
+    let pipeline = load_text(args, &text)?;
+    let selected = selection(&pipeline, targets)?;
     let (lock, warning) = Lockfile::read(&Lockfile::path_for(&args.pipeline));
     if let Some(w) = warning {
         eprintln!("warning: {w}");
@@ -368,7 +434,7 @@ fn current_key(
         .map(|(_, s)| s)
         .expect("the stage is in its own closure");
     let key = match &status {
-        StageStatus::Cached { key } => Some(*key),
+        StageStatus::Cached { key } => *key,
         StageStatus::WillRun { key, .. } => *key,
     };
     (key, status)

@@ -22,6 +22,7 @@ mod plan;
 mod reporter;
 mod stage;
 pub mod template;
+mod uptodate;
 mod yaml;
 
 pub use diagnostic::{did_you_mean, PipelineError, SpecError, SpecErrorKind};
@@ -37,4 +38,5 @@ pub use stage::{
     ErrorClass, OutputKind, OutputSpec, ParamDoc, ParamError, ProgressSink, Registry, Resources,
     Stage, StageContext, StageError, StageKind,
 };
+pub use uptodate::{check_up_to_date, record_up_to_date, Fingerprint};
 pub use yaml::{Node, NodeValue, Source, Sources, Span};

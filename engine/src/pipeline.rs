@@ -128,20 +128,35 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Reads a pipeline file's text.
+    pub fn read_text(path: &Path) -> Result<String, LoadError> {
+        std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// Reads and resolves a pipeline file.
     pub fn load(
         path: &Path,
         registry: &Registry,
         options: &LoadOptions,
     ) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = Self::read_text(path)?;
+        Self::load_text(path, &text, registry, options)
+    }
+
+    /// Resolves the text of the pipeline file at `path` (read already by the caller).
+    pub fn load_text(
+        path: &Path,
+        text: &str,
+        registry: &Registry,
+        options: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         let workspace = crate::fsutil::parent_dir(path);
         Self::from_text(
             &path.display().to_string(),
-            &text,
+            text,
             &workspace,
             registry,
             options,

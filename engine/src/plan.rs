@@ -261,8 +261,8 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
 pub enum StageStatus {
     /// Up to date.
     Cached {
-        /// Key.
-        key: StageKey,
+        /// Key (absent when the up-to-date memo answered without computing keys).
+        key: Option<StageKey>,
     },
     /// Must run.
     WillRun {
@@ -283,6 +283,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan in which every stage is cached (from the up-to-date memo, which knows names only).
+    pub fn all_cached(stages: Vec<String>) -> Self {
+        Self {
+            stages: stages
+                .into_iter()
+                .map(|name| (name, StageStatus::Cached { key: None }))
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
     /// How many stages will run.
     pub fn to_run(&self) -> usize {
         self.stages
@@ -423,7 +434,7 @@ pub fn plan(
                     ) {
                         KeyedLookup::Hit(cached) => {
                             outputs[index] = Some(cached);
-                            StageStatus::Cached { key }
+                            StageStatus::Cached { key: Some(key) }
                         }
                         KeyedLookup::Miss(reasons) => StageStatus::WillRun {
                             key: Some(key),

@@ -233,3 +233,73 @@ fn the_lockfile_records_keys_and_output_digests_sorted() {
     project.mipipe(&["run"]).expect_code(0);
     assert_eq!(before, project.read("mipipe.lock"));
 }
+
+/// Waits out the two-second window in which mipipe does not trust a file's stat.
+fn let_stats_settle() {
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+}
+
+fn memo_count(project: &Project) -> usize {
+    std::fs::read_dir(project.path().join(".mipipe/state/v1/up-to-date"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_up_to_date_memo_never_hides_a_change() {
+    let project = example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    let_stats_settle();
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(
+        memo_count(&project),
+        1,
+        "a settled no-op run records the memo"
+    );
+
+    // A dependency rewritten with the same size: its stat changes, so the memo is not used.
+    // The new table has the same row count, so the models come out identical and the report
+    // stays cached.
+    project.write("raw.csv", "X,1\nB,2\nC,3\n");
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran").len(), 5, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cached report (upstream output unchanged)"),
+        "{}",
+        run.stderr
+    );
+
+    // A deleted workspace copy comes back.
+    let_stats_settle();
+    project.mipipe(&["run"]).expect_code(0);
+    std::fs::remove_file(project.path().join("results/report.md")).unwrap();
+    project.mipipe(&["run"]).expect_code(0);
+    assert!(project.read("results/report.md").contains("rows=3"));
+
+    // An object removed from the store makes its stage run again.
+    let_stats_settle();
+    project.mipipe(&["run"]).expect_code(0);
+    let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
+    let digest = lock["stages"]["report"]["outputs"]["md"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(project.path().join(format!(
+        ".mipipe/objects/v1/{}/{}",
+        &digest[..2],
+        &digest[2..]
+    )))
+    .unwrap();
+    let run = project.mipipe(&["run"]);
+    assert_eq!(run.stages_with("ran"), ["report"], "{}", run.stderr);
+
+    // Overrides and targets are part of the fingerprint.
+    let status = project.mipipe(&["status", "--set", "prepare.rows=1"]);
+    assert!(
+        status.stdout.contains("param `rows` changed 1000 -> 1"),
+        "{}",
+        status.stdout
+    );
+}
