@@ -166,8 +166,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--dvc-max", type=int, default=100, help="largest N for DVC (slow)")
-    parser.add_argument("--hash-mb", type=int, default=1024)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-engine.json"))
+    parser.add_argument("--hash-mb", type=int, default=1024, help="0 skips the hash benchmark")
+    parser.add_argument("--tools", default="mipipe,snakemake,dvc")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results-engine.json"))
     args = parser.parse_args()
     b3sum = ensure_peers()
     mipipe = build_mipipe()
@@ -177,15 +178,16 @@ def main():
         for name, fn in [("mipipe", lambda d: bench_mipipe(mipipe, d, n)),
                          ("snakemake", lambda d: bench_snakemake(d, n)),
                          ("dvc", lambda d: bench_dvc(d, n))]:
-            if name == "dvc" and n > args.dvc_max:
+            if name not in args.tools.split(",") or (name == "dvc" and n > args.dvc_max):
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 row[name] = fn(Path(tmp))
             print(f"N={n} {name}: {row[name]}", file=sys.stderr)
         results["sizes"][n] = row
-    ours, theirs = bench_hash(mipipe, b3sum, args.hash_mb)
-    results["hash"] = {"size_mb": args.hash_mb, "mipipe_s": ours, "b3sum_s": theirs}
-    print(f"hash {args.hash_mb} MiB: mipipe {ours:.3f}s, b3sum {theirs:.3f}s", file=sys.stderr)
+    if args.hash_mb > 0:
+        ours, theirs = bench_hash(mipipe, b3sum, args.hash_mb)
+        results["hash"] = {"size_mb": args.hash_mb, "mipipe_s": ours, "b3sum_s": theirs}
+        print(f"hash {args.hash_mb} MiB: mipipe {ours:.3f}s, b3sum {theirs:.3f}s", file=sys.stderr)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 

@@ -106,6 +106,24 @@ pub struct RunArgs {
     /// Run every stage in its own worker process (`mipipe exec-stage`) for crash isolation.
     #[arg(long)]
     pub isolate: bool,
+
+    /// Where stages run unless they set `executor:` themselves [default: the pipeline's
+    /// `executor:`, else local]. `slurm` submits one job per stage (see docs/slurm.md).
+    #[arg(long, value_enum, value_name = "EXECUTOR")]
+    pub executor: Option<ExecutorArg>,
+
+    /// With Slurm: submit the jobs and return; `mipipe status` shows their progress and a
+    /// later `mipipe run` records their results.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExecutorArg {
+    /// This machine.
+    Local,
+    /// One Slurm job per stage.
+    Slurm,
 }
 
 #[derive(Args, Debug)]

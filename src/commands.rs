@@ -1,6 +1,6 @@
 //! One function per subcommand.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use mipipe_cache::{Cache, GcPolicy, Lookup, StageKey};
 use mipipe_engine::{
-    check_up_to_date, did_you_mean, execute, plan, record_up_to_date, ErrorClass, Fingerprint,
-    LoadOptions, Lockfile, Outcome, Pipeline, Reporter, RunOptions, StageStatus,
+    check_up_to_date, did_you_mean, execute, plan, record_up_to_date, ErrorClass, Executor,
+    Fingerprint, LoadOptions, Lockfile, Outcome, Pipeline, Reporter, RunOptions, StageStatus,
 };
+use mipipe_executor_slurm::{SlurmRun, SlurmSettings};
 
-use crate::cli::{CacheCommand, Cli, Command, DagFormat, PipelineArgs};
+use crate::cli::{CacheCommand, Cli, Command, DagFormat, ExecutorArg, PipelineArgs};
 use crate::launcher::SubprocessLauncher;
 use crate::reporter::TerminalReporter;
 use crate::style::Style;
@@ -178,7 +179,7 @@ fn run(
             eprintln!("warning: {w}");
         }
         let plan = plan(&pipeline, &cache, &lock, &selected, &forced);
-        return print_plan(&plan, json, style);
+        return print_plan(&plan, &BTreeMap::new(), json, style);
     }
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -204,10 +205,66 @@ fn run(
         cancel: cancel.clone(),
         launcher: Some(Arc::new(launcher)),
         isolate_all: args.isolate,
+        only: None,
+        record_lockfile: true,
     };
     let reporter = Arc::new(TerminalReporter::new(json, style));
     let dyn_reporter: Arc<dyn Reporter> = reporter.clone();
-    let summary = execute(&pipeline, &cache, &lock_path, &options, &dyn_reporter);
+    let default_executor = match args.executor {
+        Some(ExecutorArg::Local) => Executor::Local,
+        Some(ExecutorArg::Slurm) => Executor::Slurm,
+        None => pipeline.executor,
+    };
+    let uses_slurm = options
+        .selected
+        .iter()
+        .any(|&i| pipeline.stages[i].executor.unwrap_or(default_executor) == Executor::Slurm);
+    if args.detach && !uses_slurm {
+        return Err(CliError::Usage {
+            message: "`--detach` needs stages that run on Slurm".into(),
+            help: Some("Pass `--executor slurm`, or set `executor: slurm` in the pipeline".into()),
+        });
+    }
+    let summary = if uses_slurm {
+        let settings = SlurmSettings {
+            mipipe_bin: std::env::current_exe().map_err(|e| {
+                CliError::Environment(format!("Cannot locate the mipipe executable: {e}"))
+            })?,
+            overrides: args.pipeline.overrides.clone(),
+            default_executor,
+            detach: args.detach,
+            poll_interval: Duration::from_millis(300),
+        };
+        let result = mipipe_executor_slurm::run(
+            &pipeline,
+            &cache,
+            &lock_path,
+            &options,
+            &settings,
+            &dyn_reporter,
+        )
+        .map_err(|e| CliError::Environment(e.to_string()))?;
+        match result {
+            SlurmRun::Finished(summary) => summary,
+            SlurmRun::Detached { submitted, .. } => {
+                reporter.finish();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "detached", "submitted": submitted})
+                    );
+                } else {
+                    eprintln!(
+                        "{} stage(s) submitted to Slurm; `mipipe status` follows them, `mipipe run` records their results",
+                        submitted.len()
+                    );
+                }
+                return Ok(());
+            }
+        }
+    } else {
+        execute(&pipeline, &cache, &lock_path, &options, &dyn_reporter)
+    };
     reporter.finish();
     let all_succeeded = summary.outcomes.iter().all(|(_, o)| o.is_success());
     if all_succeeded && options.forced.is_empty() {
@@ -286,7 +343,12 @@ fn print_log_tail(log: &Path, lines: usize) {
     }
 }
 
-fn print_plan(plan: &mipipe_engine::Plan, json: bool, style: Style) -> Result<(), CliError> {
+fn print_plan(
+    plan: &mipipe_engine::Plan,
+    notes: &BTreeMap<String, String>,
+    json: bool,
+    style: Style,
+) -> Result<(), CliError> {
     if json {
         println!(
             "{}",
@@ -305,7 +367,10 @@ fn print_plan(plan: &mipipe_engine::Plan, json: bool, style: Style) -> Result<()
                 let _ = writeln!(out, "  {}  {name}", style.dim("cached  "));
             }
             StageStatus::WillRun { reasons, .. } => {
-                let why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+                let mut why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+                if let Some(note) = notes.get(name) {
+                    why.insert(0, note.clone());
+                }
                 let _ = writeln!(
                     out,
                     "  {}  {name:<width$}  {}",
@@ -336,7 +401,12 @@ fn status(
     let cache = open_cache(&args.pipeline, cache_dir)?;
     let print = fingerprint(args, &text, targets);
     if let Some(stages) = check_up_to_date(&cache, &args.pipeline, &print) {
-        return print_plan(&mipipe_engine::Plan::all_cached(stages), json, style);
+        return print_plan(
+            &mipipe_engine::Plan::all_cached(stages),
+            &BTreeMap::new(),
+            json,
+            style,
+        );
     }
     let pipeline = load_text(args, &text)?;
     let selected = selection(&pipeline, targets)?;
@@ -345,7 +415,14 @@ fn status(
         eprintln!("warning: {w}");
     }
     let plan = plan(&pipeline, &cache, &lock, &selected, &BTreeSet::new());
-    print_plan(&plan, json, style)
+    let waiting: Vec<String> = plan
+        .stages
+        .iter()
+        .filter(|(_, s)| matches!(s, StageStatus::WillRun { .. }))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let notes = mipipe_executor_slurm::describe_submitted(&cache, &args.pipeline, &waiting);
+    print_plan(&plan, &notes, json, style)
 }
 
 fn node_id(index: usize) -> String {
@@ -357,60 +434,41 @@ fn dag(args: &PipelineArgs, format: DagFormat) -> Result<(), CliError> {
     let mut out = String::new();
     match format {
         DagFormat::Text => {
-            for stage in &pipeline.stages {
+            for (i, stage) in pipeline.stages.iter().enumerate() {
                 let _ = writeln!(out, "{} ({})", stage.name, stage.kind.kind());
-                for (input, ups) in &stage.inputs {
-                    for up in ups {
-                        let _ = writeln!(
-                            out,
-                            "    {input} <- {}.{}",
-                            pipeline.stages[up.stage].name, up.output
-                        );
-                    }
+                for (from, _, input, output) in pipeline.edges().filter(|e| e.1 == i) {
+                    let _ = writeln!(
+                        out,
+                        "    {input} <- {}.{output}",
+                        pipeline.stages[from].name
+                    );
                 }
             }
         }
         DagFormat::Dot => {
             out.push_str("digraph mipipe {\n  rankdir=LR;\n  node [shape=box];\n");
             for (i, stage) in pipeline.stages.iter().enumerate() {
+                let label = stage.name.replace('"', "\\\"");
+                let _ = writeln!(out, "  {} [label=\"{label}\"];", node_id(i));
+            }
+            for (from, to, input, _) in pipeline.edges() {
                 let _ = writeln!(
                     out,
-                    "  {} [label=\"{}\"];",
-                    node_id(i),
-                    stage.name.replace('"', "\\\"")
+                    "  {} -> {} [label=\"{input}\"];",
+                    node_id(from),
+                    node_id(to)
                 );
-            }
-            for (i, stage) in pipeline.stages.iter().enumerate() {
-                for (input, ups) in &stage.inputs {
-                    for up in ups {
-                        let _ = writeln!(
-                            out,
-                            "  {} -> {} [label=\"{input}\"];",
-                            node_id(up.stage),
-                            node_id(i)
-                        );
-                    }
-                }
             }
             out.push_str("}\n");
         }
         DagFormat::Mermaid => {
             out.push_str("flowchart LR\n");
             for (i, stage) in pipeline.stages.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "  {}[\"{}\"]",
-                    node_id(i),
-                    stage.name.replace('"', "#quot;")
-                );
+                let label = stage.name.replace('"', "#quot;");
+                let _ = writeln!(out, "  {}[\"{label}\"]", node_id(i));
             }
-            for (i, stage) in pipeline.stages.iter().enumerate() {
-                for (input, ups) in &stage.inputs {
-                    for up in ups {
-                        let _ =
-                            writeln!(out, "  {} -->|{input}| {}", node_id(up.stage), node_id(i));
-                    }
-                }
+            for (from, to, input, _) in pipeline.edges() {
+                let _ = writeln!(out, "  {} -->|{input}| {}", node_id(from), node_id(to));
             }
         }
     }
@@ -804,7 +862,16 @@ fn exec_stage(job_file: &Path) -> Result<(), CliError> {
     let bytes = std::fs::read(job_file).map_err(|e| {
         CliError::Environment(format!("Cannot read job `{}`: {e}", job_file.display()))
     })?;
-    let job: mipipe_engine::Job = serde_json::from_slice(&bytes).map_err(|e| CliError::Usage {
+    /// The two kinds of job description.
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum AnyJob {
+        /// One stage of a pipeline file (cluster jobs).
+        Stage(mipipe_engine::PipelineStageJob),
+        /// A stage with resolved input and output paths (worker processes).
+        Resolved(mipipe_engine::Job),
+    }
+    let job: AnyJob = serde_json::from_slice(&bytes).map_err(|e| CliError::Usage {
         message: format!(
             "`{}` is not a mipipe job description: {e}",
             job_file.display()
@@ -816,8 +883,46 @@ fn exec_stage(job_file: &Path) -> Result<(), CliError> {
         let cancel = cancel.clone();
         let _ = ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst));
     }
-    mipipe_engine::run_job(&registry(), &job, cancel).map_err(|e| match e.class() {
-        ErrorClass::Environment => CliError::Environment(e.message().to_string()),
-        _ => CliError::StagesFailed(e.message().to_string(), 1),
-    })
+    match job {
+        AnyJob::Resolved(job) => {
+            mipipe_engine::run_job(&registry(), &job, cancel).map_err(|e| match e.class() {
+                ErrorClass::Environment => CliError::Environment(e.message().to_string()),
+                _ => CliError::StagesFailed(e.message().to_string(), 1),
+            })
+        }
+        AnyJob::Stage(job) => {
+            let launcher = SubprocessLauncher::current().map_err(|e| {
+                CliError::Environment(format!("Cannot locate the mipipe executable: {e}"))
+            })?;
+            let reporter: Arc<dyn Reporter> =
+                Arc::new(TerminalReporter::new(false, Style::detect()));
+            let outcome = mipipe_engine::run_pipeline_stage(
+                &registry(),
+                &job,
+                cancel,
+                Some(Arc::new(launcher)),
+                &reporter,
+            )
+            .map_err(|e| CliError::Environment(e.to_string()))?;
+            match outcome {
+                Outcome::Executed { .. } | Outcome::Cached { .. } => Ok(()),
+                Outcome::Failed {
+                    error, class, log, ..
+                } => {
+                    if let Some(log) = &log {
+                        eprintln!("stage log ({}):", log.display());
+                        print_log_tail(log, 30);
+                    }
+                    match class {
+                        ErrorClass::Environment => Err(CliError::Environment(error)),
+                        _ => Err(CliError::StagesFailed(error, 1)),
+                    }
+                }
+                Outcome::Skipped { cause } => {
+                    Err(CliError::StagesFailed(format!("Not run: {cause}"), 1))
+                }
+                Outcome::Cancelled => Err(CliError::StagesFailed("Cancelled".into(), 130)),
+            }
+        }
+    }
 }

@@ -229,6 +229,15 @@ impl Reporter for TerminalReporter {
         self.line(&text);
     }
 
+    fn on_submitted(&self, stage: &str, executor: &str, job: &str, log: &std::path::Path) {
+        self.event(json!({"event": "submitted", "stage": stage, "executor": executor, "job": job, "log": log}));
+        self.line(&format!(
+            "{} submitted {stage} as {executor} job {job} (log {})",
+            self.counter(),
+            log.display()
+        ));
+    }
+
     fn on_warning(&self, message: &str) {
         self.event(json!({"event": "warning", "message": message}));
         self.line(&format!("{}: {message}", self.style.yellow("warning")));

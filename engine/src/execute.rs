@@ -94,6 +94,11 @@ pub struct RunOptions {
     pub launcher: Option<Arc<dyn WorkerLauncher>>,
     /// Run every stage in a worker process.
     pub isolate_all: bool,
+    /// Run only this stage: every other selected stage must already be cached (a cluster job
+    /// runs one stage whose upstream jobs have completed).
+    pub only: Option<usize>,
+    /// Update the pipeline's lockfile at the end (a cluster job leaves that to the submitter).
+    pub record_lockfile: bool,
 }
 
 /// The result of a run.
@@ -181,6 +186,8 @@ pub fn execute(
             let mut progressed = true;
             while progressed && stop_cause.is_none() {
                 progressed = false;
+                // A stage that cannot even start: (index, key, message, class).
+                let mut early_failure: Option<(usize, Option<StageKey>, String, ErrorClass)> = None;
                 let ready: Vec<usize> =
                     pending
                         .iter()
@@ -203,19 +210,12 @@ pub fn execute(
                         let digests = match digests {
                             Ok(d) => d,
                             Err(reason) => {
-                                pending.remove(&index);
-                                let outcome = Outcome::Failed {
-                                    key: None,
-                                    error: format!("Cannot run `{}`: {reason}", stage.name),
-                                    class: ErrorClass::Stage,
-                                    log: None,
-                                };
-                                reporter.on_stage_end(&stage.name, &outcome, Duration::ZERO);
-                                outcomes[index] = Some(outcome);
-                                progressed = true;
-                                if !options.keep_going {
-                                    stop_cause = Some(format!("`{}` failed", stage.name));
-                                }
+                                early_failure = Some((
+                                    index,
+                                    None,
+                                    format!("Cannot run `{}`: {reason}", stage.name),
+                                    ErrorClass::Stage,
+                                ));
                                 break;
                             }
                         };
@@ -255,25 +255,30 @@ pub fn execute(
                             KeyedLookup::Miss(reasons) => reasons_of[index] = reasons,
                         }
                     }
+                    if options.only.is_some_and(|only| only != index) {
+                        early_failure = Some((
+                            index,
+                            keys[index],
+                            format!(
+                                "Upstream stage `{}` is not in the cache; its job did not complete",
+                                stage.name
+                            ),
+                            ErrorClass::Stage,
+                        ));
+                        break;
+                    }
                     let want_cpus = (stage.resources.cpus as usize).clamp(1, options.jobs.max(1));
                     let want_gpus = stage.resources.gpus as usize;
                     if want_gpus > options.gpus {
-                        pending.remove(&index);
-                        let outcome = Outcome::Failed {
-                            key: keys[index],
-                            error: format!(
+                        early_failure = Some((
+                            index,
+                            keys[index],
+                            format!(
                                 "Stage `{}` needs {want_gpus} GPU(s) but this run has {} (`--gpus`)",
                                 stage.name, options.gpus
                             ),
-                            class: ErrorClass::Environment,
-                            log: None,
-                        };
-                        reporter.on_stage_end(&stage.name, &outcome, Duration::ZERO);
-                        outcomes[index] = Some(outcome);
-                        progressed = true;
-                        if !options.keep_going {
-                            stop_cause = Some(format!("`{}` failed", stage.name));
-                        }
+                            ErrorClass::Environment,
+                        ));
                         break;
                     }
                     if want_cpus > cpu_free || want_gpus > gpu_free.len() {
@@ -320,6 +325,22 @@ pub fn execute(
                             elapsed: started.elapsed(),
                         });
                     });
+                }
+                if let Some((index, key, error, class)) = early_failure {
+                    let name = &pipeline.stages[index].name;
+                    pending.remove(&index);
+                    let outcome = Outcome::Failed {
+                        key,
+                        error,
+                        class,
+                        log: None,
+                    };
+                    reporter.on_stage_end(name, &outcome, Duration::ZERO);
+                    outcomes[index] = Some(outcome);
+                    progressed = true;
+                    if !options.keep_going {
+                        stop_cause = Some(format!("`{name}` failed"));
+                    }
                 }
             }
             if running == 0 {
@@ -390,50 +411,25 @@ pub fn execute(
         outcomes[index] = Some(outcome);
     }
 
-    // Record what is now known to be current. Skip the write (and the re-read under the lock
-    // that merges with concurrent runs) when nothing would change: the no-op fast path.
-    let mut lockfile_updated = false;
+    // Record what is now known to be current.
     let _ = cache.file_digests().save();
-    let record = |lock: &mut Lockfile| {
-        let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-        lock.stages.retain(|name, _| names.contains(name.as_str()));
+    let mut lockfile_updated = false;
+    if options.record_lockfile {
+        let mut entries = BTreeMap::new();
         for (index, stage) in pipeline.stages.iter().enumerate() {
             if !outcomes[index].as_ref().is_some_and(Outcome::is_success) || !stage.cache {
                 continue;
             }
-            let (Some(key), Some(inputs), Some(outs)) =
+            if let (Some(key), Some(inputs), Some(outs)) =
                 (keys[index], &inputs_of[index], &outputs[index])
-            else {
-                continue;
-            };
-            lock.stages.insert(
-                stage.name.clone(),
-                LockEntry {
-                    kind: stage.kind.kind().to_string(),
-                    kind_version: stage.kind.version(),
-                    key,
-                    params: stage.params.clone(),
-                    inputs: inputs.clone(),
-                    outputs: outs.clone(),
-                },
-            );
-        }
-    };
-    let mut updated = lock.clone();
-    record(&mut updated);
-    if updated != lock || !lock_path.exists() {
-        match cache.locks().lock(&lockfile_lock_name(lock_path)) {
-            Ok(_guard) => {
-                let (mut fresh, _) = Lockfile::read(lock_path);
-                record(&mut fresh);
-                match fresh.write(lock_path) {
-                    Ok(changed) => lockfile_updated = changed,
-                    Err(e) => {
-                        reporter.on_warning(&format!("Cannot write `{}`: {e}", lock_path.display()))
-                    }
-                }
+            {
+                entries.insert(stage.name.clone(), LockEntry::new(stage, key, inputs, outs));
             }
-            Err(e) => reporter.on_warning(&format!("Cannot lock the lockfile: {e}")),
+        }
+        let names = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        match Lockfile::update(lock_path, cache, &names, &entries, &lock) {
+            Ok(changed) => lockfile_updated = changed,
+            Err(e) => reporter.on_warning(&format!("Cannot write `{}`: {e}", lock_path.display())),
         }
     }
 
@@ -452,20 +448,6 @@ pub fn execute(
             .collect(),
         lockfile_updated,
     }
-}
-
-fn lockfile_lock_name(lock_path: &Path) -> String {
-    let absolute = fs::canonicalize(lock_path.parent().unwrap_or(Path::new(".")))
-        .unwrap_or_default()
-        .join(lock_path.file_name().unwrap_or_default());
-    format!(
-        "lockfile-{}",
-        &blake_hex(absolute.to_string_lossy().as_bytes())[..16]
-    )
-}
-
-fn blake_hex(bytes: &[u8]) -> String {
-    mipipe_cache::ObjectDigest::of_bytes(bytes).to_hex()
 }
 
 fn first_failed_upstream(

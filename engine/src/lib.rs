@@ -12,6 +12,7 @@
 //! trait and the [`WorkerLauncher`] that runs a stage in another process. It knows no stage
 //! kind, no terminal and no libtorch; the binary wires kinds, reporter and launcher together.
 
+mod cluster;
 mod diagnostic;
 mod execute;
 mod fsutil;
@@ -25,9 +26,12 @@ pub mod template;
 mod uptodate;
 mod yaml;
 
+pub use cluster::{ClusterOptions, Executor};
 pub use diagnostic::{did_you_mean, PipelineError, SpecError, SpecErrorKind};
 pub use execute::{execute, Outcome, RunOptions, RunSummary};
-pub use job::{run_job, Job, WorkerLauncher};
+pub use job::{
+    run_job, run_pipeline_stage, Job, PipelineStageJob, PipelineStageJobError, WorkerLauncher,
+};
 pub use lockfile::{LockEntry, Lockfile};
 pub use pipeline::{LoadError, LoadOptions, Pipeline, ResolvedStage, Upstream};
 pub use plan::{

@@ -6,12 +6,14 @@
 //! `status` the previous params to explain a rerun ("param `lr` changed 0.1 -> 0.01"), and
 //! tells `cache gc` what to keep.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use mipipe_cache::{write_atomic, ObjectDigest, StageKey, StoredOutput};
+use mipipe_cache::{write_atomic, Cache, ObjectDigest, StageKey, StoredOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::pipeline::ResolvedStage;
 
 /// One stage's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,25 @@ pub struct LockEntry {
     pub inputs: BTreeMap<String, Vec<ObjectDigest>>,
     /// Outputs.
     pub outputs: BTreeMap<String, StoredOutput>,
+}
+
+impl LockEntry {
+    /// The record of a stage whose key, inputs and outputs are known.
+    pub fn new(
+        stage: &ResolvedStage,
+        key: StageKey,
+        inputs: &BTreeMap<String, Vec<ObjectDigest>>,
+        outputs: &BTreeMap<String, StoredOutput>,
+    ) -> Self {
+        Self {
+            kind: stage.kind.kind().to_string(),
+            kind_version: stage.kind.version(),
+            key,
+            params: stage.params.clone(),
+            inputs: inputs.clone(),
+            outputs: outputs.clone(),
+        }
+    }
 }
 
 /// The whole file.
@@ -90,4 +111,49 @@ impl Lockfile {
         write_atomic(path, text.as_bytes())?;
         Ok(true)
     }
+
+    /// Records `entries` (stage name -> current record) in the lockfile at `path`, dropping
+    /// stages not in `names`. `known` is the lockfile as read at the start of the run: when
+    /// applying the records to it changes nothing, nothing is read or written again (the no-op
+    /// path); otherwise the file is re-read and rewritten under a cache lock, so concurrent runs
+    /// merge their records. Returns whether the file changed.
+    pub fn update(
+        path: &Path,
+        cache: &Cache,
+        names: &BTreeSet<&str>,
+        entries: &BTreeMap<String, LockEntry>,
+        known: &Lockfile,
+    ) -> std::io::Result<bool> {
+        let apply = |lock: &mut Lockfile| {
+            lock.stages.retain(|name, _| names.contains(name.as_str()));
+            for (name, entry) in entries {
+                lock.stages.insert(name.clone(), entry.clone());
+            }
+        };
+        let mut updated = known.clone();
+        apply(&mut updated);
+        if updated == *known && path.exists() {
+            return Ok(false);
+        }
+        let _guard = cache
+            .locks()
+            .lock(&lock_name(path))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (mut fresh, _) = Lockfile::read(path);
+        apply(&mut fresh);
+        fresh.write(path)
+    }
+}
+
+/// The cache lock that serialises writers of one lockfile.
+fn lock_name(path: &Path) -> String {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let absolute = std::fs::canonicalize(parent)
+        .unwrap_or_else(|_| parent.to_path_buf())
+        .join(path.file_name().unwrap_or_default());
+    let digest = ObjectDigest::of_bytes(absolute.to_string_lossy().as_bytes()).to_hex();
+    format!("lockfile-{}", &digest[..16])
 }

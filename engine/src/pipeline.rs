@@ -17,13 +17,14 @@ use std::sync::Arc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
+use crate::cluster::{ClusterOptions, Executor};
 use crate::diagnostic::{did_you_mean, suggestion_help, PipelineError, SpecError, SpecErrorKind};
 use crate::stage::{OutputSpec, Registry, Resources, StageKind};
 use crate::template::{self, Piece};
 use crate::yaml::{self, Node, NodeValue, SourceId, Sources, Span};
 
 /// Keys allowed at the top of a pipeline file.
-const TOP_KEYS: &[&str] = &["version", "vars", "defaults", "stages"];
+const TOP_KEYS: &[&str] = &["version", "vars", "defaults", "executor", "slurm", "stages"];
 /// Keys allowed in a stage.
 const STAGE_KEYS: &[&str] = &[
     "kind",
@@ -34,6 +35,8 @@ const STAGE_KEYS: &[&str] = &[
     "resources",
     "cache",
     "materialize",
+    "executor",
+    "slurm",
 ];
 /// Keys allowed in `defaults:`.
 const DEFAULTS_KEYS: &[&str] = &["params", "resources", "cache"];
@@ -104,6 +107,10 @@ pub struct ResolvedStage {
     pub materialize: BTreeMap<String, PathBuf>,
     /// `description:` text.
     pub description: Option<String>,
+    /// `executor:` set on the stage itself (it wins over the pipeline's and the command line's).
+    pub executor: Option<Executor>,
+    /// Scheduler options: the pipeline's `slurm:` overridden by the stage's.
+    pub cluster: ClusterOptions,
     /// The stage's name in the file.
     pub span: Span,
 }
@@ -125,6 +132,8 @@ pub struct Pipeline {
     pub stages: Vec<ResolvedStage>,
     /// The source texts (for later diagnostics).
     pub sources: Sources,
+    /// The pipeline's `executor:` (default `local`).
+    pub executor: Executor,
 }
 
 impl Pipeline {
@@ -187,17 +196,20 @@ impl Pipeline {
             registry,
             sources: &sources,
             errors: Vec::new(),
+            executor: Executor::Local,
         };
         let stages = resolver.run(file, &overrides);
         if !resolver.errors.is_empty() || stages.is_none() {
             let errors = std::mem::take(&mut resolver.errors);
             return Err(PipelineError::new(name, &sources, errors));
         }
+        let executor = resolver.executor;
         Ok(Self {
             path: PathBuf::from(name),
             workspace: workspace.to_path_buf(),
             stages: stages.unwrap_or_default(),
             sources,
+            executor,
         })
     }
 
@@ -230,6 +242,20 @@ impl Pipeline {
         keep
     }
 
+    /// Every edge as (producer index, consumer index, input name, output name), consumers in
+    /// order.
+    pub fn edges(&self) -> impl Iterator<Item = (usize, usize, &str, &str)> {
+        self.stages
+            .iter()
+            .enumerate()
+            .flat_map(|(consumer, stage)| {
+                stage.inputs.iter().flat_map(move |(input, ups)| {
+                    ups.iter()
+                        .map(move |up| (up.stage, consumer, input.as_str(), up.output.as_str()))
+                })
+            })
+    }
+
     /// Stage names a person could mean (for did-you-mean on `--target`).
     pub fn names(&self) -> BTreeSet<&str> {
         self.stages
@@ -255,6 +281,8 @@ struct RawStage {
     resources: Option<Node>,
     cache: Option<Node>,
     materialize: Vec<(Node, Node)>,
+    executor: Option<Node>,
+    cluster: Option<Node>,
 }
 
 /// One input reference, parsed: `stage[selector].output`.
@@ -284,6 +312,8 @@ struct Resolver<'a> {
     registry: &'a Registry,
     sources: &'a Sources,
     errors: Vec<SpecError>,
+    /// The pipeline's `executor:`.
+    executor: Executor,
 }
 
 fn err(kind: SpecErrorKind, message: impl Into<String>, span: Span, label: &str) -> SpecError {
@@ -314,6 +344,39 @@ impl Resolver<'_> {
                 offset: span.offset + at,
                 len: needle.len(),
             })
+    }
+
+    /// Deserialises a node into a typed value, reporting a problem at its exact span.
+    fn typed<T: serde::de::DeserializeOwned>(&mut self, node: &Node, what: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(node.to_json()) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let path: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();
+                let span = match node.as_map() {
+                    Some(entries) => path
+                        .first()
+                        .and_then(|first| entries.iter().find(|(k, _)| k.as_str() == Some(first)))
+                        .map_or(node.span, |(k, v)| {
+                            if e.inner().to_string().contains("unknown field") {
+                                k.span
+                            } else {
+                                v.span
+                            }
+                        }),
+                    None => node.span,
+                };
+                self.push(
+                    err(
+                        SpecErrorKind::Schema,
+                        format!("Invalid {what}: {}", e.into_inner()),
+                        span,
+                        "here",
+                    )
+                    .with_help(format!("See the YAML reference for {what}")),
+                );
+                None
+            }
+        }
     }
 
     fn check_keys(&mut self, node: &Node, allowed: &[&str], what: &str) {
@@ -434,6 +497,16 @@ impl Resolver<'_> {
             defaults_cache = node.get("cache").cloned();
         }
 
+        if let Some(node) = root.get("executor") {
+            self.executor = self
+                .typed::<Executor>(node, "`executor`")
+                .unwrap_or_default();
+        }
+        let pipeline_cluster: ClusterOptions = root
+            .get("slurm")
+            .and_then(|node| self.typed(node, "`slurm`"))
+            .unwrap_or_default();
+
         let raw_stages = self.raw_stages(&root)?;
 
         // `--set` overrides, grouped by stage (or `vars`).
@@ -534,6 +607,18 @@ impl Resolver<'_> {
                 continue;
             };
             let resources = self.resources(raw.resources.as_ref().or(defaults_resources.as_ref()));
+            let executor = raw
+                .executor
+                .as_ref()
+                .and_then(|n| self.typed::<Executor>(n, "`executor`"));
+            let cluster = match &raw.cluster {
+                Some(node) => pipeline_cluster.overridden_by(
+                    &self
+                        .typed::<ClusterOptions>(node, "`slurm`")
+                        .unwrap_or_default(),
+                ),
+                None => pipeline_cluster.clone(),
+            };
             let cache = match raw.cache.as_ref().or(defaults_cache.as_ref()) {
                 None => true,
                 Some(Node {
@@ -601,7 +686,7 @@ impl Resolver<'_> {
                         value.clone(),
                     ));
                 }
-                if let Some(stage) = self.resolve_instance(
+                if let Some(mut stage) = self.resolve_instance(
                     raw,
                     &kind,
                     &instance,
@@ -610,6 +695,8 @@ impl Resolver<'_> {
                     resources,
                     cache,
                 ) {
+                    stage.executor = executor;
+                    stage.cluster = cluster.clone();
                     resolved.push(stage);
                 }
             }
@@ -788,6 +875,8 @@ impl Resolver<'_> {
                 resources: body.get("resources").cloned(),
                 cache: body.get("cache").cloned(),
                 materialize,
+                executor: body.get("executor").cloned(),
+                cluster: body.get("slurm").cloned(),
             });
         }
         Some(out)
@@ -1285,6 +1374,8 @@ impl Resolver<'_> {
             cache,
             materialize,
             description: raw.description.clone(),
+            executor: None,
+            cluster: ClusterOptions::default(),
             span: raw.name_span,
         })
     }

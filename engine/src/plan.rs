@@ -280,6 +280,9 @@ pub struct Plan {
     pub stages: Vec<(String, StageStatus)>,
     /// Warnings (corrupt entries, unreadable lockfile).
     pub warnings: Vec<String>,
+    /// The lockfile record of every cached stage.
+    #[serde(skip)]
+    pub entries: BTreeMap<String, LockEntry>,
 }
 
 impl Plan {
@@ -291,6 +294,7 @@ impl Plan {
                 .map(|name| (name, StageStatus::Cached { key: None }))
                 .collect(),
             warnings: Vec::new(),
+            entries: BTreeMap::new(),
         }
     }
 
@@ -385,6 +389,7 @@ pub fn plan(
     let mut will_run = vec![false; pipeline.stages.len()];
     let mut warnings = Vec::new();
     let mut stages = Vec::new();
+    let mut entries = BTreeMap::new();
     for (index, stage) in pipeline.stages.iter().enumerate() {
         if !selected.contains(&index) {
             continue;
@@ -433,6 +438,10 @@ pub fn plan(
                         &mut warnings,
                     ) {
                         KeyedLookup::Hit(cached) => {
+                            entries.insert(
+                                stage.name.clone(),
+                                LockEntry::new(stage, key, &inputs, &cached),
+                            );
                             outputs[index] = Some(cached);
                             StageStatus::Cached { key: Some(key) }
                         }
@@ -450,5 +459,9 @@ pub fn plan(
         stages.push((stage.name.clone(), status));
     }
     let _ = cache.file_digests().save();
-    Plan { stages, warnings }
+    Plan {
+        stages,
+        warnings,
+        entries,
+    }
 }

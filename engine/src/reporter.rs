@@ -1,5 +1,6 @@
 //! Events the engine emits. The binary draws them; libraries never print.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::execute::Outcome;
@@ -19,6 +20,8 @@ pub trait Reporter: Send + Sync {
     fn on_progress(&self, _stage: &str, _done: u64, _total: u64, _message: &str) {}
     /// A stage ended (executed, failed, skipped or cancelled).
     fn on_stage_end(&self, _stage: &str, _outcome: &Outcome, _elapsed: Duration) {}
+    /// A stage was handed to a scheduler (`executor` is e.g. `Slurm`) as job `job`.
+    fn on_submitted(&self, _stage: &str, _executor: &str, _job: &str, _log: &Path) {}
     /// Something worth knowing that is not an error.
     fn on_warning(&self, _message: &str) {}
 }

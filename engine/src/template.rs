@@ -4,6 +4,8 @@
 //! that is a whole value; a `${params.*}` inside a longer string is checked then but expanded
 //! by the stage (the param it names is in the key already). `inputs` and `outs` name paths that
 //! exist only when the stage runs, so the stage expands them too. `$${` writes a literal `${`.
+//! A `${...}` that is not `namespace.name` (`${HOME}`, `${VAR:-default}`) is plain text, so
+//! shell parameter expansions in commands reach the shell.
 
 /// A piece of a template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,16 +53,19 @@ pub fn parse(text: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
             })?;
             let raw = &after[..=close];
             let inner = after[2..close].trim();
-            let (namespace, name) = inner.split_once('.').ok_or_else(|| TemplateError {
-                message: format!(
-                    "`{raw}` must be `${{vars.NAME}}`, `${{params.NAME}}`, `${{inputs.NAME}}` or `${{outs.NAME}}`"
-                ),
-            })?;
-            pieces.push(Piece::Reference {
-                namespace: namespace.trim(),
-                name: name.trim(),
-                raw,
-            });
+            let identifier_end = inner
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(inner.len());
+            match inner[identifier_end..].strip_prefix('.') {
+                Some(name) if identifier_end > 0 => pieces.push(Piece::Reference {
+                    namespace: &inner[..identifier_end],
+                    name: name.trim(),
+                    raw,
+                }),
+                // Not `${namespace.name}`: a shell parameter expansion such as `${HOME}` or
+                // `${SLURM_JOB_ID:-local}`, left for the shell.
+                _ => pieces.push(Piece::Literal(raw)),
+            }
             rest = &after[close + 1..];
         } else {
             pieces.push(Piece::Literal(&rest[..=at]));
@@ -147,9 +152,20 @@ mod tests {
     }
 
     #[test]
-    fn unclosed_and_namespace_less_references_are_errors() {
+    fn unclosed_references_are_errors_and_shell_expansions_are_text() {
         assert!(parse("${params.x").is_err());
-        assert!(parse("${x}").is_err());
+        assert_eq!(parse("${HOME}").unwrap(), vec![Piece::Literal("${HOME}")]);
+        assert_eq!(
+            parse("${JOB:-local}").unwrap(),
+            vec![Piece::Literal("${JOB:-local}")]
+        );
+        assert!(matches!(
+            parse("${param.x}").unwrap()[0],
+            Piece::Reference {
+                namespace: "param",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -91,6 +91,20 @@ fn crate_dependency_rules_hold() {
             );
         }
     }
+    // Executor crates (a scheduler backend) build on the engine and reach no stage crate.
+    for (name, list) in deps
+        .iter()
+        .filter(|(n, _)| n.starts_with("mipipe-executor"))
+    {
+        assert!(
+            list.contains("mipipe-engine"),
+            "{name} must build on the engine"
+        );
+        assert!(
+            !list.iter().any(|d| is_stage_crate(d)),
+            "{name} depends on a stage crate"
+        );
+    }
     // 4. only the binary names every stage crate.
     for (name, list) in &deps {
         if name == "mipipe" {

@@ -201,6 +201,24 @@ fn fan_in_reads_every_matrix_instance_in_matrix_order() {
         "{}",
         dag.stdout
     );
+    let mermaid = project.mipipe(&["dag", "--format", "mermaid"]);
+    assert!(
+        mermaid.stdout.starts_with("flowchart LR\n"),
+        "{}",
+        mermaid.stdout
+    );
+    assert_eq!(
+        mermaid.stdout.matches("-->|models| s5").count(),
+        4,
+        "{}",
+        mermaid.stdout
+    );
+    let dot = project.mipipe(&["dag", "--format", "dot"]);
+    assert!(
+        dot.stdout.contains("s0 -> s1 [label=\"data\"];"),
+        "{}",
+        dot.stdout
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod execution;
 mod incremental;
 mod interruption;
 mod pipeline_features;
+mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -49,6 +50,7 @@ impl Run {
         let mut names: Vec<String> = self
             .stderr
             .lines()
+            .filter(|line| line.starts_with('['))
             .filter_map(|line| {
                 let rest = line.split_once("] ")?.1;
                 let rest = rest.strip_prefix(word)?.strip_prefix(' ')?;
