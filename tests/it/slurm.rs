@@ -279,3 +279,55 @@ fn detached_jobs_show_in_status_and_a_later_run_records_them() {
     assert!(run.stderr.contains("0 ran, 3 cached"), "{}", run.stderr);
     assert_eq!(project.read("c.txt"), "a\na\nb\n");
 }
+
+#[test]
+fn ctrl_c_while_following_cancels_the_submitted_jobs() {
+    if !slurm_available() {
+        return;
+    }
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+executor: slurm
+stages:
+  slow:
+    kind: command
+    params:
+      cmd: echo started >> runs.log && sleep 60 && echo done > ${outs.o}
+      outs: {o: o.txt}
+  after:
+    kind: command
+    inputs: {x: slow.o}
+    params:
+      cmd: cat ${inputs.x} > ${outs.o}
+      outs: {o: o.txt}
+"#,
+    );
+    let child = project
+        .command(&["run"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the stage to start", Duration::from_secs(30), || {
+        project.count_lines("runs.log", "started") == 1
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (stage, job) in submitted_jobs(&stderr) {
+        wait_until(
+            &format!("job {job} of {stage} to be cancelled"),
+            Duration::from_secs(30),
+            || job_state(&job) == "CANCELLED",
+        );
+    }
+    assert_eq!(submitted_jobs(&stderr).len(), 2, "{stderr}");
+    let status = project.mipipe(&["status"]);
+    assert!(
+        status.stdout.contains("will run  slow"),
+        "{}",
+        status.stdout
+    );
+}
