@@ -369,10 +369,7 @@ pub fn execute(
                         }
                     }
                 }
-                Err((log, error)) if options.cancel.load(Ordering::Relaxed) => {
-                    let _ = (log, error);
-                    Outcome::Cancelled
-                }
+                Err(_) if options.cancel.load(Ordering::Relaxed) => Outcome::Cancelled,
                 Err((log, error)) => {
                     if !options.keep_going && stop_cause.is_none() {
                         stop_cause = Some(format!("`{}` failed", stage.name));
