@@ -3,10 +3,17 @@
 # drive the real binary. Set-up it does itself: starts a single-node Slurm cluster for the
 # Slurm executor's tests (installing Debian's packages when missing; scripts/start-slurm.sh).
 # MIPIPE_SKIP_SLURM=1 skips that, and those tests then skip themselves.
+# Ends with one line totalling every test binary: `tests: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${MIPIPE_SKIP_SLURM:-0}" != 1 ]; then
   bash scripts/start-slurm.sh
   export MIPIPE_REQUIRE_SLURM=1
 fi
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
