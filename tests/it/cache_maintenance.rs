@@ -2,38 +2,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::Project;
-
-fn object_files(project: &Project) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for shard in std::fs::read_dir(project.path().join(".mipipe/objects/v1")).unwrap() {
-        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            out.push(file.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
 
 #[test]
 fn verify_quarantines_a_corrupt_object_and_the_stage_reruns() {
     let project = crate::incremental::example_project();
     project.mipipe(&["run"]).expect_code(0);
-    let report_digest = {
-        let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
-        lock["stages"]["report"]["outputs"]["md"]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let victim = object_files(&project)
-        .into_iter()
-        .find(|p| {
-            p.to_string_lossy()
-                .replace('/', "")
-                .ends_with(&report_digest)
-        })
-        .unwrap();
+    let victim = project.output_object("report", "md");
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&victim, "tampered").unwrap();
     let verify = project.mipipe(&["cache", "verify"]);
@@ -53,16 +27,7 @@ fn verify_quarantines_a_corrupt_object_and_the_stage_reruns() {
 fn a_corrupt_action_entry_is_a_miss_with_a_warning() {
     let project = crate::incremental::example_project();
     project.mipipe(&["run"]).expect_code(0);
-    let key = {
-        let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
-        lock["stages"]["prepare"]["key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let entry = project
-        .path()
-        .join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]));
+    let entry = project.action_entry("prepare");
     std::fs::write(&entry, "{ not json").unwrap();
     // While the lockfile vouches for the key's outputs, a no-op run reads no entry (its fast
     // path); a cache shared by a checkout without that lockfile must read the entry.
@@ -81,16 +46,7 @@ fn a_corrupt_action_entry_is_a_miss_with_a_warning() {
 fn verify_removes_an_unparseable_entry_even_when_the_lockfile_vouches_for_it() {
     let project = crate::incremental::example_project();
     project.mipipe(&["run"]).expect_code(0);
-    let key = {
-        let lock: serde_json::Value = serde_json::from_str(&project.read("mipipe.lock")).unwrap();
-        lock["stages"]["report"]["key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let entry = project
-        .path()
-        .join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]));
+    let entry = project.action_entry("report");
     std::fs::write(&entry, "garbage").unwrap();
     let verify = project.mipipe(&["cache", "verify"]);
     verify.expect_code(1);

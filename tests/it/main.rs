@@ -113,6 +113,34 @@ impl Project {
         Run::from(self.command(args).output().expect("mipipe runs"))
     }
 
+    /// The parsed `mipipe.lock`.
+    pub fn lock(&self) -> serde_json::Value {
+        serde_json::from_str(&self.read("mipipe.lock")).expect("the lockfile is JSON")
+    }
+
+    /// The action-cache entry of a stage's current key (from the lockfile).
+    pub fn action_entry(&self, stage: &str) -> PathBuf {
+        let lock = self.lock();
+        let key = lock["stages"][stage]["key"]
+            .as_str()
+            .expect("stage in lockfile");
+        self.path()
+            .join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]))
+    }
+
+    /// The object file of one output of a stage (from the lockfile).
+    pub fn output_object(&self, stage: &str, output: &str) -> PathBuf {
+        let lock = self.lock();
+        let digest = lock["stages"][stage]["outputs"][output]["digest"]
+            .as_str()
+            .expect("output in lockfile");
+        self.path().join(format!(
+            ".mipipe/objects/v1/{}/{}",
+            &digest[..2],
+            &digest[2..]
+        ))
+    }
+
     /// Lines of a file that stages append to, to count executions.
     pub fn count_lines(&self, relative: &str, needle: &str) -> usize {
         std::fs::read_to_string(self.path().join(relative))
