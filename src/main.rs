@@ -19,6 +19,7 @@ use miette::Diagnostic;
 pub fn registry() -> mipipe_engine::Registry {
     let mut registry = mipipe_engine::Registry::new();
     registry.register(mipipe_stage_command::CommandStage);
+    registry.register(mipipe_stage_data::SynthStage);
     registry
 }
 

@@ -14,6 +14,9 @@
 //!   quarantine/v1/              objects `verify` found corrupt
 //! ```
 //!
+//! Tables (datasets, predictions, metrics) are Parquet files written by [`write_table`] with
+//! pinned settings, so identical rows give identical bytes and identical digests.
+//!
 //! Protocol: a stage writes into a folder under `tmp/`; its outputs are hashed and renamed
 //! into `objects/`; only then is the action entry written, atomically. So an action entry
 //! always describes a complete success, a crash leaves at worst unreferenced temp files, and
@@ -30,6 +33,7 @@ mod locks;
 mod maintenance;
 mod runs;
 mod store;
+mod table;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,11 @@ pub use locks::{LockGuard, Locks};
 pub use maintenance::{DiskUsage, GcPolicy, GcReport, VerifyReport};
 pub use runs::{now_unix_ms, RunDir, RunOutcome, RunRecord, Runs};
 pub use store::{ObjectStore, OutputKind, StoredOutput, TreeEntry, TreeManifest};
+pub use table::{read_table, write_table, TableError, PARQUET_CREATED_BY};
+/// Arrow types used by tables, re-exported so stage crates use the same versions.
+pub use arrow_array;
+/// Arrow schema types.
+pub use arrow_schema;
 
 /// A cache folder and its parts.
 pub struct Cache {

@@ -1,0 +1,19 @@
+//! mipipe-stage-data: data stage kinds.
+//!
+//! - `synth`: the embedded benchmark: a small multimodal world generated deterministically
+//!   from a seed (shapes, colours, creatures, arithmetic), with image-heavy, text-heavy and VQA
+//!   multiple-choice sets and a pretraining corpus. See `docs/embedded-benchmark.md`.
+//!
+//! Every table is the unified multiple-choice VQA table of [`schema`], written as Parquet with
+//! the cache's pinned settings. All randomness comes from [`ItemRng`], keyed by
+//! (seed, dataset, item id, condition), so results never depend on thread count.
+
+mod draw;
+mod rng;
+pub mod schema;
+mod synth;
+mod world;
+
+pub use draw::{Background, Canvas, Shape};
+pub use rng::ItemRng;
+pub use synth::{generate_corpus, generate_items, SynthParams, SynthStage, DATASETS};

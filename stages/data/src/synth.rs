@@ -1,0 +1,510 @@
+//! The `synth` stage kind: the embedded benchmark, generated deterministically from a seed.
+
+use std::collections::BTreeSet;
+
+use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::draw::Canvas;
+use crate::rng::ItemRng;
+use crate::schema::{write_corpus, write_items, CorpusRow, Item, Task};
+use crate::world::{self, BACKGROUNDS, BACKGROUND_TONES, COLORS, CREATURES, SHAPES};
+
+/// Params of the `synth` kind.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SynthParams {
+    /// Seed of the whole world: every image, question and option order derives from it.
+    #[serde(default)]
+    pub seed: u64,
+    /// Image side in pixels.
+    #[serde(default = "default_image_size")]
+    pub image_size: u32,
+    /// Training items per image-heavy and text-heavy set.
+    #[serde(default = "default_train")]
+    pub train_per_set: usize,
+    /// Test items per image-heavy, text-heavy and VQA evaluation set.
+    #[serde(default = "default_test")]
+    pub test_per_set: usize,
+    /// Items of the VQA instruction set (training only).
+    #[serde(default = "default_instruct")]
+    pub instruct_items: usize,
+    /// Image-caption rows of the pretraining corpus.
+    #[serde(default = "default_captions")]
+    pub pretrain_captions: usize,
+    /// Options per multiple-choice item (2 to 8).
+    #[serde(default = "default_options")]
+    pub options: usize,
+    /// Fraction of pretraining questions whose prompt carries a *truthful* description of the
+    /// image: the shortcut that makes honestly trained vanilla models trust text about images.
+    #[serde(default = "default_hint_rate")]
+    pub truthful_hint_rate: f64,
+}
+
+fn default_image_size() -> u32 {
+    32
+}
+fn default_train() -> usize {
+    200
+}
+fn default_test() -> usize {
+    100
+}
+fn default_instruct() -> usize {
+    400
+}
+fn default_captions() -> usize {
+    1000
+}
+fn default_options() -> usize {
+    4
+}
+fn default_hint_rate() -> f64 {
+    0.5
+}
+
+/// The `synth` stage kind.
+#[derive(Default)]
+pub struct SynthStage;
+
+/// The datasets the benchmark holds, with their paper roles.
+pub const DATASETS: &[(&str, Task, &str)] = &[
+    ("shapes", Task::ImageHeavy, "Mini-ImageNet"),
+    ("colors", Task::ImageHeavy, "Caltech-101"),
+    ("creatures", Task::TextHeavy, "OpenBookQA"),
+    ("arithmetic", Task::TextHeavy, "MMLU"),
+    ("attributes", Task::Vqa, "ScienceQA-IMG"),
+    ("counting", Task::Vqa, "MMBench-EN"),
+    ("spatial", Task::Vqa, "SEED-Bench-IMG"),
+    ("instruct", Task::Vqa, "LLaVA-Instruct"),
+];
+
+impl Stage for SynthStage {
+    type Params = SynthParams;
+    const KIND: &'static str = "synth";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "Generate the embedded multimodal benchmark (image-heavy, text-heavy and VQA sets, pretraining corpus)";
+
+    fn outputs(_params: &SynthParams) -> Vec<OutputSpec> {
+        vec![
+            OutputSpec {
+                name: "items".into(),
+                file_name: "items.parquet".into(),
+                kind: OutputKind::File,
+            },
+            OutputSpec {
+                name: "corpus".into(),
+                file_name: "corpus.parquet".into(),
+                kind: OutputKind::File,
+            },
+        ]
+    }
+
+    fn run(&self, params: &SynthParams, ctx: &StageContext) -> Result<(), StageError> {
+        if !(2..=8).contains(&params.options) {
+            return Err(StageError::failed(format!(
+                "`options` is {}; it must be from 2 to 8",
+                params.options
+            )));
+        }
+        if params.image_size < 16 {
+            return Err(StageError::failed("`image_size` must be at least 16 pixels"));
+        }
+        let items = generate_items(params);
+        ctx.log(&format!("generated {} items", items.len()));
+        write_items(ctx.output_path("items")?, &items).map_err(|e| StageError::environment(e.to_string()))?;
+        let corpus = generate_corpus(params);
+        ctx.log(&format!("generated {} corpus rows", corpus.len()));
+        write_corpus(ctx.output_path("corpus")?, &corpus).map_err(|e| StageError::environment(e.to_string()))
+    }
+}
+
+/// Every item of every set, in a fixed order (dataset, split, index), generated in parallel.
+pub fn generate_items(params: &SynthParams) -> Vec<Item> {
+    let mut jobs: Vec<(&'static str, Task, &'static str, usize)> = Vec::new();
+    for &(dataset, task, _) in DATASETS {
+        let splits: &[(&str, usize)] = match (dataset, task) {
+            ("instruct", _) => &[("train", params.instruct_items)],
+            (_, Task::Vqa) => &[("test", params.test_per_set)],
+            _ => &[("train", params.train_per_set), ("test", params.test_per_set)],
+        };
+        for &(split, count) in splits {
+            for index in 0..count {
+                jobs.push((dataset, task, split, index));
+            }
+        }
+    }
+    jobs.par_iter()
+        .map(|&(dataset, task, split, index)| make_item(params, dataset, task, split, index))
+        .collect()
+}
+
+/// Multiple-choice options: the gold and `n - 1` distinct distractors, gold at a drawn slot.
+fn options_with(rng: &mut ItemRng, gold: &str, pool: &[&str], n: usize) -> (Vec<String>, usize) {
+    let others: Vec<&str> = pool.iter().copied().filter(|p| *p != gold).collect();
+    let picks = rng.sample_indices(others.len(), n - 1);
+    let mut options: Vec<String> = picks.iter().map(|&i| others[i].to_string()).collect();
+    let slot = rng.below(options.len() + 1);
+    options.insert(slot, gold.to_string());
+    (options, slot)
+}
+
+struct Placed {
+    shape: usize,
+    color: usize,
+    x: f64,
+    y: f64,
+}
+
+fn canvas(params: &SynthParams, rng: &mut ItemRng) -> (Canvas, &'static str) {
+    let (background, name) = *rng.choose(BACKGROUNDS);
+    let tone = *rng.choose(BACKGROUND_TONES);
+    (Canvas::new(params.image_size, background, tone, rng), name)
+}
+
+fn draw_all(canvas: &mut Canvas, placed: &[Placed], radius: f64) {
+    for p in placed {
+        canvas.draw(SHAPES[p.shape].0, p.x, p.y, radius, COLORS[p.color].1);
+    }
+}
+
+fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index: usize) -> Item {
+    let id = format!("synth/{dataset}/{split}/{index:06}");
+    let mut rng = ItemRng::new(params.seed, &[dataset, &id, "item"]);
+    let size = params.image_size as f64;
+    let n = params.options;
+    let shape_names: Vec<&str> = SHAPES.iter().map(|s| s.1).collect();
+    let color_names: Vec<&str> = COLORS.iter().map(|c| c.0).collect();
+    let (image, question, options, answer, facts, meta): (
+        Option<Vec<u8>>,
+        String,
+        Vec<String>,
+        usize,
+        Option<Vec<Option<String>>>,
+        serde_json::Value,
+    ) = match dataset {
+        "shapes" | "colors" => {
+            let shape = rng.below(SHAPES.len());
+            let color = rng.below(COLORS.len());
+            let radius = size * (0.18 + 0.12 * rng.unit());
+            let x = radius + rng.unit() * (size - 2.0 * radius);
+            let y = radius + rng.unit() * (size - 2.0 * radius);
+            let (mut picture, background) = canvas(params, &mut rng);
+            draw_all(&mut picture, &[Placed { shape, color, x, y }], radius);
+            let (question, gold, pool, describe): (&str, &str, &[&str], fn(&str) -> String) = if dataset == "shapes" {
+                ("What shape is in this picture?", SHAPES[shape].1, &shape_names, |o| {
+                    SHAPES.iter().find(|s| s.1 == o).map(|s| s.2.to_string()).unwrap_or_default()
+                })
+            } else {
+                ("What color is the object in this picture?", COLORS[color].0, &color_names, |o| {
+                    COLORS.iter().find(|c| c.0 == o).map(|c| c.2.to_string()).unwrap_or_default()
+                })
+            };
+            let (options, answer) = options_with(&mut rng, gold, pool, n);
+            let facts = options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (i != answer).then(|| describe(o)))
+                .collect();
+            let meta = serde_json::json!({"shape": SHAPES[shape].1, "color": COLORS[color].0, "background": background});
+            (Some(picture.to_png()), question.to_string(), options, answer, Some(facts), meta)
+        }
+        "creatures" => {
+            let (creature, home, food) = *rng.choose(CREATURES);
+            let homes = world::homes();
+            let foods = world::foods();
+            let (question, gold, pool, describe): (String, &str, &Vec<&str>, fn(&str) -> String) =
+                if rng.below(2) == 0 {
+                    (format!("Where does a {creature} live?"), home, &homes, world::describe_home)
+                } else {
+                    (format!("What does a {creature} eat?"), food, &foods, world::describe_food)
+                };
+            let (options, answer) = options_with(&mut rng, gold, pool, n);
+            let facts = options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (i != answer).then(|| describe(o)))
+                .collect();
+            (None, question, options, answer, Some(facts), serde_json::json!({"creature": creature}))
+        }
+        "arithmetic" => {
+            let a = rng.range(2, 60);
+            let b = rng.range(2, 60);
+            let (question, gold) = match rng.below(3) {
+                0 => (format!("What is {a} + {b}?"), a + b),
+                1 => (format!("What is {} - {}?", a.max(b), a.min(b)), (a - b).abs()),
+                _ => (format!("Which number is larger: {a} or {}?", if a == b { b + 1 } else { b }), a.max(if a == b { b + 1 } else { b })),
+            };
+            let mut pool: BTreeSet<i64> = BTreeSet::new();
+            let mut offset = 1;
+            while pool.len() < n - 1 {
+                for candidate in [gold + offset, gold - offset] {
+                    if candidate >= 0 && pool.len() < n - 1 {
+                        pool.insert(candidate);
+                    }
+                }
+                offset += 1 + rng.below(3) as i64;
+            }
+            let pool_text: Vec<String> = pool.iter().map(i64::to_string).collect();
+            let gold_text = gold.to_string();
+            let mut all: Vec<&str> = pool_text.iter().map(String::as_str).collect();
+            all.push(&gold_text);
+            let (options, answer) = options_with(&mut rng, &gold_text, &all, n);
+            (None, question, options, answer, None, serde_json::json!({}))
+        }
+        _ => vqa_item(params, dataset, &mut rng, &shape_names, &color_names),
+    };
+    Item {
+        origin_id: id.clone(),
+        id,
+        dataset: dataset.to_string(),
+        task,
+        split: split.to_string(),
+        image,
+        question,
+        options,
+        answer,
+        perturbation: "none".to_string(),
+        facts,
+        meta: Some(meta.to_string()),
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn vqa_item(
+    params: &SynthParams,
+    dataset: &str,
+    rng: &mut ItemRng,
+    shape_names: &[&str],
+    color_names: &[&str],
+) -> (Option<Vec<u8>>, String, Vec<String>, usize, Option<Vec<Option<String>>>, serde_json::Value) {
+    let size = params.image_size as f64;
+    let n = params.options;
+    let kind = match dataset {
+        "instruct" => ["attributes", "counting", "spatial"][rng.below(3)],
+        other => other,
+    };
+    let radius = size * 0.12;
+    let (mut picture, background) = canvas(params, rng);
+    // Place shapes on a coarse grid so they never overlap.
+    let cells = ((size / (2.6 * radius)).floor() as usize).max(2);
+    let slots = rng.sample_indices(cells * cells, (cells * cells).min(6));
+    let at = |slot: usize| {
+        let step = size / cells as f64;
+        (((slot % cells) as f64 + 0.5) * step, ((slot / cells) as f64 + 0.5) * step)
+    };
+    let (question, gold, pool, placed): (String, String, Vec<String>, Vec<Placed>) = match kind {
+        "attributes" => {
+            let kinds = rng.sample_indices(SHAPES.len(), 3);
+            let placed: Vec<Placed> = kinds
+                .iter()
+                .zip(&slots)
+                .map(|(&shape, &slot)| {
+                    let (x, y) = at(slot);
+                    Placed { shape, color: rng.below(COLORS.len()), x, y }
+                })
+                .collect();
+            let target = &placed[rng.below(placed.len())];
+            (
+                format!("What color is the {}?", SHAPES[target.shape].1),
+                COLORS[target.color].0.to_string(),
+                color_names.iter().map(|s| s.to_string()).collect(),
+                placed,
+            )
+        }
+        "counting" => {
+            let target = rng.below(SHAPES.len());
+            let count = 1 + rng.below(slots.len().min(n + 1).max(2) - 1);
+            let mut placed = Vec::new();
+            for (i, &slot) in slots.iter().enumerate() {
+                let (x, y) = at(slot);
+                let shape = if i < count {
+                    target
+                } else {
+                    // Distractors are other shapes.
+                    (target + 1 + rng.below(SHAPES.len() - 1)) % SHAPES.len()
+                };
+                if i < count || rng.below(2) == 0 {
+                    placed.push(Placed { shape, color: rng.below(COLORS.len()), x, y });
+                }
+            }
+            let max = slots.len().max(n);
+            (
+                format!("How many {} are in the picture?", world::plural(SHAPES[target].1)),
+                count.to_string(),
+                (1..=max).map(|c| c.to_string()).collect(),
+                placed,
+            )
+        }
+        _ => {
+            // Two shapes side by side (left/right) on the same row.
+            let kinds = rng.sample_indices(SHAPES.len(), 2);
+            let row = size * (0.3 + 0.4 * rng.unit());
+            let placed = vec![
+                Placed { shape: kinds[0], color: rng.below(COLORS.len()), x: size * 0.27, y: row },
+                Placed { shape: kinds[1], color: rng.below(COLORS.len()), x: size * 0.73, y: row },
+            ];
+            let ask_left = rng.below(2) == 0;
+            let (reference, answer) = if ask_left { (kinds[1], kinds[0]) } else { (kinds[0], kinds[1]) };
+            let side = if ask_left { "left" } else { "right" };
+            (
+                format!("Which shape is to the {side} of the {}?", SHAPES[reference].1),
+                SHAPES[answer].1.to_string(),
+                shape_names
+                    .iter()
+                    .filter(|s| **s != SHAPES[reference].1)
+                    .map(|s| s.to_string())
+                    .collect(),
+                placed,
+            )
+        }
+    };
+    draw_all(&mut picture, &placed, radius);
+    let pool_refs: Vec<&str> = pool.iter().map(String::as_str).collect();
+    let (options, answer) = options_with(rng, &gold, &pool_refs, n.min(pool.len()));
+    let meta = serde_json::json!({"kind": kind, "background": background, "objects": placed.len()});
+    (Some(picture.to_png()), question, options, answer, None, meta)
+}
+
+/// The pretraining corpus: captioned images, world facts, and worked questions in which a
+/// truthful description of the image often accompanies the question.
+pub fn generate_corpus(params: &SynthParams) -> Vec<CorpusRow> {
+    let captions: Vec<CorpusRow> = (0..params.pretrain_captions)
+        .into_par_iter()
+        .map(|index| {
+            let id = format!("synth/corpus/caption/{index:06}");
+            let mut rng = ItemRng::new(params.seed, &["corpus", &id, "item"]);
+            let shape = rng.below(SHAPES.len());
+            let color = rng.below(COLORS.len());
+            let size = params.image_size as f64;
+            let radius = size * (0.18 + 0.12 * rng.unit());
+            let x = radius + rng.unit() * (size - 2.0 * radius);
+            let y = radius + rng.unit() * (size - 2.0 * radius);
+            let (mut picture, background) = canvas(params, &mut rng);
+            draw_all(&mut picture, &[Placed { shape, color, x, y }], radius);
+            let description = format!(
+                "A picture of a {} {} on a {background} background.",
+                COLORS[color].0, SHAPES[shape].1
+            );
+            // Worked questions: the answer is in the picture, and often in a hint too.
+            let text = match rng.below(3) {
+                0 => description,
+                choice => {
+                    let (question, gold) = if choice == 1 {
+                        ("What shape is in this picture?", SHAPES[shape].1)
+                    } else {
+                        ("What color is the object in this picture?", COLORS[color].0)
+                    };
+                    let hint = if rng.unit() < params.truthful_hint_rate {
+                        format!("The picture seems to describe a {} {}. ", COLORS[color].0, SHAPES[shape].1)
+                    } else {
+                        String::new()
+                    };
+                    format!("{hint}Question: {question} Answer: {gold}")
+                }
+            };
+            CorpusRow {
+                id,
+                image: Some(picture.to_png()),
+                text,
+            }
+        })
+        .collect();
+    let mut rows = captions;
+    for (creature, home, food) in CREATURES {
+        rows.push(CorpusRow {
+            id: format!("synth/corpus/fact/{creature}/home"),
+            image: None,
+            text: format!("A {creature} lives in the {home}."),
+        });
+        rows.push(CorpusRow {
+            id: format!("synth/corpus/fact/{creature}/food"),
+            image: None,
+            text: format!("A {creature} eats {food}."),
+        });
+    }
+    for (_, name, description) in SHAPES {
+        rows.push(CorpusRow {
+            id: format!("synth/corpus/fact/shape/{name}"),
+            image: None,
+            text: description.to_string(),
+        });
+    }
+    for (name, _, description) in COLORS {
+        rows.push(CorpusRow {
+            id: format!("synth/corpus/fact/color/{name}"),
+            image: None,
+            text: description.to_string(),
+        });
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> SynthParams {
+        serde_json::from_value(serde_json::json!({
+            "train_per_set": 12, "test_per_set": 8, "instruct_items": 10, "pretrain_captions": 20
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_set_is_generated_with_valid_options() {
+        let items = generate_items(&small());
+        for (dataset, task, _) in DATASETS {
+            let rows: Vec<&Item> = items.iter().filter(|i| i.dataset == *dataset).collect();
+            assert!(!rows.is_empty(), "{dataset} is empty");
+            for item in rows {
+                assert_eq!(item.task, *task);
+                assert_eq!(item.options.len(), 4, "{item:?}");
+                assert!(item.answer < item.options.len());
+                let unique: BTreeSet<&String> = item.options.iter().collect();
+                assert_eq!(unique.len(), item.options.len(), "duplicate options: {item:?}");
+                assert_eq!(item.image.is_some(), *task != Task::TextHeavy);
+                if let Some(facts) = &item.facts {
+                    assert!(facts[item.answer].is_none(), "a fact describes the gold option");
+                }
+            }
+        }
+        let ids: BTreeSet<&String> = items.iter().map(|i| &i.id).collect();
+        assert_eq!(ids.len(), items.len(), "ids are unique");
+    }
+
+    #[test]
+    fn arithmetic_answers_are_right() {
+        for item in generate_items(&small()).iter().filter(|i| i.dataset == "arithmetic") {
+            let q = item.question.trim_end_matches('?');
+            let gold: i64 = item.options[item.answer].parse().unwrap();
+            let numbers: Vec<i64> = q
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect();
+            let expected = if q.contains('+') {
+                numbers[0] + numbers[1]
+            } else if q.contains(" - ") {
+                numbers[0] - numbers[1]
+            } else {
+                numbers[0].max(numbers[1])
+            };
+            assert_eq!(gold, expected, "{item:?}");
+        }
+    }
+
+    #[test]
+    fn the_shape_in_an_image_heavy_picture_is_the_gold_option() {
+        let params = small();
+        for item in generate_items(&params).iter().filter(|i| i.dataset == "shapes").take(5) {
+            let meta: serde_json::Value = serde_json::from_str(item.meta.as_deref().unwrap()).unwrap();
+            assert_eq!(item.options[item.answer], meta["shape"]);
+            let picture = Canvas::from_png(item.image.as_ref().unwrap()).unwrap();
+            assert_eq!(picture.width(), params.image_size);
+        }
+    }
+}
