@@ -20,6 +20,7 @@ pub fn registry() -> mipipe_engine::Registry {
     let mut registry = mipipe_engine::Registry::new();
     registry.register(mipipe_stage_command::CommandStage);
     registry.register(mipipe_stage_data::SynthStage);
+    registry.register(mipipe_stage_data::PerturbStage);
     registry
 }
 

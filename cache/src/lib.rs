@@ -39,6 +39,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use actions::{ActionCache, ActionEntry, Lookup};
+/// Arrow types used by tables, re-exported so stage crates use the same versions.
+pub use arrow_array;
+/// Arrow schema types.
+pub use arrow_schema;
 pub use digest::{ObjectDigest, StableHash, StableHasher, StageKey, Tag};
 pub use error::CacheError;
 pub use file_digests::FileDigests;
@@ -48,10 +52,6 @@ pub use maintenance::{DiskUsage, GcPolicy, GcReport, VerifyReport};
 pub use runs::{now_unix_ms, RunDir, RunOutcome, RunRecord, Runs};
 pub use store::{ObjectStore, OutputKind, StoredOutput, TreeEntry, TreeManifest};
 pub use table::{read_table, write_table, TableError, PARQUET_CREATED_BY};
-/// Arrow types used by tables, re-exported so stage crates use the same versions.
-pub use arrow_array;
-/// Arrow schema types.
-pub use arrow_schema;
 
 /// A cache folder and its parts.
 pub struct Cache {

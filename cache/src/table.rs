@@ -50,10 +50,14 @@ fn writer_properties() -> WriterProperties {
 
 /// Writes record batches to a new Parquet file (the caller's scratch path; the engine commits
 /// it to the store).
-pub fn write_table(path: &Path, schema: Arc<Schema>, batches: &[RecordBatch]) -> Result<(), TableError> {
+pub fn write_table(
+    path: &Path,
+    schema: Arc<Schema>,
+    batches: &[RecordBatch],
+) -> Result<(), TableError> {
     let file = File::create(path).map_err(|e| table_error(path, e))?;
-    let mut writer =
-        ArrowWriter::try_new(file, schema, Some(writer_properties())).map_err(|e| table_error(path, e))?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
+        .map_err(|e| table_error(path, e))?;
     for batch in batches {
         writer.write(batch).map_err(|e| table_error(path, e))?;
     }
@@ -64,7 +68,8 @@ pub fn write_table(path: &Path, schema: Arc<Schema>, batches: &[RecordBatch]) ->
 /// Reads a whole Parquet file.
 pub fn read_table(path: &Path) -> Result<(Arc<Schema>, Vec<RecordBatch>), TableError> {
     let file = File::open(path).map_err(|e| table_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| table_error(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| table_error(path, e))?;
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(|e| table_error(path, e))?;
     let batches = reader

@@ -2,7 +2,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-
 #[test]
 fn verify_quarantines_a_corrupt_object_and_the_stage_reruns() {
     let project = crate::incremental::example_project();

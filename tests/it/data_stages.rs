@@ -8,6 +8,11 @@ stages:
     kind: synth
     params: {seed: 3, train_per_set: 20, test_per_set: 10, instruct_items: 10, pretrain_captions: 30}
     materialize: {items: items.parquet, corpus: corpus.parquet}
+  conditions:
+    kind: perturb
+    inputs: {items: world.items}
+    params: {seed: 3}
+    materialize: {items: perturbed.parquet}
 "#;
 
 #[test]
@@ -18,9 +23,13 @@ fn synth_is_byte_identical_for_the_same_seed_and_thread_count() {
     let two = Project::new();
     two.write("mipipe.yaml", SYNTH);
     // A different number of rayon threads must not change a byte.
-    let run = two.command(&["run"]).env("RAYON_NUM_THREADS", "1").output().unwrap();
+    let run = two
+        .command(&["run"])
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
     assert!(run.status.success());
-    for file in ["items.parquet", "corpus.parquet"] {
+    for file in ["items.parquet", "corpus.parquet", "perturbed.parquet"] {
         let a = std::fs::read(one.path().join(file)).unwrap();
         let b = std::fs::read(two.path().join(file)).unwrap();
         assert!(a.len() > 1000, "{file} is suspiciously small");
@@ -67,6 +76,15 @@ assert all(r["image"] is None for r in rows if r["task"] == "text_heavy")
 assert all(r["image"][:8] == b"\x89PNG\r\n\x1a\n" for r in rows if r["task"] != "text_heavy")
 c = pq.read_table("corpus.parquet")
 assert c.schema.names == ["id", "image", "text"], c.schema.names
+p = pq.read_table("perturbed.parquet")
+assert p.schema == t.schema
+counts = {}
+for r in p.to_pylist():
+    counts[(r["task"], r["perturbation"])] = counts.get((r["task"], r["perturbation"]), 0) + 1
+expected_counts = {("image_heavy", c): 60 for c in ("none", "uf", "md")}
+expected_counts.update({("text_heavy", c): 60 for c in ("rp", "ri", "fb", "fw")})
+expected_counts[("vqa", "none")] = 40
+assert counts == expected_counts, counts
 print(len(rows), "rows ok")
 "#;
     let out = std::process::Command::new(python)

@@ -62,12 +62,28 @@ impl Canvas {
                 let colour = match background {
                     Background::Plain => base,
                     Background::Noisy => {
-                        let jitter = |c: u8, r: &mut ItemRng| (c as i64 + r.range(-40, 40)).clamp(0, 255) as u8;
-                        [jitter(base[0], rng), jitter(base[1], rng), jitter(base[2], rng)]
+                        let jitter = |c: u8, r: &mut ItemRng| {
+                            (c as i64 + r.range(-40, 40)).clamp(0, 255) as u8
+                        };
+                        [
+                            jitter(base[0], rng),
+                            jitter(base[1], rng),
+                            jitter(base[2], rng),
+                        ]
                     }
-                    Background::Striped => if (x / period) % 2 == 0 { base } else { alt },
+                    Background::Striped => {
+                        if (x / period).is_multiple_of(2) {
+                            base
+                        } else {
+                            alt
+                        }
+                    }
                     Background::Checkered => {
-                        if ((x / period) + (y / period)) % 2 == 0 { base } else { alt }
+                        if ((x / period) + (y / period)).is_multiple_of(2) {
+                            base
+                        } else {
+                            alt
+                        }
                     }
                 };
                 canvas.set(x, y, colour);
@@ -119,6 +135,19 @@ impl Canvas {
         }
     }
 
+    /// Fills an axis-aligned rectangle (clipped to the canvas).
+    pub fn fill_rect(&mut self, x: f64, y: f64, width: f64, height: f64, colour: Rgb) {
+        let x0 = x.max(0.0) as u32;
+        let y0 = y.max(0.0) as u32;
+        let x1 = ((x + width).ceil() as u32).min(self.width);
+        let y1 = ((y + height).ceil() as u32).min(self.height);
+        for py in y0..y1 {
+            for px in x0..x1 {
+                self.set(px, py, colour);
+            }
+        }
+    }
+
     /// Encodes as an 8-bit RGB PNG with fixed settings (same pixels, same bytes).
     pub fn to_png(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -129,7 +158,9 @@ impl Canvas {
             encoder.set_compression(png::Compression::Balanced);
             encoder.set_filter(png::Filter::Sub);
             let mut writer = encoder.write_header().expect("in-memory PNG header");
-            writer.write_image_data(&self.pixels).expect("in-memory PNG data");
+            writer
+                .write_image_data(&self.pixels)
+                .expect("in-memory PNG data");
         }
         out
     }
@@ -141,7 +172,10 @@ impl Canvas {
         let mut buf = vec![0; reader.output_buffer_size().ok_or("image too large")?];
         let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
         if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
-            return Err(format!("expected 8-bit RGB, found {:?} {:?}", info.color_type, info.bit_depth));
+            return Err(format!(
+                "expected 8-bit RGB, found {:?} {:?}",
+                info.color_type, info.bit_depth
+            ));
         }
         buf.truncate(info.buffer_size());
         Ok(Self {
@@ -160,8 +194,10 @@ fn inside(shape: Shape, dx: f64, dy: f64) -> bool {
         Shape::Ring => (0.45..=1.0).contains(&d2),
         Shape::Square => dx.abs() <= 0.8 && dy.abs() <= 0.8,
         Shape::Diamond => dx.abs() + dy.abs() <= 1.0,
-        Shape::Cross => (dx.abs() <= 0.3 && dy.abs() <= 1.0) || (dy.abs() <= 0.3 && dx.abs() <= 1.0),
-        Shape::Triangle => dy <= 0.8 && dy >= -1.0 && dx.abs() <= (dy + 1.0) / 1.8 * 0.95,
+        Shape::Cross => {
+            (dx.abs() <= 0.3 && dy.abs() <= 1.0) || (dy.abs() <= 0.3 && dx.abs() <= 1.0)
+        }
+        Shape::Triangle => (-1.0..=0.8).contains(&dy) && dx.abs() <= (dy + 1.0) / 1.8 * 0.95,
         Shape::Hexagon => {
             let (ax, ay) = (dx.abs(), dy.abs());
             ay <= 0.866 && ax * 0.866 + ay * 0.5 <= 0.866
@@ -197,21 +233,42 @@ mod tests {
     #[test]
     fn shapes_differ_from_each_other() {
         let shapes = [
-            Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond,
-            Shape::Star, Shape::Cross, Shape::Hexagon, Shape::Ring,
+            Shape::Circle,
+            Shape::Square,
+            Shape::Triangle,
+            Shape::Diamond,
+            Shape::Star,
+            Shape::Cross,
+            Shape::Hexagon,
+            Shape::Ring,
         ];
         let masks: Vec<Vec<bool>> = shapes
             .iter()
             .map(|s| {
                 (0..400)
-                    .map(|i| inside(*s, (i % 20) as f64 / 10.0 - 0.95, (i / 20) as f64 / 10.0 - 0.95))
+                    .map(|i| {
+                        inside(
+                            *s,
+                            (i % 20) as f64 / 10.0 - 0.95,
+                            (i / 20) as f64 / 10.0 - 0.95,
+                        )
+                    })
                     .collect()
             })
             .collect();
         for i in 0..masks.len() {
             for j in i + 1..masks.len() {
-                let differ = masks[i].iter().zip(&masks[j]).filter(|(a, b)| a != b).count();
-                assert!(differ > 20, "{:?} and {:?} look alike ({differ} px)", shapes[i], shapes[j]);
+                let differ = masks[i]
+                    .iter()
+                    .zip(&masks[j])
+                    .filter(|(a, b)| a != b)
+                    .count();
+                assert!(
+                    differ > 20,
+                    "{:?} and {:?} look alike ({differ} px)",
+                    shapes[i],
+                    shapes[j]
+                );
             }
         }
     }

@@ -3,17 +3,21 @@
 //! - `synth`: the embedded benchmark: a small multimodal world generated deterministically
 //!   from a seed (shapes, colours, creatures, arithmetic), with image-heavy, text-heavy and VQA
 //!   multiple-choice sets and a pretraining corpus. See `docs/embedded-benchmark.md`.
+//! - `perturb`: the paper's conditions (UF, MD, OCR noise; RP, RI, FB, FW, screenshots) as rows
+//!   of the unified table, each naming its clean item in `origin_id`.
 //!
 //! Every table is the unified multiple-choice VQA table of [`schema`], written as Parquet with
 //! the cache's pinned settings. All randomness comes from [`ItemRng`], keyed by
 //! (seed, dataset, item id, condition), so results never depend on thread count.
 
 mod draw;
+mod perturb;
 mod rng;
 pub mod schema;
 mod synth;
 mod world;
 
 pub use draw::{Background, Canvas, Shape};
+pub use perturb::{Condition, PerturbParams, PerturbStage, TextPlacement, UNRELATED_FACTS};
 pub use rng::ItemRng;
 pub use synth::{generate_corpus, generate_items, SynthParams, SynthStage, DATASETS};

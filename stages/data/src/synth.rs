@@ -111,14 +111,18 @@ impl Stage for SynthStage {
             )));
         }
         if params.image_size < 16 {
-            return Err(StageError::failed("`image_size` must be at least 16 pixels"));
+            return Err(StageError::failed(
+                "`image_size` must be at least 16 pixels",
+            ));
         }
         let items = generate_items(params);
         ctx.log(&format!("generated {} items", items.len()));
-        write_items(ctx.output_path("items")?, &items).map_err(|e| StageError::environment(e.to_string()))?;
+        write_items(ctx.output_path("items")?, &items)
+            .map_err(|e| StageError::environment(e.to_string()))?;
         let corpus = generate_corpus(params);
         ctx.log(&format!("generated {} corpus rows", corpus.len()));
-        write_corpus(ctx.output_path("corpus")?, &corpus).map_err(|e| StageError::environment(e.to_string()))
+        write_corpus(ctx.output_path("corpus")?, &corpus)
+            .map_err(|e| StageError::environment(e.to_string()))
     }
 }
 
@@ -129,7 +133,10 @@ pub fn generate_items(params: &SynthParams) -> Vec<Item> {
         let splits: &[(&str, usize)] = match (dataset, task) {
             ("instruct", _) => &[("train", params.instruct_items)],
             (_, Task::Vqa) => &[("test", params.test_per_set)],
-            _ => &[("train", params.train_per_set), ("test", params.test_per_set)],
+            _ => &[
+                ("train", params.train_per_set),
+                ("test", params.test_per_set),
+            ],
         };
         for &(split, count) in splits {
             for index in 0..count {
@@ -178,14 +185,14 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
     let n = params.options;
     let shape_names: Vec<&str> = SHAPES.iter().map(|s| s.1).collect();
     let color_names: Vec<&str> = COLORS.iter().map(|c| c.0).collect();
-    let (image, question, options, answer, facts, meta): (
-        Option<Vec<u8>>,
-        String,
-        Vec<String>,
-        usize,
-        Option<Vec<Option<String>>>,
-        serde_json::Value,
-    ) = match dataset {
+    let Content {
+        image,
+        question,
+        options,
+        answer,
+        facts,
+        meta,
+    } = match dataset {
         "shapes" | "colors" => {
             let shape = rng.below(SHAPES.len());
             let color = rng.below(COLORS.len());
@@ -194,33 +201,33 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
             let y = radius + rng.unit() * (size - 2.0 * radius);
             let (mut picture, background) = canvas(params, &mut rng);
             draw_all(&mut picture, &[Placed { shape, color, x, y }], radius);
-            let (question, gold, pool, describe): (&str, &str, &[&str], fn(&str) -> String) = if dataset == "shapes" {
-                ("What shape is in this picture?", SHAPES[shape].1, &shape_names, |o| {
-                    SHAPES.iter().find(|s| s.1 == o).map(|s| s.2.to_string()).unwrap_or_default()
-                })
-            } else {
-                ("What color is the object in this picture?", COLORS[color].0, &color_names, |o| {
-                    COLORS.iter().find(|c| c.0 == o).map(|c| c.2.to_string()).unwrap_or_default()
-                })
-            };
-            let (options, answer) = options_with(&mut rng, gold, pool, n);
-            let facts = options
-                .iter()
-                .enumerate()
-                .map(|(i, o)| (i != answer).then(|| describe(o)))
-                .collect();
-            let meta = serde_json::json!({"shape": SHAPES[shape].1, "color": COLORS[color].0, "background": background});
-            (Some(picture.to_png()), question.to_string(), options, answer, Some(facts), meta)
-        }
-        "creatures" => {
-            let (creature, home, food) = *rng.choose(CREATURES);
-            let homes = world::homes();
-            let foods = world::foods();
-            let (question, gold, pool, describe): (String, &str, &Vec<&str>, fn(&str) -> String) =
-                if rng.below(2) == 0 {
-                    (format!("Where does a {creature} live?"), home, &homes, world::describe_home)
+            let (question, gold, pool, describe): (&str, &str, &[&str], Describe) =
+                if dataset == "shapes" {
+                    (
+                        "What shape is in this picture?",
+                        SHAPES[shape].1,
+                        &shape_names,
+                        |o| {
+                            SHAPES
+                                .iter()
+                                .find(|s| s.1 == o)
+                                .map(|s| s.2.to_string())
+                                .unwrap_or_default()
+                        },
+                    )
                 } else {
-                    (format!("What does a {creature} eat?"), food, &foods, world::describe_food)
+                    (
+                        "What color is the object in this picture?",
+                        COLORS[color].0,
+                        &color_names,
+                        |o| {
+                            COLORS
+                                .iter()
+                                .find(|c| c.0 == o)
+                                .map(|c| c.2.to_string())
+                                .unwrap_or_default()
+                        },
+                    )
                 };
             let (options, answer) = options_with(&mut rng, gold, pool, n);
             let facts = options
@@ -228,15 +235,67 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
                 .enumerate()
                 .map(|(i, o)| (i != answer).then(|| describe(o)))
                 .collect();
-            (None, question, options, answer, Some(facts), serde_json::json!({"creature": creature}))
+            let meta = serde_json::json!({"shape": SHAPES[shape].1, "color": COLORS[color].0, "background": background});
+            Content {
+                image: Some(picture.to_png()),
+                question: question.to_string(),
+                options,
+                answer,
+                facts: Some(facts),
+                meta,
+            }
+        }
+        "creatures" => {
+            let (creature, home, food) = *rng.choose(CREATURES);
+            let homes = world::homes();
+            let foods = world::foods();
+            let (question, gold, pool, describe): (String, &str, &[&str], Describe) =
+                if rng.below(2) == 0 {
+                    (
+                        format!("Where does a {creature} live?"),
+                        home,
+                        &homes,
+                        world::describe_home,
+                    )
+                } else {
+                    (
+                        format!("What does a {creature} eat?"),
+                        food,
+                        &foods,
+                        world::describe_food,
+                    )
+                };
+            let (options, answer) = options_with(&mut rng, gold, pool, n);
+            let facts = options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (i != answer).then(|| describe(o)))
+                .collect();
+            Content {
+                image: None,
+                question,
+                options,
+                answer,
+                facts: Some(facts),
+                meta: serde_json::json!({"creature": creature}),
+            }
         }
         "arithmetic" => {
             let a = rng.range(2, 60);
             let b = rng.range(2, 60);
             let (question, gold) = match rng.below(3) {
                 0 => (format!("What is {a} + {b}?"), a + b),
-                1 => (format!("What is {} - {}?", a.max(b), a.min(b)), (a - b).abs()),
-                _ => (format!("Which number is larger: {a} or {}?", if a == b { b + 1 } else { b }), a.max(if a == b { b + 1 } else { b })),
+                1 => (
+                    format!("What is {} - {}?", a.max(b), a.min(b)),
+                    (a - b).abs(),
+                ),
+                _ => (
+                    format!(
+                        "Which number is larger: {a} or {}?",
+                        if a == b { b + 1 } else { b }
+                    ),
+                    a.max(if a == b { b + 1 } else { b }),
+                ),
             };
             let mut pool: BTreeSet<i64> = BTreeSet::new();
             let mut offset = 1;
@@ -253,7 +312,14 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
             let mut all: Vec<&str> = pool_text.iter().map(String::as_str).collect();
             all.push(&gold_text);
             let (options, answer) = options_with(&mut rng, &gold_text, &all, n);
-            (None, question, options, answer, None, serde_json::json!({}))
+            Content {
+                image: None,
+                question,
+                options,
+                answer,
+                facts: None,
+                meta: serde_json::json!({}),
+            }
         }
         _ => vqa_item(params, dataset, &mut rng, &shape_names, &color_names),
     };
@@ -273,14 +339,26 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
     }
 }
 
-#[allow(clippy::type_complexity)]
+/// Describes an option (for the `facts` column).
+type Describe = fn(&str) -> String;
+
+/// What one generated item holds besides its identity.
+struct Content {
+    image: Option<Vec<u8>>,
+    question: String,
+    options: Vec<String>,
+    answer: usize,
+    facts: Option<Vec<Option<String>>>,
+    meta: serde_json::Value,
+}
+
 fn vqa_item(
     params: &SynthParams,
     dataset: &str,
     rng: &mut ItemRng,
     shape_names: &[&str],
     color_names: &[&str],
-) -> (Option<Vec<u8>>, String, Vec<String>, usize, Option<Vec<Option<String>>>, serde_json::Value) {
+) -> Content {
     let size = params.image_size as f64;
     let n = params.options;
     let kind = match dataset {
@@ -294,7 +372,10 @@ fn vqa_item(
     let slots = rng.sample_indices(cells * cells, (cells * cells).min(6));
     let at = |slot: usize| {
         let step = size / cells as f64;
-        (((slot % cells) as f64 + 0.5) * step, ((slot / cells) as f64 + 0.5) * step)
+        (
+            ((slot % cells) as f64 + 0.5) * step,
+            ((slot / cells) as f64 + 0.5) * step,
+        )
     };
     let (question, gold, pool, placed): (String, String, Vec<String>, Vec<Placed>) = match kind {
         "attributes" => {
@@ -304,7 +385,12 @@ fn vqa_item(
                 .zip(&slots)
                 .map(|(&shape, &slot)| {
                     let (x, y) = at(slot);
-                    Placed { shape, color: rng.below(COLORS.len()), x, y }
+                    Placed {
+                        shape,
+                        color: rng.below(COLORS.len()),
+                        x,
+                        y,
+                    }
                 })
                 .collect();
             let target = &placed[rng.below(placed.len())];
@@ -328,12 +414,20 @@ fn vqa_item(
                     (target + 1 + rng.below(SHAPES.len() - 1)) % SHAPES.len()
                 };
                 if i < count || rng.below(2) == 0 {
-                    placed.push(Placed { shape, color: rng.below(COLORS.len()), x, y });
+                    placed.push(Placed {
+                        shape,
+                        color: rng.below(COLORS.len()),
+                        x,
+                        y,
+                    });
                 }
             }
             let max = slots.len().max(n);
             (
-                format!("How many {} are in the picture?", world::plural(SHAPES[target].1)),
+                format!(
+                    "How many {} are in the picture?",
+                    world::plural(SHAPES[target].1)
+                ),
                 count.to_string(),
                 (1..=max).map(|c| c.to_string()).collect(),
                 placed,
@@ -344,14 +438,31 @@ fn vqa_item(
             let kinds = rng.sample_indices(SHAPES.len(), 2);
             let row = size * (0.3 + 0.4 * rng.unit());
             let placed = vec![
-                Placed { shape: kinds[0], color: rng.below(COLORS.len()), x: size * 0.27, y: row },
-                Placed { shape: kinds[1], color: rng.below(COLORS.len()), x: size * 0.73, y: row },
+                Placed {
+                    shape: kinds[0],
+                    color: rng.below(COLORS.len()),
+                    x: size * 0.27,
+                    y: row,
+                },
+                Placed {
+                    shape: kinds[1],
+                    color: rng.below(COLORS.len()),
+                    x: size * 0.73,
+                    y: row,
+                },
             ];
             let ask_left = rng.below(2) == 0;
-            let (reference, answer) = if ask_left { (kinds[1], kinds[0]) } else { (kinds[0], kinds[1]) };
+            let (reference, answer) = if ask_left {
+                (kinds[1], kinds[0])
+            } else {
+                (kinds[0], kinds[1])
+            };
             let side = if ask_left { "left" } else { "right" };
             (
-                format!("Which shape is to the {side} of the {}?", SHAPES[reference].1),
+                format!(
+                    "Which shape is to the {side} of the {}?",
+                    SHAPES[reference].1
+                ),
                 SHAPES[answer].1.to_string(),
                 shape_names
                     .iter()
@@ -366,7 +477,14 @@ fn vqa_item(
     let pool_refs: Vec<&str> = pool.iter().map(String::as_str).collect();
     let (options, answer) = options_with(rng, &gold, &pool_refs, n.min(pool.len()));
     let meta = serde_json::json!({"kind": kind, "background": background, "objects": placed.len()});
-    (Some(picture.to_png()), question, options, answer, None, meta)
+    Content {
+        image: Some(picture.to_png()),
+        question,
+        options,
+        answer,
+        facts: None,
+        meta,
+    }
 }
 
 /// The pretraining corpus: captioned images, world facts, and worked questions in which a
@@ -399,7 +517,10 @@ pub fn generate_corpus(params: &SynthParams) -> Vec<CorpusRow> {
                         ("What color is the object in this picture?", COLORS[color].0)
                     };
                     let hint = if rng.unit() < params.truthful_hint_rate {
-                        format!("The picture seems to describe a {} {}. ", COLORS[color].0, SHAPES[shape].1)
+                        format!(
+                            "The picture seems to describe a {} {}. ",
+                            COLORS[color].0, SHAPES[shape].1
+                        )
                     } else {
                         String::new()
                     };
@@ -465,10 +586,17 @@ mod tests {
                 assert_eq!(item.options.len(), 4, "{item:?}");
                 assert!(item.answer < item.options.len());
                 let unique: BTreeSet<&String> = item.options.iter().collect();
-                assert_eq!(unique.len(), item.options.len(), "duplicate options: {item:?}");
+                assert_eq!(
+                    unique.len(),
+                    item.options.len(),
+                    "duplicate options: {item:?}"
+                );
                 assert_eq!(item.image.is_some(), *task != Task::TextHeavy);
                 if let Some(facts) = &item.facts {
-                    assert!(facts[item.answer].is_none(), "a fact describes the gold option");
+                    assert!(
+                        facts[item.answer].is_none(),
+                        "a fact describes the gold option"
+                    );
                 }
             }
         }
@@ -478,7 +606,10 @@ mod tests {
 
     #[test]
     fn arithmetic_answers_are_right() {
-        for item in generate_items(&small()).iter().filter(|i| i.dataset == "arithmetic") {
+        for item in generate_items(&small())
+            .iter()
+            .filter(|i| i.dataset == "arithmetic")
+        {
             let q = item.question.trim_end_matches('?');
             let gold: i64 = item.options[item.answer].parse().unwrap();
             let numbers: Vec<i64> = q
@@ -500,8 +631,13 @@ mod tests {
     #[test]
     fn the_shape_in_an_image_heavy_picture_is_the_gold_option() {
         let params = small();
-        for item in generate_items(&params).iter().filter(|i| i.dataset == "shapes").take(5) {
-            let meta: serde_json::Value = serde_json::from_str(item.meta.as_deref().unwrap()).unwrap();
+        for item in generate_items(&params)
+            .iter()
+            .filter(|i| i.dataset == "shapes")
+            .take(5)
+        {
+            let meta: serde_json::Value =
+                serde_json::from_str(item.meta.as_deref().unwrap()).unwrap();
             assert_eq!(item.options[item.answer], meta["shape"]);
             let picture = Canvas::from_png(item.image.as_ref().unwrap()).unwrap();
             assert_eq!(picture.width(), params.image_size);

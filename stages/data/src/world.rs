@@ -5,26 +5,90 @@ use crate::draw::{Background, Rgb, Shape};
 
 /// Shapes with their names and a description used for misleading descriptions (MD).
 pub const SHAPES: &[(Shape, &str, &str)] = &[
-    (Shape::Circle, "circle", "A circle is perfectly round and has no corners."),
-    (Shape::Square, "square", "A square has four equal sides and four right angles."),
-    (Shape::Triangle, "triangle", "A triangle has three sides and three corners."),
-    (Shape::Diamond, "diamond", "A diamond is a square standing on one of its corners."),
-    (Shape::Star, "star", "A star has five sharp points around its centre."),
-    (Shape::Cross, "cross", "A cross is made of two bars that meet in the middle."),
-    (Shape::Hexagon, "hexagon", "A hexagon has six equal sides, like a honeycomb cell."),
-    (Shape::Ring, "ring", "A ring is a circle with a hole in the middle."),
+    (
+        Shape::Circle,
+        "circle",
+        "A circle is perfectly round and has no corners.",
+    ),
+    (
+        Shape::Square,
+        "square",
+        "A square has four equal sides and four right angles.",
+    ),
+    (
+        Shape::Triangle,
+        "triangle",
+        "A triangle has three sides and three corners.",
+    ),
+    (
+        Shape::Diamond,
+        "diamond",
+        "A diamond is a square standing on one of its corners.",
+    ),
+    (
+        Shape::Star,
+        "star",
+        "A star has five sharp points around its centre.",
+    ),
+    (
+        Shape::Cross,
+        "cross",
+        "A cross is made of two bars that meet in the middle.",
+    ),
+    (
+        Shape::Hexagon,
+        "hexagon",
+        "A hexagon has six equal sides, like a honeycomb cell.",
+    ),
+    (
+        Shape::Ring,
+        "ring",
+        "A ring is a circle with a hole in the middle.",
+    ),
 ];
 
 /// Colours with their names, RGB values and a description.
 pub const COLORS: &[(&str, Rgb, &str)] = &[
-    ("red", [220, 30, 30], "Red is the colour of ripe tomatoes and fire trucks."),
-    ("green", [30, 170, 60], "Green is the colour of fresh grass and leaves."),
-    ("blue", [40, 80, 220], "Blue is the colour of a clear sky and deep water."),
-    ("yellow", [235, 210, 30], "Yellow is the colour of lemons and sunflowers."),
-    ("purple", [140, 40, 170], "Purple is the colour of grapes and lavender."),
-    ("orange", [245, 130, 20], "Orange is the colour of carrots and autumn leaves."),
-    ("pink", [240, 120, 180], "Pink is the colour of flamingos and cherry blossoms."),
-    ("brown", [120, 75, 30], "Brown is the colour of tree bark and chocolate."),
+    (
+        "red",
+        [220, 30, 30],
+        "Red is the colour of ripe tomatoes and fire trucks.",
+    ),
+    (
+        "green",
+        [30, 170, 60],
+        "Green is the colour of fresh grass and leaves.",
+    ),
+    (
+        "blue",
+        [40, 80, 220],
+        "Blue is the colour of a clear sky and deep water.",
+    ),
+    (
+        "yellow",
+        [235, 210, 30],
+        "Yellow is the colour of lemons and sunflowers.",
+    ),
+    (
+        "purple",
+        [140, 40, 170],
+        "Purple is the colour of grapes and lavender.",
+    ),
+    (
+        "orange",
+        [245, 130, 20],
+        "Orange is the colour of carrots and autumn leaves.",
+    ),
+    (
+        "pink",
+        [240, 120, 180],
+        "Pink is the colour of flamingos and cherry blossoms.",
+    ),
+    (
+        "brown",
+        [120, 75, 30],
+        "Brown is the colour of tree bark and chocolate.",
+    ),
 ];
 
 /// Background styles with their names and the base colour (light grey tones).
@@ -36,7 +100,8 @@ pub const BACKGROUNDS: &[(Background, &str)] = &[
 ];
 
 /// Background base colours: light and dark greys, never one of [`COLORS`].
-pub const BACKGROUND_TONES: &[Rgb] = &[[235, 235, 235], [200, 200, 200], [60, 60, 60], [30, 30, 30]];
+pub const BACKGROUND_TONES: &[Rgb] =
+    &[[235, 235, 235], [200, 200, 200], [60, 60, 60], [30, 30, 30]];
 
 /// Creatures of the world, each with a home and a food: the facts behind the text-heavy
 /// `creatures` set, stated in the pretraining corpus.
