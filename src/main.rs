@@ -21,6 +21,7 @@ pub fn registry() -> mipipe_engine::Registry {
     registry.register(mipipe_stage_command::CommandStage);
     registry.register(mipipe_stage_data::SynthStage);
     registry.register(mipipe_stage_data::PerturbStage);
+    registry.register(mipipe_stage_data::ConvertStage);
     registry
 }
 

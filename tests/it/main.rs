@@ -2,6 +2,7 @@
 
 mod cache_maintenance;
 mod concurrency;
+mod converters;
 mod data_stages;
 mod dependency_rules;
 mod diagnostics;

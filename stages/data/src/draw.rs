@@ -102,6 +102,21 @@ impl Canvas {
         }
     }
 
+    /// A canvas from raw 8-bit RGB pixels.
+    pub fn from_rgb(width: u32, height: u32, pixels: Vec<u8>) -> Result<Self, String> {
+        if pixels.len() != (width as usize) * (height as usize) * 3 {
+            return Err(format!(
+                "{} bytes for a {width}x{height} RGB image",
+                pixels.len()
+            ));
+        }
+        Ok(Self {
+            width,
+            height,
+            pixels,
+        })
+    }
+
     /// Width in pixels.
     pub fn width(&self) -> u32 {
         self.width

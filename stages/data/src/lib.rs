@@ -3,6 +3,8 @@
 //! - `synth`: the embedded benchmark: a small multimodal world generated deterministically
 //!   from a seed (shapes, colours, creatures, arithmetic), with image-heavy, text-heavy and VQA
 //!   multiple-choice sets and a pretraining corpus. See `docs/embedded-benchmark.md`.
+//! - `convert`: real datasets from their published formats (image class folders, OpenBookQA,
+//!   MMLU, ScienceQA, MMBench, SEED-Bench, LLaVA-Instruct, TextCaps) to the unified table.
 //! - `perturb`: the paper's conditions (UF, MD, OCR noise; RP, RI, FB, FW, screenshots) as rows
 //!   of the unified table, each naming its clean item in `origin_id`.
 //!
@@ -10,6 +12,7 @@
 //! the cache's pinned settings. All randomness comes from [`ItemRng`], keyed by
 //! (seed, dataset, item id, condition), so results never depend on thread count.
 
+mod convert;
 mod draw;
 mod perturb;
 mod rng;
@@ -17,6 +20,7 @@ pub mod schema;
 mod synth;
 mod world;
 
+pub use convert::{normalize_image, ConvertParams, ConvertStage, Format, OnError};
 pub use draw::{Background, Canvas, Shape};
 pub use perturb::{Condition, PerturbParams, PerturbStage, TextPlacement, UNRELATED_FACTS};
 pub use rng::ItemRng;

@@ -73,6 +73,18 @@ impl ItemRng {
         &items[self.below(items.len())]
     }
 
+    /// Multiple-choice options: `gold` and `n - 1` distinct distractors drawn from `pool`
+    /// (which may contain `gold`), the gold at a drawn position. Returns the options and the
+    /// gold's index. Fewer options when the pool is small.
+    pub fn options(&mut self, gold: &str, pool: &[&str], n: usize) -> (Vec<String>, usize) {
+        let others: Vec<&str> = pool.iter().copied().filter(|p| *p != gold).collect();
+        let picks = self.sample_indices(others.len(), n.saturating_sub(1));
+        let mut options: Vec<String> = picks.iter().map(|&i| others[i].to_string()).collect();
+        let slot = self.below(options.len() + 1);
+        options.insert(slot, gold.to_string());
+        (options, slot)
+    }
+
     /// `k` distinct indices of `0..n`, in draw order.
     pub fn sample_indices(&mut self, n: usize, k: usize) -> Vec<usize> {
         let mut pool: Vec<usize> = (0..n).collect();

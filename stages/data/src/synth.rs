@@ -149,16 +149,6 @@ pub fn generate_items(params: &SynthParams) -> Vec<Item> {
         .collect()
 }
 
-/// Multiple-choice options: the gold and `n - 1` distinct distractors, gold at a drawn slot.
-fn options_with(rng: &mut ItemRng, gold: &str, pool: &[&str], n: usize) -> (Vec<String>, usize) {
-    let others: Vec<&str> = pool.iter().copied().filter(|p| *p != gold).collect();
-    let picks = rng.sample_indices(others.len(), n - 1);
-    let mut options: Vec<String> = picks.iter().map(|&i| others[i].to_string()).collect();
-    let slot = rng.below(options.len() + 1);
-    options.insert(slot, gold.to_string());
-    (options, slot)
-}
-
 struct Placed {
     shape: usize,
     color: usize,
@@ -229,7 +219,7 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
                         },
                     )
                 };
-            let (options, answer) = options_with(&mut rng, gold, pool, n);
+            let (options, answer) = rng.options(gold, pool, n);
             let facts = options
                 .iter()
                 .enumerate()
@@ -265,7 +255,7 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
                         world::describe_food,
                     )
                 };
-            let (options, answer) = options_with(&mut rng, gold, pool, n);
+            let (options, answer) = rng.options(gold, pool, n);
             let facts = options
                 .iter()
                 .enumerate()
@@ -311,7 +301,7 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
             let gold_text = gold.to_string();
             let mut all: Vec<&str> = pool_text.iter().map(String::as_str).collect();
             all.push(&gold_text);
-            let (options, answer) = options_with(&mut rng, &gold_text, &all, n);
+            let (options, answer) = rng.options(&gold_text, &all, n);
             Content {
                 image: None,
                 question,
@@ -475,7 +465,7 @@ fn vqa_item(
     };
     draw_all(&mut picture, &placed, radius);
     let pool_refs: Vec<&str> = pool.iter().map(String::as_str).collect();
-    let (options, answer) = options_with(rng, &gold, &pool_refs, n.min(pool.len()));
+    let (options, answer) = rng.options(&gold, &pool_refs, n.min(pool.len()));
     let meta = serde_json::json!({"kind": kind, "background": background, "objects": placed.len()});
     Content {
         image: Some(picture.to_png()),

@@ -1,0 +1,233 @@
+//! The `convert` stage kind on fixtures written in each dataset's real format
+//! (`tests/fixtures/`, made by `make_fixtures.py`), including bad input.
+
+use std::path::Path;
+
+use mipipe_stage_data::schema::{read_items, Item, Task};
+
+use crate::Project;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A project holding one fixture folder and a pipeline that converts it.
+fn project_with(fixture: &str, params: &str) -> Project {
+    let project = Project::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    copy_dir(&fixtures.join(fixture), &project.path().join(fixture));
+    project.write(
+        "mipipe.yaml",
+        &format!(
+            "version: 1\nstages:\n  data:\n    kind: convert\n    params: {params}\n    materialize: {{items: items.parquet, skipped: skipped.json}}\n"
+        ),
+    );
+    project
+}
+
+fn convert(fixture: &str, params: &str) -> (Project, Vec<Item>) {
+    let project = project_with(fixture, params);
+    project.mipipe(&["run"]).expect_code(0);
+    let items = read_items(&project.path().join("items.parquet")).unwrap();
+    (project, items)
+}
+
+fn is_png(item: &Item) -> bool {
+    item.image
+        .as_deref()
+        .is_some_and(|b| b.starts_with(b"\x89PNG"))
+}
+
+#[test]
+fn mini_imagenet_folders_with_readable_class_names() {
+    let (_, items) = convert(
+        "mini-imagenet",
+        "{format: imagenet_folders, path: mini-imagenet/images, class_names: mini-imagenet/LOC_synset_mapping.txt, split: train}",
+    );
+    assert_eq!(items.len(), 6);
+    for item in &items {
+        assert_eq!(item.task, Task::ImageHeavy);
+        assert_eq!(item.split, "train");
+        assert!(is_png(item));
+        // Three classes: every option is a readable name, the gold is the folder's class.
+        assert_eq!(item.options.len(), 3);
+        let meta: serde_json::Value = serde_json::from_str(item.meta.as_deref().unwrap()).unwrap();
+        let gold = match meta["class_dir"].as_str().unwrap() {
+            "n01440764" => "tench",
+            "n02099601" => "golden retriever",
+            _ => "parachute",
+        };
+        assert_eq!(item.options[item.answer], gold, "{item:?}");
+        assert!(item.id.starts_with("mini-imagenet/n0"), "{}", item.id);
+    }
+}
+
+#[test]
+fn caltech_ids_are_class_qualified_and_grayscale_images_become_rgb() {
+    let (_, items) = convert(
+        "caltech-101",
+        "{format: caltech101, path: caltech-101/101_ObjectCategories}",
+    );
+    assert_eq!(items.len(), 6);
+    let ids: std::collections::BTreeSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        6,
+        "basenames collide across classes; ids must not"
+    );
+    assert!(
+        ids.contains("caltech-101/yin_yang/image_0002.jpg"),
+        "{ids:?}"
+    );
+    assert!(items.iter().all(is_png));
+    let names: std::collections::BTreeSet<&str> =
+        items.iter().map(|i| i.options[i.answer].as_str()).collect();
+    assert_eq!(
+        names,
+        ["background google", "faces easy", "yin yang"]
+            .into_iter()
+            .collect()
+    );
+}
+
+#[test]
+fn openbookqa_jsonl_and_a_bad_answer_key() {
+    let (_, items) = convert(
+        "openbookqa",
+        "{format: openbookqa_jsonl, path: openbookqa/test.jsonl}",
+    );
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].question, "The sun is responsible for");
+    assert_eq!(
+        items[0].options[items[0].answer],
+        "plants sprouting, blooming and wilting"
+    );
+    assert!(items
+        .iter()
+        .all(|i| i.task == Task::TextHeavy && i.image.is_none()));
+
+    let project = project_with(
+        "openbookqa-bad",
+        "{format: openbookqa_jsonl, path: openbookqa-bad/test.jsonl}",
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(
+            "`openbookqa-bad/test.jsonl` line 2: answer `E` is not one of the choice labels"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !project.path().join("items.parquet").exists(),
+        "nothing partial is written"
+    );
+
+    let (project, items) = convert(
+        "openbookqa-bad",
+        "{format: openbookqa_jsonl, path: openbookqa-bad/test.jsonl, on_error: skip}",
+    );
+    assert_eq!(items.len(), 1);
+    let skipped: serde_json::Value = serde_json::from_str(&project.read("skipped.json")).unwrap();
+    assert_eq!(skipped[0]["record"], "line 2", "{skipped}");
+}
+
+#[test]
+fn mmlu_csv_without_header_keeps_quoted_commas() {
+    let (_, items) = convert("mmlu", "{format: mmlu_csv, path: mmlu/test}");
+    assert_eq!(items.len(), 3);
+    let truck = items.iter().find(|i| i.question.contains("truck")).unwrap();
+    assert_eq!(truck.options[2], "It depends, on the mass");
+    assert_eq!(truck.answer, 1);
+    assert!(truck.meta.as_deref().unwrap().contains("astronomy"));
+    let project = project_with("mmlu-bad", "{format: mmlu_csv, path: mmlu-bad/test}");
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("anatomy_test.csv` line 1: answer `E` is not one of A, B, C, D"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn scienceqa_keeps_image_questions_with_up_to_five_options() {
+    let (_, items) = convert("scienceqa", "{format: scienceqa, path: scienceqa}");
+    let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["scienceqa-img/2", "scienceqa-img/3"],
+        "text-only and train questions are left out"
+    );
+    assert_eq!(items[1].options.len(), 5);
+    assert_eq!(items[1].answer, 4);
+    assert!(items.iter().all(is_png));
+    let project = project_with("scienceqa-bad", "{format: scienceqa, path: scienceqa-bad}");
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("problems.json` problem 2: image"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn mmbench_tsv_with_base64_images_and_two_to_four_options() {
+    let (_, items) = convert(
+        "mmbench",
+        "{format: mmbench_tsv, path: mmbench/mmbench_dev_en.tsv}",
+    );
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].options, ["red", "green", "blue", "yellow"]);
+    assert_eq!(items[1].options, ["yes", "no"]);
+    assert_eq!(items[1].answer, 1);
+    assert!(items.iter().all(is_png));
+    assert!(items[1].meta.as_deref().unwrap().contains("Look closely."));
+}
+
+#[test]
+fn seedbench_keeps_image_questions_only() {
+    let (_, items) = convert(
+        "seedbench",
+        "{format: seedbench_json, path: seedbench/SEED-Bench.json}",
+    );
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].id, "seed-bench-img/101669");
+    assert_eq!(items[0].options[items[0].answer], "One");
+}
+
+#[test]
+fn llava_instruct_first_turn_and_textcaps_captions_are_free_form_vqa() {
+    let (_, items) = convert(
+        "llava-instruct",
+        "{format: llava_instruct_json, path: llava-instruct/llava_v1_5_mix665k.json}",
+    );
+    assert_eq!(items.len(), 1, "the text-only conversation has no image");
+    assert_eq!(
+        items[0].question,
+        "What are the colors of the bus in the image?"
+    );
+    assert_eq!(items[0].options, ["The bus in the image is white and red."]);
+    assert_eq!(items[0].split, "train");
+    let (_, items) = convert(
+        "textcaps",
+        "{format: textcaps, path: textcaps/TextCaps_0.1_train.json}",
+    );
+    assert_eq!(items.len(), 2, "one item per reference caption");
+    assert_eq!(items[1].id, "textcaps/011e7e629fb9ae7b/1");
+    assert!(items
+        .iter()
+        .all(|i| i.meta.as_deref().unwrap().contains("\"free_form\":true")));
+}
