@@ -322,6 +322,19 @@ pub fn normalize_image(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Err("not a PNG or JPEG image".into())
 }
 
+/// Reads and normalises images on every core, results in input order.
+fn load_images<'p>(paths: impl Iterator<Item = &'p Path>) -> Vec<Result<Vec<u8>, String>> {
+    use rayon::prelude::*;
+    let paths: Vec<&Path> = paths.collect();
+    paths
+        .par_iter()
+        .map(|path| {
+            let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+            normalize_image(&bytes)
+        })
+        .collect()
+}
+
 fn is_image_file(path: &Path) -> bool {
     matches!(
         path.extension()
@@ -402,6 +415,7 @@ fn image_folders(sink: &mut Sink, ctx: &StageContext) -> Result<(), StageError> 
     let names: Vec<String> = dirs.iter().map(|d| readable(d)).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let split = sink.split();
+    let mut files: Vec<(usize, PathBuf, String)> = Vec::new();
     for (class_index, class_dir) in classes.iter().enumerate() {
         for file in sorted_dir(class_dir)?
             .into_iter()
@@ -412,31 +426,33 @@ fn image_folders(sink: &mut Sink, ctx: &StageContext) -> Result<(), StageError> 
                 dirs[class_index],
                 file.file_name().unwrap_or_default().to_string_lossy()
             );
-            let image = match read_file(&file)
-                .and_then(|b| normalize_image(&b).map_err(StageError::failed))
-            {
-                Ok(image) => image,
-                Err(e) => {
-                    sink.bad(&file, "image", e.message())?;
-                    continue;
-                }
-            };
-            let mut rng = ItemRng::new(sink.params.seed, &[&sink.dataset(), &relative, "options"]);
-            let (options, answer) =
-                rng.options(&names[class_index], &name_refs, sink.params.options);
-            let meta = serde_json::json!({"class_dir": dirs[class_index], "file": relative});
-            let question = sink.params.question.clone();
-            sink.push(
-                &relative,
-                Task::ImageHeavy,
-                &split,
-                Some(image),
-                &question,
-                options,
-                answer,
-                meta,
-            );
+            files.push((class_index, file, relative));
         }
+    }
+    // Decoding and re-encoding dominate: do it on every core, then keep file order.
+    let images = load_images(files.iter().map(|(_, file, _)| file.as_path()));
+    for ((class_index, file, relative), image) in files.into_iter().zip(images) {
+        let image = match image {
+            Ok(image) => image,
+            Err(e) => {
+                sink.bad(&file, "image", e)?;
+                continue;
+            }
+        };
+        let mut rng = ItemRng::new(sink.params.seed, &[&sink.dataset(), &relative, "options"]);
+        let (options, answer) = rng.options(&names[class_index], &name_refs, sink.params.options);
+        let meta = serde_json::json!({"class_dir": dirs[class_index], "file": relative});
+        let question = sink.params.question.clone();
+        sink.push(
+            &relative,
+            Task::ImageHeavy,
+            &split,
+            Some(image),
+            &question,
+            options,
+            answer,
+            meta,
+        );
     }
     Ok(())
 }

@@ -170,7 +170,7 @@ impl Canvas {
             let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
             encoder.set_color(png::ColorType::Rgb);
             encoder.set_depth(png::BitDepth::Eight);
-            encoder.set_compression(png::Compression::Balanced);
+            encoder.set_compression(png::Compression::Fast);
             encoder.set_filter(png::Filter::Sub);
             let mut writer = encoder.write_header().expect("in-memory PNG header");
             writer
