@@ -231,3 +231,55 @@ fn llava_instruct_first_turn_and_textcaps_captions_are_free_form_vqa() {
         .iter()
         .all(|i| i.meta.as_deref().unwrap().contains("\"free_form\":true")));
 }
+
+#[test]
+fn a_corrupt_image_fails_the_conversion_or_is_skipped_with_its_reason() {
+    let project = project_with(
+        "caltech-101",
+        "{format: caltech101, path: caltech-101/101_ObjectCategories}",
+    );
+    project.write(
+        "caltech-101/101_ObjectCategories/yin_yang/image_0003.jpg",
+        "not really a jpeg",
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("`caltech-101/101_ObjectCategories/yin_yang/image_0003.jpg` image: not a PNG or JPEG image"),
+        "{}",
+        run.stderr
+    );
+    project.write(
+        "mipipe.yaml",
+        &project.read("mipipe.yaml").replace(
+            "101_ObjectCategories}",
+            "101_ObjectCategories, on_error: skip}",
+        ),
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    let items = read_items(&project.path().join("items.parquet")).unwrap();
+    assert_eq!(items.len(), 6);
+    let skipped: serde_json::Value = serde_json::from_str(&project.read("skipped.json")).unwrap();
+    assert_eq!(skipped.as_array().unwrap().len(), 1, "{skipped}");
+    assert_eq!(skipped[0]["reason"], "not a PNG or JPEG image");
+}
+
+#[test]
+fn an_mmbench_answer_outside_the_options_names_its_line() {
+    let project = project_with(
+        "mmbench",
+        "{format: mmbench_tsv, path: mmbench/mmbench_dev_en.tsv}",
+    );
+    let tsv = project
+        .read("mmbench/mmbench_dev_en.tsv")
+        .replace("\tB\tspatial", "\tC\tspatial");
+    project.write("mmbench/mmbench_dev_en.tsv", &tsv);
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("`mmbench/mmbench_dev_en.tsv` line 3: answer `C` is not one of A, B"),
+        "{}",
+        run.stderr
+    );
+}
