@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests of each crate and the integration tests that
-# drive the real binary. Set-up it does itself: starts a single-node Slurm cluster for the
-# Slurm executor's tests (installing Debian's packages when missing; scripts/start-slurm.sh).
-# MIPIPE_SKIP_SLURM=1 skips that, and those tests then skip themselves. Also makes a Python
-# venv with pyarrow (in ~/.cache/mipipe/test-venv) when missing.
+# drive the real binary. Set-up it does itself, when missing:
+#   - a single-node Slurm cluster for the Slurm executor's tests (scripts/start-slurm.sh,
+#     Debian's packages); MIPIPE_SKIP_SLURM=1 skips it and those tests then skip themselves;
+#   - a Python venv with pyarrow (~/.cache/mipipe/test-venv) to check our Parquet tables;
+#   - pdflatex (Debian's texlive-latex-base and -recommended) to compile the LaTeX tables.
 # Ends with one line totalling every test binary: `tests: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 if [ "${MIPIPE_SKIP_SLURM:-0}" != 1 ]; then
   bash scripts/start-slurm.sh
   export MIPIPE_REQUIRE_SLURM=1
 fi
-# A Python with pyarrow, to check that our Parquet tables open in it.
+
 venv="${MIPIPE_TOOLS:-$HOME/.cache/mipipe}/test-venv"
 if ! "$venv/bin/python" -c "import pyarrow" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q pyarrow
 fi
 export MIPIPE_TEST_PYTHON="$venv/bin/python" MIPIPE_REQUIRE_PYTHON=1
+
+if ! command -v pdflatex >/dev/null && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    texlive-latex-base texlive-latex-recommended >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      texlive-latex-base texlive-latex-recommended >/dev/null; }
+fi
+if command -v pdflatex >/dev/null; then
+  export MIPIPE_REQUIRE_PDFLATEX=1
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -22,6 +22,8 @@ pub fn registry() -> mipipe_engine::Registry {
     registry.register(mipipe_stage_data::SynthStage);
     registry.register(mipipe_stage_data::PerturbStage);
     registry.register(mipipe_stage_data::ConvertStage);
+    registry.register(mipipe_stage_report::EvaluateStage);
+    registry.register(mipipe_stage_report::TableStage);
     registry
 }
 

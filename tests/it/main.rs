@@ -10,6 +10,7 @@ mod execution;
 mod incremental;
 mod interruption;
 mod pipeline_features;
+mod report_stages;
 mod slurm;
 
 use std::path::{Path, PathBuf};

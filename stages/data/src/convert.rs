@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::draw::Canvas;
 use crate::rng::ItemRng;
-use crate::schema::{write_items, Item, Task};
+use mipipe_stage_schema::{write_items, Item, Task};
 
 /// A dataset's published format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -8,7 +8,7 @@
 //! - `perturb`: the paper's conditions (UF, MD, OCR noise; RP, RI, FB, FW, screenshots) as rows
 //!   of the unified table, each naming its clean item in `origin_id`.
 //!
-//! Every table is the unified multiple-choice VQA table of [`schema`], written as Parquet with
+//! Every table is the unified multiple-choice VQA table of `mipipe-stage-schema`, written as Parquet with
 //! the cache's pinned settings. All randomness comes from [`ItemRng`], keyed by
 //! (seed, dataset, item id, condition), so results never depend on thread count.
 
@@ -16,12 +16,12 @@ mod convert;
 mod draw;
 mod perturb;
 mod rng;
-pub mod schema;
 mod synth;
 mod world;
 
 pub use convert::{normalize_image, ConvertParams, ConvertStage, Format, OnError};
 pub use draw::{Background, Canvas, Shape};
+pub use mipipe_stage_schema as schema;
 pub use perturb::{Condition, PerturbParams, PerturbStage, TextPlacement, UNRELATED_FACTS};
 pub use rng::ItemRng;
 pub use synth::{generate_corpus, generate_items, SynthParams, SynthStage, DATASETS};

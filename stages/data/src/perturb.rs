@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::draw::{Background, Canvas};
 use crate::rng::ItemRng;
-use crate::schema::{read_items, write_items, Item, Task};
+use mipipe_stage_schema::{read_items, write_items, Item, Task};
 
 /// A condition an item can be evaluated or trained under.
 #[derive(

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::draw::Canvas;
 use crate::rng::ItemRng;
-use crate::schema::{write_corpus, write_items, CorpusRow, Item, Task};
 use crate::world::{self, BACKGROUNDS, BACKGROUND_TONES, COLORS, CREATURES, SHAPES};
+use mipipe_stage_schema::{write_corpus, write_items, CorpusRow, Item, Task};
 
 /// Params of the `synth` kind.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

@@ -1,4 +1,5 @@
 //! The unified multiple-choice VQA table (DESIGN.md §5) and the pretraining corpus table.
+//! Reading and writing go through [`crate::items`] helpers so every stage agrees on columns.
 //!
 //! | column | type | meaning |
 //! |---|---|---|
@@ -23,7 +24,9 @@ use mipipe_cache::arrow_array::{
     Array, BinaryArray, Int32Array, ListArray, RecordBatch, StringArray,
 };
 use mipipe_cache::arrow_schema::{DataType, Field, Schema};
-use mipipe_cache::{read_table, write_table, TableError};
+use mipipe_cache::{write_table, TableError};
+
+use crate::columns::{column, strings};
 
 /// What an item needs from each modality.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,10 +114,6 @@ pub fn items_schema() -> Arc<Schema> {
     ]))
 }
 
-fn strings<'a>(values: impl Iterator<Item = &'a str>) -> Arc<StringArray> {
-    Arc::new(values.map(Some).collect::<StringArray>())
-}
-
 /// Builds a record batch from items.
 pub fn items_to_batch(items: &[Item]) -> RecordBatch {
     let mut image = BinaryBuilder::new();
@@ -157,15 +156,6 @@ pub fn items_to_batch(items: &[Item]) -> RecordBatch {
         ],
     )
     .expect("columns match the schema")
-}
-
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| format!("missing column `{name}`"))?
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| format!("column `{name}` has the wrong type"))
 }
 
 fn list_strings(list: &ListArray, row: usize) -> Vec<Option<String>> {
@@ -222,15 +212,7 @@ pub fn write_items(path: &Path, items: &[Item]) -> Result<(), TableError> {
 
 /// Reads a unified table.
 pub fn read_items(path: &Path) -> Result<Vec<Item>, TableError> {
-    let (_, batches) = read_table(path)?;
-    let mut items = Vec::new();
-    for batch in &batches {
-        items.extend(batch_to_items(batch).map_err(|message| TableError {
-            path: path.display().to_string(),
-            message,
-        })?);
-    }
-    Ok(items)
+    crate::columns::read_rows(path, batch_to_items)
 }
 
 /// One row of the pretraining corpus: an image with text about it, or text alone.

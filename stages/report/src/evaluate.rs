@@ -1,0 +1,504 @@
+//! The `evaluate` stage kind: predictions -> metrics.
+//!
+//! Accuracy per (dataset, condition) counts every prediction: an answer that cannot be parsed
+//! is wrong and is also counted as `unparseable`, never dropped. "Perturbed" is the configured
+//! worst condition (MD for image-heavy, RI for text-heavy, as the paper's tables use it). The
+//! causal effect of an intervention is the fraction of items whose parsed answer changes between
+//! the clean and the perturbed condition, paired by `origin_id` (an unparseable answer is a value
+//! of its own: unparseable in both conditions is no change). VQA Overall is the pooled accuracy
+//! over every VQA set, weighted by items, which is what the paper's numbers are.
+
+use std::collections::BTreeMap;
+
+use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_stage_schema::{read_predictions, write_metrics, MetricRow, Prediction};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How answers are read from generated text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Parser {
+    /// The first standalone capital option letter within the item's options (A.. up to the
+    /// number of options), else the option whose text appears first in the answer.
+    Standard,
+    /// The authors' parser: any standalone letter (upper-cased) for image-heavy sets, A-D for
+    /// the others, no text fallback (their fallback is dead code), so "a dog" reads as A.
+    Reference,
+}
+
+/// Which condition is "Perturbed" in the tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerturbedConditions {
+    /// For image-heavy sets (`worst` takes the lowest accuracy).
+    #[serde(default = "default_image_perturbed")]
+    pub image_heavy: String,
+    /// For text-heavy sets.
+    #[serde(default = "default_text_perturbed")]
+    pub text_heavy: String,
+}
+
+impl Default for PerturbedConditions {
+    fn default() -> Self {
+        Self {
+            image_heavy: default_image_perturbed(),
+            text_heavy: default_text_perturbed(),
+        }
+    }
+}
+
+fn default_image_perturbed() -> String {
+    "md".into()
+}
+fn default_text_perturbed() -> String {
+    "ri".into()
+}
+
+/// Params of the `evaluate` kind. `family`, `size`, `method` and `seed` label the metrics
+/// (matrix values usually).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// Model family (`llava`, `blip`, `qwen`, ...).
+    pub family: Value,
+    /// Model size label.
+    #[serde(default = "default_size")]
+    pub size: Value,
+    /// Training method (`vanilla`, `fft_mix`, `ours`, ...).
+    pub method: Value,
+    /// Training seed.
+    #[serde(default = "default_seed")]
+    pub seed: Value,
+    /// Answer parser.
+    #[serde(default = "default_parser")]
+    pub parser: Parser,
+    /// The "Perturbed" condition per task.
+    #[serde(default)]
+    pub perturbed: PerturbedConditions,
+}
+
+fn default_size() -> Value {
+    Value::String("s".into())
+}
+fn default_seed() -> Value {
+    Value::from(0)
+}
+fn default_parser() -> Parser {
+    Parser::Standard
+}
+
+/// The `evaluate` stage kind.
+#[derive(Default)]
+pub struct EvaluateStage;
+
+impl Stage for EvaluateStage {
+    type Params = EvaluateParams;
+    const KIND: &'static str = "evaluate";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Score predictions: accuracy, perturbed accuracy, causal effect, VQA overall, unparseable answers";
+
+    fn outputs(_params: &EvaluateParams) -> Vec<OutputSpec> {
+        vec![
+            OutputSpec {
+                name: "metrics".into(),
+                file_name: "metrics.parquet".into(),
+                kind: OutputKind::File,
+            },
+            OutputSpec {
+                name: "unparseable".into(),
+                file_name: "unparseable.json".into(),
+                kind: OutputKind::File,
+            },
+        ]
+    }
+
+    fn run(&self, params: &EvaluateParams, ctx: &StageContext) -> Result<(), StageError> {
+        let mut predictions = Vec::new();
+        for path in ctx.input_paths("predictions")? {
+            predictions
+                .extend(read_predictions(path).map_err(|e| StageError::failed(e.to_string()))?);
+        }
+        let label = Label {
+            family: text(&params.family),
+            size: text(&params.size),
+            method: text(&params.method),
+            seed: text(&params.seed),
+            stage: ctx.stage_name().to_string(),
+        };
+        let (rows, unparseable) = evaluate(&predictions, params, &label);
+        let examples: Vec<Value> = unparseable
+            .iter()
+            .take(50)
+            .map(|p| serde_json::json!({"id": p.id, "dataset": p.dataset, "condition": p.perturbation, "raw_text": p.raw_text}))
+            .collect();
+        ctx.log(&format!(
+            "{} predictions, {} unparseable, {} metric rows",
+            predictions.len(),
+            unparseable.len(),
+            rows.len()
+        ));
+        write_metrics(ctx.output_path("metrics")?, &rows)
+            .map_err(|e| StageError::environment(e.to_string()))?;
+        let report = serde_json::json!({"count": unparseable.len(), "examples": examples});
+        std::fs::write(
+            ctx.output_path("unparseable")?,
+            serde_json::to_vec_pretty(&report).expect("json"),
+        )
+        .map_err(|e| StageError::environment(e.to_string()))
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Labels of every metric row of one evaluation.
+pub struct Label {
+    /// Model family.
+    pub family: String,
+    /// Model size.
+    pub size: String,
+    /// Method.
+    pub method: String,
+    /// Seed.
+    pub seed: String,
+    /// Producing stage.
+    pub stage: String,
+}
+
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Standalone letters of a text (word boundaries on both sides), in order.
+fn standalone_letters(text: &str) -> impl Iterator<Item = char> + '_ {
+    let chars: Vec<char> = text.chars().collect();
+    (0..chars.len()).filter_map(move |i| {
+        let c = chars[i];
+        let before = i == 0 || !is_word(chars[i - 1]);
+        let after = i + 1 == chars.len() || !is_word(chars[i + 1]);
+        (c.is_ascii_alphabetic() && before && after).then_some(c)
+    })
+}
+
+/// Parses an answer to an option index (which may be out of range in reference mode, where
+/// it counts as wrong), or None.
+pub fn parse_answer(raw: &str, options: &[String], task: &str, parser: Parser) -> Option<usize> {
+    match parser {
+        Parser::Standard => {
+            let last = (b'A' + options.len().min(26) as u8 - 1) as char;
+            if let Some(letter) = standalone_letters(raw).find(|c| ('A'..=last).contains(c)) {
+                return Some((letter as u8 - b'A') as usize);
+            }
+            // Fallback: the option whose text appears first (the longest at the same place).
+            let lower = raw.to_lowercase();
+            options
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| !o.trim().is_empty())
+                .filter_map(|(i, o)| {
+                    lower
+                        .find(&o.to_lowercase())
+                        .map(|at| (at, std::cmp::Reverse(o.len()), i))
+                })
+                .min()
+                .map(|(_, _, i)| i)
+        }
+        Parser::Reference => {
+            let accept =
+                |c: &char| task == "image_heavy" || matches!(c.to_ascii_uppercase(), 'A'..='D');
+            standalone_letters(raw)
+                .find(accept)
+                .map(|c| (c.to_ascii_uppercase() as u8 - b'A') as usize)
+        }
+    }
+}
+
+/// (condition, accuracy, items).
+type ConditionAccuracy = (String, f64, u64);
+
+/// Computes every metric of one model's predictions.
+pub fn evaluate<'p>(
+    predictions: &'p [Prediction],
+    params: &EvaluateParams,
+    label: &Label,
+) -> (Vec<MetricRow>, Vec<&'p Prediction>) {
+    let row =
+        |dataset: &str, task: &str, condition: &str, metric: &str, value: f64, n: u64| MetricRow {
+            family: label.family.clone(),
+            size: label.size.clone(),
+            method: label.method.clone(),
+            seed: label.seed.clone(),
+            dataset: dataset.to_string(),
+            task: task.to_string(),
+            condition: condition.to_string(),
+            metric: metric.to_string(),
+            value,
+            n,
+            stage: label.stage.clone(),
+        };
+    // (dataset, condition) -> (task, correct, unparseable, total); parsed answers by origin.
+    let mut groups: BTreeMap<(String, String), (String, u64, u64, u64)> = BTreeMap::new();
+    let mut parsed: BTreeMap<(String, String), BTreeMap<String, Option<usize>>> = BTreeMap::new();
+    let mut unparseable = Vec::new();
+    for p in predictions {
+        let answer = parse_answer(&p.raw_text, &p.options, &p.task, params.parser);
+        let entry = groups
+            .entry((p.dataset.clone(), p.perturbation.clone()))
+            .or_insert((p.task.clone(), 0, 0, 0));
+        entry.3 += 1;
+        match answer {
+            Some(a) if a == p.answer => entry.1 += 1,
+            Some(_) => {}
+            None => {
+                entry.2 += 1;
+                unparseable.push(p);
+            }
+        }
+        parsed
+            .entry((p.dataset.clone(), p.perturbation.clone()))
+            .or_default()
+            .insert(p.origin_id.clone(), answer);
+    }
+    let mut rows = Vec::new();
+    // dataset -> (task, [(condition, accuracy, n)])
+    let mut by_dataset: BTreeMap<String, (String, Vec<ConditionAccuracy>)> = BTreeMap::new();
+    for ((dataset, condition), (task, correct, bad, total)) in &groups {
+        let accuracy = *correct as f64 / *total as f64;
+        rows.push(row(dataset, task, condition, "accuracy", accuracy, *total));
+        rows.push(row(
+            dataset,
+            task,
+            condition,
+            "unparseable",
+            *bad as f64 / *total as f64,
+            *total,
+        ));
+        by_dataset
+            .entry(dataset.clone())
+            .or_insert_with(|| (task.clone(), Vec::new()))
+            .1
+            .push((condition.clone(), accuracy, *total));
+    }
+    for (dataset, (task, conditions)) in &by_dataset {
+        let (clean, wanted) = match task.as_str() {
+            "image_heavy" => ("none", params.perturbed.image_heavy.as_str()),
+            "text_heavy" => ("rp", params.perturbed.text_heavy.as_str()),
+            _ => continue,
+        };
+        let candidates: Vec<&ConditionAccuracy> =
+            conditions.iter().filter(|(c, _, _)| c != clean).collect();
+        let perturbed = if wanted == "worst" {
+            candidates
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .copied()
+        } else {
+            candidates.iter().find(|(c, _, _)| c == wanted).copied()
+        };
+        if let Some((_, accuracy, n)) = perturbed {
+            rows.push(row(dataset, task, "perturbed", "accuracy", *accuracy, *n));
+        }
+        // Causal effect of each intervention against the clean condition.
+        let Some(clean_answers) = parsed.get(&(dataset.clone(), clean.to_string())) else {
+            continue;
+        };
+        for (condition, _, _) in candidates {
+            let answers = &parsed[&(dataset.clone(), condition.clone())];
+            let pairs: Vec<bool> = answers
+                .iter()
+                .filter_map(|(origin, a)| clean_answers.get(origin).map(|c| c != a))
+                .collect();
+            if !pairs.is_empty() {
+                let changed = pairs.iter().filter(|c| **c).count();
+                rows.push(row(
+                    dataset,
+                    task,
+                    condition,
+                    "causal_effect",
+                    changed as f64 / pairs.len() as f64,
+                    pairs.len() as u64,
+                ));
+            }
+        }
+    }
+    // VQA Overall: pooled over every VQA set, clean condition.
+    let (correct, total) = groups
+        .iter()
+        .filter(|((_, condition), (task, ..))| task == "vqa" && condition == "none")
+        .fold((0, 0), |(c, t), (_, (_, correct, _, total))| {
+            (c + correct, t + total)
+        });
+    if total > 0 {
+        rows.push(row(
+            "vqa_overall",
+            "vqa",
+            "none",
+            "accuracy",
+            correct as f64 / total as f64,
+            total,
+        ));
+    }
+    (rows, unparseable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("option {i}")).collect()
+    }
+
+    #[test]
+    fn standard_parser_takes_the_first_option_letter_in_range() {
+        let o = options(4);
+        assert_eq!(parse_answer("B", &o, "vqa", Parser::Standard), Some(1));
+        assert_eq!(
+            parse_answer("The answer is (C).", &o, "vqa", Parser::Standard),
+            Some(2)
+        );
+        assert_eq!(
+            parse_answer("I think D", &o, "vqa", Parser::Standard),
+            Some(3),
+            "`I` is out of range"
+        );
+        assert_eq!(parse_answer("E", &o, "vqa", Parser::Standard), None);
+        assert_eq!(
+            parse_answer("BAD", &o, "vqa", Parser::Standard),
+            None,
+            "not standalone"
+        );
+        let five = options(5);
+        assert_eq!(
+            parse_answer("E: option 4", &five, "vqa", Parser::Standard),
+            Some(4),
+            "beyond D"
+        );
+    }
+
+    #[test]
+    fn standard_parser_falls_back_to_option_text() {
+        let o: Vec<String> = ["red circle", "red", "blue", "green"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            parse_answer("it is blue.", &o, "vqa", Parser::Standard),
+            Some(2)
+        );
+        assert_eq!(
+            parse_answer("a red circle", &o, "vqa", Parser::Standard),
+            Some(0),
+            "longest at the same place"
+        );
+        assert_eq!(parse_answer("no idea", &o, "vqa", Parser::Standard), None);
+    }
+
+    #[test]
+    fn reference_parser_reproduces_the_authors_quirks() {
+        let o = options(4);
+        assert_eq!(
+            parse_answer("a dog", &o, "image_heavy", Parser::Reference),
+            Some(0)
+        );
+        assert_eq!(
+            parse_answer("I think B", &o, "image_heavy", Parser::Reference),
+            Some(8),
+            "I parses, and is wrong"
+        );
+        assert_eq!(
+            parse_answer("I think B", &o, "vqa", Parser::Reference),
+            Some(1)
+        );
+        assert_eq!(
+            parse_answer("E", &options(5), "vqa", Parser::Reference),
+            None,
+            "ScienceQA E is impossible"
+        );
+        assert_eq!(
+            parse_answer("option 2", &o, "vqa", Parser::Reference),
+            None,
+            "no text fallback"
+        );
+    }
+
+    fn prediction(
+        origin: &str,
+        dataset: &str,
+        task: &str,
+        condition: &str,
+        answer: usize,
+        raw: &str,
+    ) -> Prediction {
+        Prediction {
+            id: format!("{origin}#{condition}"),
+            origin_id: origin.into(),
+            dataset: dataset.into(),
+            task: task.into(),
+            perturbation: condition.into(),
+            answer,
+            options: options(4),
+            raw_text: raw.into(),
+            predicted: None,
+            option_logprobs: None,
+        }
+    }
+
+    fn metric<'a>(
+        rows: &'a [MetricRow],
+        dataset: &str,
+        condition: &str,
+        metric: &str,
+    ) -> &'a MetricRow {
+        rows.iter()
+            .find(|r| r.dataset == dataset && r.condition == condition && r.metric == metric)
+            .unwrap_or_else(|| panic!("no {dataset}/{condition}/{metric}"))
+    }
+
+    #[test]
+    fn accuracy_perturbed_causal_effect_and_pooled_vqa() {
+        let preds = vec![
+            prediction("a", "shapes", "image_heavy", "none", 0, "A"),
+            prediction("b", "shapes", "image_heavy", "none", 1, "B"),
+            prediction("a", "shapes", "image_heavy", "md", 0, "C"),
+            prediction("b", "shapes", "image_heavy", "md", 1, "B"),
+            prediction("a", "shapes", "image_heavy", "uf", 0, "hmm"),
+            prediction("b", "shapes", "image_heavy", "uf", 1, "B"),
+            prediction("x", "counting", "vqa", "none", 0, "A"),
+            prediction("y", "spatial", "vqa", "none", 0, "B"),
+            prediction("z", "spatial", "vqa", "none", 0, "A"),
+        ];
+        let params: EvaluateParams =
+            serde_json::from_value(serde_json::json!({"family": "llava", "method": "vanilla"}))
+                .unwrap();
+        let label = Label {
+            family: "llava".into(),
+            size: "s".into(),
+            method: "vanilla".into(),
+            seed: "0".into(),
+            stage: "eval".into(),
+        };
+        let (rows, unparseable) = evaluate(&preds, &params, &label);
+        assert_eq!(metric(&rows, "shapes", "none", "accuracy").value, 1.0);
+        assert_eq!(metric(&rows, "shapes", "md", "accuracy").value, 0.5);
+        assert_eq!(metric(&rows, "shapes", "perturbed", "accuracy").value, 0.5);
+        assert_eq!(metric(&rows, "shapes", "md", "causal_effect").value, 0.5);
+        assert_eq!(
+            metric(&rows, "shapes", "uf", "causal_effect").value,
+            0.5,
+            "unparseable counts as a change"
+        );
+        assert_eq!(metric(&rows, "shapes", "uf", "unparseable").value, 0.5);
+        assert_eq!(unparseable.len(), 1);
+        // Pooled: 2 of 3, not the mean of per-set accuracies (1.0 and 0.5).
+        let overall = metric(&rows, "vqa_overall", "none", "accuracy");
+        assert!((overall.value - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(overall.n, 3);
+    }
+}

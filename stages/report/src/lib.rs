@@ -1,0 +1,17 @@
+//! mipipe-stage-report: from predictions to the paper's tables.
+//!
+//! - `evaluate`: predictions -> long-format metrics (accuracy per condition, "Perturbed",
+//!   causal effect, pooled VQA Overall, unparseable answers), with a standard and a
+//!   `reference` (the authors') answer parser.
+//! - `table`: metrics of many runs -> a table of the paper (LaTeX with booktabs, Markdown, CSV),
+//!   mean ± std over seeds, best per model group in bold, relative change against the baseline,
+//!   a provenance table naming the stage behind every cell, and SVG figures.
+
+mod evaluate;
+mod figures;
+mod table;
+
+pub use evaluate::{
+    evaluate, parse_answer, EvaluateParams, EvaluateStage, Label, Parser, PerturbedConditions,
+};
+pub use table::{build, Layout, Table, TableParams, TableStage};

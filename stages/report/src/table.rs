@@ -1,0 +1,632 @@
+//! The `table` stage kind: the paper's result tables from metrics, as LaTeX, Markdown and CSV,
+//! with a provenance table naming the stages behind every cell, and SVG figures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_stage_schema::{read_metrics, MetricRow};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::figures;
+
+/// The paper's table layouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Tables 1, 3, 6: clean and perturbed accuracy per unimodal set, plus VQA Overall.
+    OrigPerturbed,
+    /// Table 2: each VQA set and Overall, with the relative change against the baseline method.
+    Vqa,
+    /// Tables 5 and 8: every condition (Orig/UF/MD, RP/RI/FB/FW).
+    Conditions,
+    /// Table 11: out-of-distribution conditions (OCR noise, screenshots).
+    Ood,
+    /// The causal effect of each intervention (not in the paper: the authors never computed it).
+    CausalEffect,
+}
+
+/// Params of the `table` kind.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableParams {
+    /// Which table.
+    pub layout: Layout,
+    /// Datasets, in column order [default: every dataset in the metrics, by task then name].
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    /// Display names of datasets and methods (`{shapes: Mini-ImageNet role, fft_mix: FFT w/ D_mixed}`).
+    #[serde(default)]
+    pub names: BTreeMap<String, String>,
+    /// Method order within each model group [default: the paper's order].
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// The method relative changes are measured against.
+    #[serde(default = "default_baseline")]
+    pub baseline: String,
+    /// Decimals of percentages.
+    #[serde(default = "default_decimals")]
+    pub decimals: usize,
+    /// LaTeX caption.
+    #[serde(default)]
+    pub caption: String,
+}
+
+fn default_methods() -> Vec<String> {
+    [
+        "vanilla", "fft_vqa", "fft_mix", "kl", "js", "rg", "adv", "ours",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_baseline() -> String {
+    "vanilla".into()
+}
+fn default_decimals() -> usize {
+    1
+}
+
+/// The `table` stage kind.
+#[derive(Default)]
+pub struct TableStage;
+
+impl Stage for TableStage {
+    type Params = TableParams;
+    const KIND: &'static str = "table";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
+
+    fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
+        ["tex", "md", "csv", "provenance"]
+            .iter()
+            .map(|ext| OutputSpec {
+                name: (*ext).into(),
+                file_name: format!(
+                    "table.{}",
+                    if *ext == "provenance" {
+                        "provenance.csv"
+                    } else {
+                        ext
+                    }
+                ),
+                kind: OutputKind::File,
+            })
+            .chain(std::iter::once(OutputSpec {
+                name: "figures".into(),
+                file_name: "figures".into(),
+                kind: OutputKind::Dir,
+            }))
+            .collect()
+    }
+
+    fn run(&self, params: &TableParams, ctx: &StageContext) -> Result<(), StageError> {
+        let mut rows = Vec::new();
+        for path in ctx.input_paths("metrics")? {
+            rows.extend(read_metrics(path).map_err(|e| StageError::failed(e.to_string()))?);
+        }
+        let table = build(&rows, params).map_err(StageError::failed)?;
+        let write = |name: &str, text: String| -> Result<(), StageError> {
+            std::fs::write(ctx.output_path(name)?, text)
+                .map_err(|e| StageError::environment(e.to_string()))
+        };
+        write("tex", table.latex(params))?;
+        write("md", table.markdown(params))?;
+        write("csv", table.csv())?;
+        write("provenance", table.provenance())?;
+        let dir = ctx.output_path("figures")?;
+        for (name, svg) in figures::render(&table) {
+            std::fs::write(dir.join(name), svg)
+                .map_err(|e| StageError::environment(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// One column: a metric of one dataset under one condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    /// Dataset.
+    pub dataset: String,
+    /// Condition.
+    pub condition: String,
+    /// Metric.
+    pub metric: String,
+    /// Header under the dataset name.
+    pub header: String,
+    /// Whether larger is better (bold picks the max, else the min).
+    pub higher_is_better: bool,
+    /// Show the relative change against the baseline method.
+    pub relative: bool,
+}
+
+/// One aggregated cell.
+#[derive(Clone, Debug, Default)]
+pub struct Cell {
+    /// Values over seeds.
+    pub values: Vec<f64>,
+    /// Stages they came from.
+    pub stages: BTreeSet<String>,
+}
+
+impl Cell {
+    /// Mean over seeds.
+    pub fn mean(&self) -> Option<f64> {
+        (!self.values.is_empty())
+            .then(|| self.values.iter().sum::<f64>() / self.values.len() as f64)
+    }
+
+    /// Sample standard deviation over seeds (None for fewer than two).
+    pub fn std(&self) -> Option<f64> {
+        let n = self.values.len();
+        let mean = self.mean()?;
+        (n >= 2).then(|| {
+            (self.values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        })
+    }
+}
+
+/// A model group (family and size) with its methods' rows.
+#[derive(Clone, Debug)]
+pub struct Group {
+    /// `family-size`.
+    pub name: String,
+    /// (method, cells per column).
+    pub rows: Vec<(String, Vec<Cell>)>,
+}
+
+/// A built table.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// Columns.
+    pub columns: Vec<Column>,
+    /// Model groups.
+    pub groups: Vec<Group>,
+    /// Display names.
+    pub names: BTreeMap<String, String>,
+    /// Baseline method.
+    pub baseline: String,
+    /// Decimals.
+    pub decimals: usize,
+}
+
+fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
+    let column = |dataset: &str, condition: &str, metric: &str, header: &str| Column {
+        dataset: dataset.into(),
+        condition: condition.into(),
+        metric: metric.into(),
+        header: header.into(),
+        higher_is_better: metric != "causal_effect",
+        relative: false,
+    };
+    let mut out = Vec::new();
+    for (dataset, task) in datasets {
+        let conditions: &[(&str, &str)] = match (layout, task.as_str()) {
+            (Layout::OrigPerturbed, "image_heavy") => {
+                &[("none", "Orig"), ("perturbed", "Perturbed")]
+            }
+            (Layout::OrigPerturbed, "text_heavy") => &[("rp", "Orig"), ("perturbed", "Perturbed")],
+            (Layout::Conditions, "image_heavy") => &[("none", "Orig"), ("uf", "UF"), ("md", "MD")],
+            (Layout::Conditions, "text_heavy") => {
+                &[("rp", "RP"), ("ri", "RI"), ("fb", "FB"), ("fw", "FW")]
+            }
+            (Layout::Ood, "image_heavy") => &[("none", "Orig"), ("ocr", "OCR")],
+            (Layout::Ood, "text_heavy") => &[("rp", "RP"), ("screenshot", "Screenshot")],
+            (Layout::CausalEffect, "image_heavy") => &[("uf", "UF"), ("md", "MD")],
+            (Layout::CausalEffect, "text_heavy") => &[("ri", "RI"), ("fb", "FB"), ("fw", "FW")],
+            (Layout::Vqa, "vqa") => &[("none", "Acc")],
+            _ => &[],
+        };
+        let metric = if layout == Layout::CausalEffect {
+            "causal_effect"
+        } else {
+            "accuracy"
+        };
+        for (condition, header) in conditions {
+            let mut c = column(dataset, condition, metric, header);
+            c.relative = layout == Layout::Vqa;
+            out.push(c);
+        }
+    }
+    if matches!(layout, Layout::OrigPerturbed | Layout::Vqa) {
+        let mut c = column("vqa_overall", "none", "accuracy", "Overall");
+        c.relative = layout == Layout::Vqa;
+        out.push(c);
+    }
+    out
+}
+
+/// Builds a table from metric rows.
+pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> {
+    if rows.is_empty() {
+        return Err("The metrics inputs hold no rows".into());
+    }
+    let mut tasks: BTreeMap<String, String> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.dataset != "vqa_overall") {
+        tasks.insert(r.dataset.clone(), r.task.clone());
+    }
+    let datasets: Vec<(String, String)> = if params.datasets.is_empty() {
+        let order = |t: &str| {
+            ["image_heavy", "text_heavy", "vqa"]
+                .iter()
+                .position(|x| *x == t)
+                .unwrap_or(3)
+        };
+        let mut all: Vec<(String, String)> = tasks.clone().into_iter().collect();
+        all.sort_by_key(|(d, t)| (order(t), d.clone()));
+        all
+    } else {
+        params
+            .datasets
+            .iter()
+            .map(|d| {
+                tasks.get(d).map(|t| (d.clone(), t.clone())).ok_or_else(|| {
+                    format!(
+                        "Dataset `{d}` is not in the metrics (they hold: {})",
+                        tasks.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let columns = columns_for(params.layout, &datasets);
+    // (group, method) -> column -> cell
+    let mut cells: BTreeMap<(String, String), Vec<Cell>> = BTreeMap::new();
+    for r in rows {
+        let group = format!("{}-{}", r.family, r.size);
+        for (i, c) in columns.iter().enumerate() {
+            if c.dataset == r.dataset && c.condition == r.condition && c.metric == r.metric {
+                let entry = cells
+                    .entry((group.clone(), r.method.clone()))
+                    .or_insert_with(|| vec![Cell::default(); columns.len()]);
+                entry[i].values.push(r.value);
+                entry[i].stages.insert(r.stage.clone());
+            }
+        }
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    for ((group, method), row) in cells {
+        let position = groups
+            .iter()
+            .position(|g| g.name == group)
+            .unwrap_or_else(|| {
+                groups.push(Group {
+                    name: group.clone(),
+                    rows: Vec::new(),
+                });
+                groups.len() - 1
+            });
+        groups[position].rows.push((method, row));
+    }
+    let rank = |m: &str| {
+        params
+            .methods
+            .iter()
+            .position(|x| x == m)
+            .unwrap_or(usize::MAX)
+    };
+    for g in &mut groups {
+        g.rows
+            .sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+    }
+    Ok(Table {
+        columns,
+        groups,
+        names: params.names.clone(),
+        baseline: params.baseline.clone(),
+        decimals: params.decimals,
+    })
+}
+
+/// How one cell is written.
+enum Markup {
+    Latex,
+    Markdown,
+    Plain,
+}
+
+impl Table {
+    fn name<'a>(&'a self, key: &'a str) -> &'a str {
+        self.names.get(key).map(String::as_str).unwrap_or(key)
+    }
+
+    /// Whether row `row` is best in column `c` of its group: ties are all bold, and a column
+    /// where every row ties has no bold at all.
+    fn is_best(&self, group: &Group, row: usize, c: usize) -> bool {
+        let values: Vec<f64> = group
+            .rows
+            .iter()
+            .filter_map(|(_, cells)| cells[c].mean())
+            .collect();
+        let best = if self.columns[c].higher_is_better {
+            values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        } else {
+            values.iter().copied().fold(f64::INFINITY, f64::min)
+        };
+        let ties = |v: f64| (v - best).abs() < 1e-12;
+        let all_tie = values.iter().all(|v| ties(*v));
+        !all_tie && group.rows[row].1[c].mean().is_some_and(ties)
+    }
+
+    fn cell_text(&self, group: &Group, row: usize, c: usize, markup: &Markup) -> String {
+        let cell = &group.rows[row].1[c];
+        let Some(mean) = cell.mean() else {
+            return "–".into();
+        };
+        let d = self.decimals;
+        let mut text = format!("{:.d$}", mean * 100.0);
+        if let Some(std) = cell.std() {
+            text = match markup {
+                Markup::Latex => format!("{text}$\\pm${:.d$}", std * 100.0),
+                _ => format!("{text}±{:.d$}", std * 100.0),
+            };
+        }
+        if self.columns[c].relative && group.rows[row].0 != self.baseline {
+            let base = group
+                .rows
+                .iter()
+                .find(|(m, _)| *m == self.baseline)
+                .and_then(|(_, cells)| cells[c].mean());
+            if let Some(base) = base.filter(|b| *b > 0.0) {
+                let change = (mean / base - 1.0) * 100.0;
+                let magnitude = format!("{:.d$}", change.abs());
+                text = match (markup, change >= 0.0) {
+                    (Markup::Latex, true) => format!("{text} ($\\uparrow${magnitude}\\%)"),
+                    (Markup::Latex, false) => format!("{text} ($\\downarrow${magnitude}\\%)"),
+                    (_, true) => format!("{text} (↑{magnitude}%)"),
+                    (_, false) => format!("{text} (↓{magnitude}%)"),
+                };
+            }
+        }
+        let bold = self.is_best(group, row, c);
+        match (markup, bold) {
+            (Markup::Latex, true) => format!("\\textbf{{{text}}}"),
+            (Markup::Markdown, true) => format!("**{text}**"),
+            _ => text,
+        }
+    }
+
+    /// Column groups: (dataset display name, number of columns).
+    fn spans(&self) -> Vec<(String, usize)> {
+        let mut spans: Vec<(String, usize)> = Vec::new();
+        for c in &self.columns {
+            let name = if c.dataset == "vqa_overall" {
+                "VQA".to_string()
+            } else {
+                self.name(&c.dataset).to_string()
+            };
+            match spans.last_mut() {
+                Some((last, n)) if *last == name => *n += 1,
+                _ => spans.push((name, 1)),
+            }
+        }
+        spans
+    }
+
+    /// LaTeX with booktabs: a header row of datasets over their conditions, one block per model.
+    pub fn latex(&self, params: &TableParams) -> String {
+        let escape = |s: &str| {
+            s.replace('_', "\\_")
+                .replace('%', "\\%")
+                .replace('&', "\\&")
+                .replace('#', "\\#")
+        };
+        let mut out = String::new();
+        let n = self.columns.len();
+        let _ = writeln!(out, "\\begin{{table}}[t]\n\\centering\n\\small");
+        let _ = writeln!(out, "\\begin{{tabular}}{{l{}}}\n\\toprule", "c".repeat(n));
+        let mut header = String::from("Method");
+        let mut rules = String::new();
+        let mut start = 2;
+        for (name, span) in self.spans() {
+            let _ = write!(
+                header,
+                " & \\multicolumn{{{span}}}{{c}}{{{}}}",
+                escape(&name)
+            );
+            let _ = write!(rules, "\\cmidrule(lr){{{start}-{}}}", start + span - 1);
+            start += span;
+        }
+        let _ = writeln!(out, "{header} \\\\\n{rules}");
+        let sub: Vec<String> = self.columns.iter().map(|c| escape(&c.header)).collect();
+        let _ = writeln!(out, " & {} \\\\\n\\midrule", sub.join(" & "));
+        for (g, group) in self.groups.iter().enumerate() {
+            if g > 0 {
+                let _ = writeln!(out, "\\midrule");
+            }
+            let _ = writeln!(
+                out,
+                "\\multicolumn{{{}}}{{l}}{{\\textit{{{}}}}} \\\\",
+                n + 1,
+                escape(self.name(&group.name))
+            );
+            for (r, (method, _)) in group.rows.iter().enumerate() {
+                let cells: Vec<String> = (0..n)
+                    .map(|c| self.cell_text(group, r, c, &Markup::Latex))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{} & {} \\\\",
+                    escape(self.name(method)),
+                    cells.join(" & ")
+                );
+            }
+        }
+        let _ = writeln!(out, "\\bottomrule\n\\end{{tabular}}");
+        if !params.caption.is_empty() {
+            let _ = writeln!(out, "\\caption{{{}}}", escape(&params.caption));
+        }
+        let _ = writeln!(out, "\\end{{table}}");
+        out
+    }
+
+    /// GitHub Markdown.
+    pub fn markdown(&self, params: &TableParams) -> String {
+        let mut out = String::new();
+        if !params.caption.is_empty() {
+            let _ = writeln!(out, "**{}**\n", params.caption);
+        }
+        let headers: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let dataset = if c.dataset == "vqa_overall" {
+                    "VQA"
+                } else {
+                    self.name(&c.dataset)
+                };
+                format!("{dataset} {}", c.header)
+            })
+            .collect();
+        let _ = writeln!(out, "| Model | Method | {} |", headers.join(" | "));
+        let _ = writeln!(out, "|---|---|{}", "---:|".repeat(self.columns.len()));
+        for group in &self.groups {
+            for (r, (method, _)) in group.rows.iter().enumerate() {
+                let cells: Vec<String> = (0..self.columns.len())
+                    .map(|c| self.cell_text(group, r, c, &Markup::Markdown))
+                    .collect();
+                let model = if r == 0 { self.name(&group.name) } else { "" };
+                let _ = writeln!(
+                    out,
+                    "| {model} | {} | {} |",
+                    self.name(method),
+                    cells.join(" | ")
+                );
+            }
+        }
+        out
+    }
+
+    /// CSV: one row per (model, method), values as percentages.
+    pub fn csv(&self) -> String {
+        let mut out = String::from("model,method");
+        for c in &self.columns {
+            let _ = write!(out, ",{}:{}:{}", c.dataset, c.condition, c.metric);
+        }
+        out.push('\n');
+        for group in &self.groups {
+            for (r, (method, _)) in group.rows.iter().enumerate() {
+                let _ = write!(out, "{},{method}", group.name);
+                for c in 0..self.columns.len() {
+                    let _ = write!(out, ",{}", self.cell_text(group, r, c, &Markup::Plain));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Which stages produced every cell.
+    pub fn provenance(&self) -> String {
+        let mut out = String::from("model,method,dataset,condition,metric,stages\n");
+        for group in &self.groups {
+            for (method, cells) in &group.rows {
+                for (c, cell) in cells.iter().enumerate() {
+                    let col = &self.columns[c];
+                    let stages: Vec<&str> = cell.stages.iter().map(String::as_str).collect();
+                    let _ = writeln!(
+                        out,
+                        "{},{method},{},{},{},\"{}\"",
+                        group.name,
+                        col.dataset,
+                        col.condition,
+                        col.metric,
+                        stages.join(";")
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(
+        method: &str,
+        seed: &str,
+        dataset: &str,
+        task: &str,
+        condition: &str,
+        value: f64,
+    ) -> MetricRow {
+        MetricRow {
+            family: "llava".into(),
+            size: "s".into(),
+            method: method.into(),
+            seed: seed.into(),
+            dataset: dataset.into(),
+            task: task.into(),
+            condition: condition.into(),
+            metric: "accuracy".into(),
+            value,
+            n: 100,
+            stage: format!("evaluate[method={method},seed={seed}]"),
+        }
+    }
+
+    fn params(layout: Layout) -> TableParams {
+        serde_json::from_value(serde_json::json!({"layout": layout, "names": {"shapes": "Shapes"}}))
+            .unwrap()
+    }
+
+    fn rows() -> Vec<MetricRow> {
+        vec![
+            metric("vanilla", "1", "shapes", "image_heavy", "none", 0.90),
+            metric("vanilla", "1", "shapes", "image_heavy", "perturbed", 0.40),
+            metric("ours", "1", "shapes", "image_heavy", "none", 0.95),
+            metric("ours", "2", "shapes", "image_heavy", "none", 0.97),
+            metric("ours", "1", "shapes", "image_heavy", "perturbed", 0.90),
+            metric("ours", "2", "shapes", "image_heavy", "perturbed", 0.92),
+            metric("vanilla", "1", "vqa_overall", "vqa", "none", 0.50),
+            metric("ours", "1", "vqa_overall", "vqa", "none", 0.60),
+            metric("ours", "2", "vqa_overall", "vqa", "none", 0.62),
+        ]
+    }
+
+    #[test]
+    fn mean_std_bold_and_method_order() {
+        let table = build(&rows(), &params(Layout::OrigPerturbed)).unwrap();
+        let md = table.markdown(&params(Layout::OrigPerturbed));
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| Model | Method | Shapes Orig | Shapes Perturbed | VQA Overall |"
+        );
+        assert_eq!(lines[2], "| llava-s | vanilla | 90.0 | 40.0 | 50.0 |");
+        assert_eq!(
+            lines[3],
+            "|  | ours | **96.0±1.4** | **91.0±1.4** | **61.0±1.4** |"
+        );
+    }
+
+    #[test]
+    fn vqa_layout_shows_relative_change_against_the_baseline() {
+        let table = build(&rows(), &params(Layout::Vqa)).unwrap();
+        let md = table.markdown(&params(Layout::Vqa));
+        assert!(md.contains("61.0±1.4 (↑22.0%)"), "{md}");
+        let tex = table.latex(&params(Layout::Vqa));
+        assert!(tex.contains("($\\uparrow$22.0\\%)"), "{tex}");
+        assert!(tex.contains("\\toprule") && tex.contains("\\bottomrule"));
+    }
+
+    #[test]
+    fn provenance_names_every_contributing_stage() {
+        let table = build(&rows(), &params(Layout::OrigPerturbed)).unwrap();
+        let provenance = table.provenance();
+        assert!(
+            provenance.contains("llava-s,ours,shapes,none,accuracy,\"evaluate[method=ours,seed=1];evaluate[method=ours,seed=2]\""),
+            "{provenance}"
+        );
+    }
+
+    #[test]
+    fn unknown_datasets_are_reported() {
+        let mut p = params(Layout::Conditions);
+        p.datasets = vec!["shapez".into()];
+        let err = build(&rows(), &p).unwrap_err();
+        assert!(err.contains("`shapez` is not in the metrics"), "{err}");
+    }
+}

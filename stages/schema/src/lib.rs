@@ -1,0 +1,17 @@
+//! mipipe-stage-schema: the tables stage kinds exchange, as Rust types with Arrow schemas.
+//!
+//! A library of the stage crates (data, training, report), so that they agree on columns
+//! without depending on each other. Tables are written with the cache's pinned Parquet settings.
+//!
+//! - [`items`]: the unified multiple-choice VQA table and the pretraining corpus;
+//! - [`predictions`]: one row per (item, condition) a model answered;
+//! - [`metrics`]: long-format metrics.
+
+mod columns;
+pub mod items;
+pub mod metrics;
+pub mod predictions;
+
+pub use items::{read_items, write_corpus, write_items, CorpusRow, Item, Task};
+pub use metrics::{read_metrics, write_metrics, MetricRow};
+pub use predictions::{read_predictions, write_predictions, Prediction};

@@ -1,0 +1,165 @@
+//! Predictions: one row per (item, condition) a model answered.
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `id` | utf8 | the item row's id (with `#condition` for perturbed rows) |
+//! | `origin_id` | utf8 | the clean item |
+//! | `dataset`, `task`, `perturbation` | utf8 | copied from the item |
+//! | `answer` | int32 | gold option index |
+//! | `options` | list<utf8> | option texts (the evaluator's text fallback matches them) |
+//! | `raw_text` | utf8 | the generated text (greedy decoding) |
+//! | `predicted` | utf8, nullable | the letter the predicting stage parsed, if it did |
+//! | `option_logprobs` | list<float64>, nullable | log-probability of each option letter |
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mipipe_cache::arrow_array::builder::{Float64Builder, ListBuilder, StringBuilder};
+use mipipe_cache::arrow_array::{
+    Array, Float64Array, Int32Array, ListArray, RecordBatch, StringArray,
+};
+use mipipe_cache::arrow_schema::{DataType, Field, Schema};
+use mipipe_cache::{write_table, TableError};
+
+use crate::columns::{column, optional_str, read_rows, strings};
+
+/// One prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// Item row id.
+    pub id: String,
+    /// Clean item id.
+    pub origin_id: String,
+    /// Dataset.
+    pub dataset: String,
+    /// `image_heavy`, `text_heavy` or `vqa`.
+    pub task: String,
+    /// Condition.
+    pub perturbation: String,
+    /// Gold option index.
+    pub answer: usize,
+    /// Option texts.
+    pub options: Vec<String>,
+    /// Generated text.
+    pub raw_text: String,
+    /// Parsed letter, if any.
+    pub predicted: Option<String>,
+    /// Log-probability per option letter.
+    pub option_logprobs: Option<Vec<f64>>,
+}
+
+/// The Arrow schema of predictions.
+pub fn predictions_schema() -> Arc<Schema> {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("origin_id", DataType::Utf8, false),
+        Field::new("dataset", DataType::Utf8, false),
+        Field::new("task", DataType::Utf8, false),
+        Field::new("perturbation", DataType::Utf8, false),
+        Field::new("answer", DataType::Int32, false),
+        Field::new("options", list(DataType::Utf8), false),
+        Field::new("raw_text", DataType::Utf8, false),
+        Field::new("predicted", DataType::Utf8, true),
+        Field::new("option_logprobs", list(DataType::Float64), true),
+    ]))
+}
+
+/// Writes predictions.
+pub fn write_predictions(path: &Path, rows: &[Prediction]) -> Result<(), TableError> {
+    let batches: Vec<RecordBatch> = rows
+        .chunks(4096)
+        .map(|chunk| {
+            let mut options = ListBuilder::new(StringBuilder::new());
+            let mut logprobs = ListBuilder::new(Float64Builder::new());
+            for row in chunk {
+                for o in &row.options {
+                    options.values().append_value(o);
+                }
+                options.append(true);
+                match &row.option_logprobs {
+                    Some(values) => {
+                        for v in values {
+                            logprobs.values().append_value(*v);
+                        }
+                        logprobs.append(true);
+                    }
+                    None => logprobs.append(false),
+                }
+            }
+            let predicted: StringArray = chunk.iter().map(|r| r.predicted.as_deref()).collect();
+            RecordBatch::try_new(
+                predictions_schema(),
+                vec![
+                    strings(chunk.iter().map(|r| r.id.as_str())),
+                    strings(chunk.iter().map(|r| r.origin_id.as_str())),
+                    strings(chunk.iter().map(|r| r.dataset.as_str())),
+                    strings(chunk.iter().map(|r| r.task.as_str())),
+                    strings(chunk.iter().map(|r| r.perturbation.as_str())),
+                    Arc::new(
+                        chunk
+                            .iter()
+                            .map(|r| r.answer as i32)
+                            .collect::<Int32Array>(),
+                    ),
+                    Arc::new(options.finish()),
+                    strings(chunk.iter().map(|r| r.raw_text.as_str())),
+                    Arc::new(predicted),
+                    Arc::new(logprobs.finish()),
+                ],
+            )
+            .expect("columns match the schema")
+        })
+        .collect();
+    write_table(path, predictions_schema(), &batches)
+}
+
+fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> {
+    let id = column::<StringArray>(batch, "id")?;
+    let origin = column::<StringArray>(batch, "origin_id")?;
+    let dataset = column::<StringArray>(batch, "dataset")?;
+    let task = column::<StringArray>(batch, "task")?;
+    let perturbation = column::<StringArray>(batch, "perturbation")?;
+    let answer = column::<Int32Array>(batch, "answer")?;
+    let options = column::<ListArray>(batch, "options")?;
+    let raw = column::<StringArray>(batch, "raw_text")?;
+    let predicted = column::<StringArray>(batch, "predicted")?;
+    let logprobs = column::<ListArray>(batch, "option_logprobs")?;
+    (0..batch.num_rows())
+        .map(|row| {
+            let option_values = options.value(row);
+            let option_values = option_values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or("`options` is not a list of strings")?;
+            let lp = (!logprobs.is_null(row))
+                .then(|| {
+                    let values = logprobs.value(row);
+                    values
+                        .as_any()
+                        .downcast_ref::<Float64Array>()
+                        .map(|a| a.values().to_vec())
+                })
+                .flatten();
+            Ok(Prediction {
+                id: id.value(row).to_string(),
+                origin_id: origin.value(row).to_string(),
+                dataset: dataset.value(row).to_string(),
+                task: task.value(row).to_string(),
+                perturbation: perturbation.value(row).to_string(),
+                answer: answer.value(row) as usize,
+                options: (0..option_values.len())
+                    .map(|i| option_values.value(i).to_string())
+                    .collect(),
+                raw_text: raw.value(row).to_string(),
+                predicted: optional_str(predicted, row),
+                option_logprobs: lp,
+            })
+        })
+        .collect()
+}
+
+/// Reads predictions.
+pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>, TableError> {
+    read_rows(path, batch_to_predictions)
+}
