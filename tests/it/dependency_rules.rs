@@ -37,8 +37,15 @@ fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
     deps
 }
 
+/// Crates that implement stage kinds.
 fn is_stage_crate(name: &str) -> bool {
-    name.starts_with("mipipe-stage")
+    name.starts_with("mipipe-stage") && !is_stage_library(name)
+}
+
+/// Libraries shared by stage crates (table schemas, types): the one allowed kind of
+/// dependency between stage crates.
+fn is_stage_library(name: &str) -> bool {
+    name.starts_with("mipipe-stage") && (name.ends_with("-schema") || name.ends_with("-types"))
 }
 
 #[test]
