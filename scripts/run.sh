@@ -5,5 +5,6 @@
 # benchmark and pipelines/ablation.yaml land (see README.md, "Status").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-libtorch.sh
 cargo build --release --locked --bin mipipe
 exec target/release/mipipe run pipelines/examples/shell/mipipe.yaml "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests of each crate and the integration tests that
 # drive the real binary. Set-up it does itself, when missing:
+#   - libtorch 2.11.0 for the torch stage crate (scripts/setup-libtorch.sh);
 #   - a single-node Slurm cluster for the Slurm executor's tests (scripts/start-slurm.sh,
 #     Debian's packages); MIPIPE_SKIP_SLURM=1 skips it and those tests then skip themselves;
 #   - a Python venv with pyarrow (~/.cache/mipipe/test-venv) to check our Parquet tables;
@@ -8,6 +9,8 @@
 # Ends with one line totalling every test binary: `tests: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bash scripts/setup-libtorch.sh
 
 if [ "${MIPIPE_SKIP_SLURM:-0}" != 1 ]; then
   bash scripts/start-slurm.sh

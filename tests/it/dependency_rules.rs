@@ -130,3 +130,19 @@ fn crate_dependency_rules_hold() {
         }
     }
 }
+
+/// `status`, `dag` and a no-op `run` must not pay libtorch's ~0.4 s and ~115 MB load: the
+/// engine binary itself never links it (torch stages will run in worker processes).
+#[test]
+fn the_mipipe_binary_does_not_link_libtorch() {
+    let out = std::process::Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_mipipe"))
+        .output()
+        .expect("ldd runs");
+    let libraries = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{libraries}");
+    assert!(
+        !libraries.contains("libtorch") && !libraries.contains("libc10"),
+        "{libraries}"
+    );
+}
