@@ -84,7 +84,8 @@ impl Rotary {
     }
 }
 
-/// Causal multi-head self-attention.
+/// Multi-head attention: causal self-attention in the decoder, bidirectional in the vision
+/// encoder, and cross-attention (queries from one sequence, keys from another) in the Q-Former.
 #[derive(Debug)]
 pub struct Attention {
     q_proj: nn::Linear,
@@ -94,49 +95,81 @@ pub struct Attention {
     heads: i64,
 }
 
+/// Which positions may attend to which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Masking {
+    /// Each position sees itself and earlier ones (the decoder).
+    Causal,
+    /// Every position sees every other (vision encoder, Q-Former).
+    Full,
+}
+
 impl Attention {
-    /// Projections at `path.{q,k,v,o}_proj`.
-    pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
-        let no_bias = nn::LinearConfig {
-            bias: false,
+    /// Projections at `path.{q,k,v,o}_proj`: queries from width `query_dim`, keys and values
+    /// from width `key_dim`, output `query_dim`.
+    pub fn new(path: nn::Path, query_dim: i64, key_dim: i64, heads: i64, bias: bool) -> Self {
+        let config = nn::LinearConfig {
+            bias,
             ..Default::default()
         };
-        let h = config.hidden;
         Self {
-            q_proj: nn::linear(&path / "q_proj", h, h, no_bias),
-            k_proj: nn::linear(&path / "k_proj", h, h, no_bias),
-            v_proj: nn::linear(&path / "v_proj", h, h, no_bias),
-            o_proj: nn::linear(&path / "o_proj", h, h, no_bias),
-            heads: config.heads,
+            q_proj: nn::linear(&path / "q_proj", query_dim, query_dim, config),
+            k_proj: nn::linear(&path / "k_proj", key_dim, query_dim, config),
+            v_proj: nn::linear(&path / "v_proj", key_dim, query_dim, config),
+            o_proj: nn::linear(&path / "o_proj", query_dim, query_dim, config),
+            heads,
         }
     }
 
-    /// `x`: `[batch, seq, hidden]`; `padding`: `[batch, seq]` booleans, true for real tokens.
-    pub fn forward(&self, x: &Tensor, rotary: &Rotary, padding: Option<&Tensor>) -> Tensor {
-        let (b, t, h) = x.size3().expect("[batch, seq, hidden]");
+    /// Self-attention over `x` (`[batch, seq, dim]`); `padding` (`[batch, seq]`, true for real
+    /// tokens) hides padded keys; `rotary` rotates queries and keys.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: Option<&Rotary>,
+        padding: Option<&Tensor>,
+        masking: Masking,
+    ) -> Tensor {
+        self.attend(x, x, rotary, padding, masking)
+    }
+
+    /// Queries from `x`, keys and values from `context`.
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        rotary: Option<&Rotary>,
+        padding: Option<&Tensor>,
+        masking: Masking,
+    ) -> Tensor {
+        let (b, t, h) = x.size3().expect("[batch, seq, dim]");
+        let s = context.size()[1];
         let head_dim = h / self.heads;
-        let split = |y: Tensor| y.view([b, t, self.heads, head_dim]).transpose(1, 2);
-        let q = rotary.apply(&split(x.apply(&self.q_proj)));
-        let k = rotary.apply(&split(x.apply(&self.k_proj)));
-        let v = split(x.apply(&self.v_proj));
-        let causal = Tensor::ones([t, t], (Kind::Bool, x.device())).tril(0);
-        let mask = match padding {
-            Some(p) => causal
-                .unsqueeze(0)
-                .logical_and(&p.unsqueeze(1))
-                .unsqueeze(1),
-            None => causal.view([1, 1, t, t]),
+        let split = |y: Tensor, len: i64| y.view([b, len, self.heads, head_dim]).transpose(1, 2);
+        let mut q = split(x.apply(&self.q_proj), t);
+        let mut k = split(context.apply(&self.k_proj), s);
+        let v = split(context.apply(&self.v_proj), s);
+        if let Some(rotary) = rotary {
+            q = rotary.apply(&q);
+            k = rotary.apply(&k);
+        }
+        let mut mask = match masking {
+            Masking::Causal => Some(
+                Tensor::ones([t, s], (Kind::Bool, x.device()))
+                    .tril(0)
+                    .view([1, 1, t, s]),
+            ),
+            Masking::Full => None,
         };
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(mask),
-            0.0,
-            false,
-            None::<f64>,
-            false,
-        );
+        if let Some(p) = padding {
+            let keys = p.view([b, 1, 1, s]);
+            mask = Some(match mask {
+                Some(m) => m.logical_and(&keys),
+                None => keys.expand([b, 1, t, s], false),
+            });
+        }
+        let y =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None::<f64>, false);
         y.transpose(1, 2)
             .contiguous()
             .view([b, t, h])
@@ -187,7 +220,13 @@ impl Block {
     pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
         Self {
             attn_norm: RmsNorm::new(&path / "attn_norm", config.hidden, config.norm_eps),
-            attn: Attention::new(&path / "attn", config),
+            attn: Attention::new(
+                &path / "attn",
+                config.hidden,
+                config.hidden,
+                config.heads,
+                false,
+            ),
             ffn_norm: RmsNorm::new(&path / "ffn_norm", config.hidden, config.norm_eps),
             ffn: SwiGlu::new(&path / "ffn", config),
         }
@@ -195,9 +234,12 @@ impl Block {
 
     /// Residual attention then residual feed-forward.
     pub fn forward(&self, x: &Tensor, rotary: &Rotary, padding: Option<&Tensor>) -> Tensor {
-        let x = x + self
-            .attn
-            .forward(&x.apply(&self.attn_norm), rotary, padding);
+        let x = x + self.attn.forward(
+            &x.apply(&self.attn_norm),
+            Some(rotary),
+            padding,
+            Masking::Causal,
+        );
         &x + x.apply(&self.ffn_norm).apply(&self.ffn)
     }
 }

@@ -1,6 +1,8 @@
 //! mipipe-stage-torch: models and training on libtorch through `tch` (issue 3, in progress).
 //!
 //! Only this crate reaches tch. What exists so far: the libtorch bootstrap (rpath, version pin)
-//! and the decoder building blocks with their tests; the stage kinds come next.
+//! the decoder building blocks and the vision encoder with the three projector families (LLaVA
+//! MLP, Qwen 2x2 merger, InstructBLIP Q-Former), with tests; the stage kinds come next.
 
 pub mod layers;
+pub mod vision;
