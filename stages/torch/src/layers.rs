@@ -313,6 +313,7 @@ mod tests {
 
     #[test]
     fn parameter_paths_are_module_paths() {
+        let _rng = crate::rng_lock();
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let _ = Decoder::new(vs.root(), &config());
         let names: Vec<String> = vs.variables().into_keys().collect();
@@ -332,6 +333,7 @@ mod tests {
 
     #[test]
     fn attention_is_causal() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(0);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let decoder = Decoder::new(vs.root(), &config());
@@ -351,6 +353,7 @@ mod tests {
 
     #[test]
     fn a_tiny_language_model_learns_a_sequence_on_cpu() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(1);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let decoder = Decoder::new(vs.root(), &config());

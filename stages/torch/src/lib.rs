@@ -6,5 +6,15 @@
 //! consistency, RG, masked raw-gradient PGD), with tests; the stage kinds come next.
 
 pub mod layers;
+pub mod methods;
+pub mod model;
 pub mod objectives;
 pub mod vision;
+
+/// Tests that draw from libtorch's global random generator take this lock, so that a test
+/// checking bitwise determinism is not disturbed by another test's draws.
+#[cfg(test)]
+pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

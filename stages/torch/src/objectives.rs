@@ -226,6 +226,7 @@ mod tests {
 
     #[test]
     fn masks_follow_the_task_token_by_token() {
+        let _rng = crate::rng_lock();
         use TokenRole::*;
         let roles = [Image, Image, Text, Text, Answer, Pad];
         assert_eq!(
@@ -241,6 +242,7 @@ mod tests {
 
     #[test]
     fn kl_and_js_match_hand_computed_values() {
+        let _rng = crate::rng_lock();
         // p = softmax([ln 0.7, ln 0.3]) = [0.7, 0.3]; q = [0.4, 0.6].
         let p = Tensor::from_slice(&[0.7f32.ln(), 0.3f32.ln()]).view([1, 2]);
         let q = Tensor::from_slice(&[0.4f32.ln(), 0.6f32.ln()]).view([1, 2]);
@@ -259,6 +261,7 @@ mod tests {
 
     #[test]
     fn stop_gradient_keeps_the_clean_branch_out_of_the_graph() {
+        let _rng = crate::rng_lock();
         let clean = Tensor::from_slice(&[0.1f32, 0.5, -0.2])
             .view([1, 3])
             .set_requires_grad(true);
@@ -284,6 +287,7 @@ mod tests {
 
     #[test]
     fn pgd_stays_in_the_ball_is_zero_outside_the_mask_and_leaves_parameters_alone() {
+        let _rng = crate::rng_lock();
         tch::manual_seed(3);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let model = nn::linear(vs.root() / "head", 8, 5, Default::default());
@@ -344,6 +348,7 @@ mod tests {
 
     #[test]
     fn answer_cross_entropy_counts_only_answer_tokens() {
+        let _rng = crate::rng_lock();
         let logits = Tensor::zeros([1, 3, 4], (Kind::Float, tch::Device::Cpu));
         let _ = logits.get(0).get(1).get(2).fill_(10.0);
         let targets = Tensor::from_slice(&[0i64, 1, 2]).view([1, 3]);
