@@ -5,10 +5,12 @@
 //! MLP, Qwen 2x2 merger, InstructBLIP Q-Former) and the paper's objectives (answer CE, KL/JS
 //! consistency, RG, masked raw-gradient PGD), with tests; the stage kinds come next.
 
+pub mod checkpoint;
 pub mod layers;
 pub mod methods;
 pub mod model;
 pub mod objectives;
+pub mod tokenizer;
 pub mod vision;
 
 /// Tests that draw from libtorch's global random generator take this lock, so that a test
