@@ -26,6 +26,26 @@ pub struct OutputSpec {
     pub kind: OutputKind,
 }
 
+impl OutputSpec {
+    /// A file output named `name`, written as `file_name`.
+    pub fn file(name: &str, file_name: &str) -> Self {
+        Self {
+            name: name.into(),
+            file_name: file_name.into(),
+            kind: OutputKind::File,
+        }
+    }
+
+    /// A directory output named `name`, written as the folder `dir_name`.
+    pub fn dir(name: &str, dir_name: &str) -> Self {
+        Self {
+            name: name.into(),
+            file_name: dir_name.into(),
+            kind: OutputKind::Dir,
+        }
+    }
+}
+
 /// What a stage needs to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {

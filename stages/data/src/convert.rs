@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -109,16 +109,8 @@ impl Stage for ConvertStage {
 
     fn outputs(_params: &ConvertParams) -> Vec<OutputSpec> {
         vec![
-            OutputSpec {
-                name: "items".into(),
-                file_name: "items.parquet".into(),
-                kind: OutputKind::File,
-            },
-            OutputSpec {
-                name: "skipped".into(),
-                file_name: "skipped.json".into(),
-                kind: OutputKind::File,
-            },
+            OutputSpec::file("items", "items.parquet"),
+            OutputSpec::file("skipped", "skipped.json"),
         ]
     }
 
@@ -257,6 +249,27 @@ impl Sink<'_> {
             facts: None,
             meta: Some(meta.to_string()),
         });
+    }
+}
+
+/// The normalised image at `image_path`, or None when it is bad and `on_error: skip` recorded
+/// it against `file`'s `record`.
+fn image_for(
+    sink: &mut Sink,
+    file: &Path,
+    record: &str,
+    image_path: &Path,
+) -> Result<Option<Vec<u8>>, StageError> {
+    let image = fs::read(image_path)
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|bytes| normalize_image(&bytes));
+    match image {
+        Ok(image) => Ok(Some(image)),
+        Err(e) => {
+            let shown = sink.shown(image_path);
+            sink.bad(file, record, format!("image `{shown}`: {e}"))?;
+            Ok(None)
+        }
     }
 }
 
@@ -684,18 +697,8 @@ fn scienceqa(sink: &mut Sink) -> Result<(), StageError> {
                 .join(&split_name)
                 .join(pid)
                 .join(image_name);
-            let image = match read_file(&image_path)
-                .and_then(|b| normalize_image(&b).map_err(StageError::failed))
-            {
-                Ok(image) => image,
-                Err(e) => {
-                    sink.bad(
-                        &problems_path,
-                        &record,
-                        format!("image `{}`: {}", image_path.display(), e.message()),
-                    )?;
-                    continue;
-                }
+            let Some(image) = image_for(sink, &problems_path, &record, &image_path)? else {
+                continue;
             };
             let split = if split_name == "train" {
                 "train"
@@ -847,18 +850,8 @@ fn seedbench(sink: &mut Sink) -> Result<(), StageError> {
             continue;
         };
         let image_path = images.join(&question.data_id);
-        let image = match read_file(&image_path)
-            .and_then(|b| normalize_image(&b).map_err(StageError::failed))
-        {
-            Ok(image) => image,
-            Err(e) => {
-                sink.bad(
-                    &path,
-                    &record,
-                    format!("image `{}`: {}", question.data_id, e.message()),
-                )?;
-                continue;
-            }
+        let Some(image) = image_for(sink, &path, &record, &image_path)? else {
+            continue;
         };
         let options = vec![
             question.choice_a,
@@ -946,18 +939,8 @@ fn llava_instruct(sink: &mut Sink) -> Result<(), StageError> {
             continue;
         }
         let image_path = images.join(image_name);
-        let image = match read_file(&image_path)
-            .and_then(|b| normalize_image(&b).map_err(StageError::failed))
-        {
-            Ok(image) => image,
-            Err(e) => {
-                sink.bad(
-                    &path,
-                    &name,
-                    format!("image `{image_name}`: {}", e.message()),
-                )?;
-                continue;
-            }
+        let Some(image) = image_for(sink, &path, &name, &image_path)? else {
+            continue;
         };
         let question = human.value.replace("<image>", "");
         free_form(
@@ -1001,14 +984,8 @@ fn textcaps(sink: &mut Sink) -> Result<(), StageError> {
             }
         };
         let image_path = images.join(format!("{}.jpg", entry.image_id));
-        let image = match read_file(&image_path)
-            .and_then(|b| normalize_image(&b).map_err(StageError::failed))
-        {
-            Ok(image) => image,
-            Err(e) => {
-                sink.bad(&path, &record, format!("image: {}", e.message()))?;
-                continue;
-            }
+        let Some(image) = image_for(sink, &path, &record, &image_path)? else {
+            continue;
         };
         for caption in captions {
             let n = seen.entry(entry.image_id.clone()).or_insert(0);

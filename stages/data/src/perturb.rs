@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -192,11 +192,7 @@ impl Stage for PerturbStage {
         "Add the paper's perturbed conditions (UF, MD, OCR; RP, RI, FB, FW, screenshot) to a unified table";
 
     fn outputs(_params: &PerturbParams) -> Vec<OutputSpec> {
-        vec![OutputSpec {
-            name: "items".into(),
-            file_name: "items.parquet".into(),
-            kind: OutputKind::File,
-        }]
+        vec![OutputSpec::file("items", "items.parquet")]
     }
 
     fn workspace_deps(params: &PerturbParams) -> Vec<String> {

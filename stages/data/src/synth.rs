@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -90,16 +90,8 @@ impl Stage for SynthStage {
 
     fn outputs(_params: &SynthParams) -> Vec<OutputSpec> {
         vec![
-            OutputSpec {
-                name: "items".into(),
-                file_name: "items.parquet".into(),
-                kind: OutputKind::File,
-            },
-            OutputSpec {
-                name: "corpus".into(),
-                file_name: "corpus.parquet".into(),
-                kind: OutputKind::File,
-            },
+            OutputSpec::file("items", "items.parquet"),
+            OutputSpec::file("corpus", "corpus.parquet"),
         ]
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use mipipe_stage_schema::{read_predictions, write_metrics, MetricRow, Prediction};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -101,16 +101,8 @@ impl Stage for EvaluateStage {
 
     fn outputs(_params: &EvaluateParams) -> Vec<OutputSpec> {
         vec![
-            OutputSpec {
-                name: "metrics".into(),
-                file_name: "metrics.parquet".into(),
-                kind: OutputKind::File,
-            },
-            OutputSpec {
-                name: "unparseable".into(),
-                file_name: "unparseable.json".into(),
-                kind: OutputKind::File,
-            },
+            OutputSpec::file("metrics", "metrics.parquet"),
+            OutputSpec::file("unparseable", "unparseable.json"),
         ]
     }
 

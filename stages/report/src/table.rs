@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use mipipe_stage_schema::{read_metrics, MetricRow};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -78,26 +78,13 @@ impl Stage for TableStage {
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
-        ["tex", "md", "csv", "provenance"]
-            .iter()
-            .map(|ext| OutputSpec {
-                name: (*ext).into(),
-                file_name: format!(
-                    "table.{}",
-                    if *ext == "provenance" {
-                        "provenance.csv"
-                    } else {
-                        ext
-                    }
-                ),
-                kind: OutputKind::File,
-            })
-            .chain(std::iter::once(OutputSpec {
-                name: "figures".into(),
-                file_name: "figures".into(),
-                kind: OutputKind::Dir,
-            }))
-            .collect()
+        vec![
+            OutputSpec::file("tex", "table.tex"),
+            OutputSpec::file("md", "table.md"),
+            OutputSpec::file("csv", "table.csv"),
+            OutputSpec::file("provenance", "table.provenance.csv"),
+            OutputSpec::dir("figures", "figures"),
+        ]
     }
 
     fn run(&self, params: &TableParams, ctx: &StageContext) -> Result<(), StageError> {
