@@ -1,0 +1,109 @@
+//! Step time of every ablation method relative to `fft_mix`, on one model, in one run.
+//!
+//! `cargo run --release -p mipipe-stage-torch --example method_step_time -- [family] [steps]`
+//! prints JSON lines; `bench/torch.py` runs it and records the ratios. The paper's analysis
+//! (App. E) bounds ADV with K = 2 at about 1.66x FFT.
+
+use std::time::Instant;
+
+use mipipe_stage_torch::layers::DecoderConfig;
+use mipipe_stage_torch::methods::{training_loss, Method, MethodConfig, Rows};
+use mipipe_stage_torch::model::{Family, ModelConfig, MultimodalModel};
+use mipipe_stage_torch::objectives::{RowTask, TokenRole};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Kind, Tensor};
+
+fn config(family: Family) -> ModelConfig {
+    ModelConfig {
+        family,
+        vision: mipipe_stage_torch::vision::VisionConfig {
+            image_size: 32,
+            patch: 4,
+            hidden: 128,
+            layers: 2,
+            heads: 4,
+        },
+        decoder: DecoderConfig {
+            vocab: 512,
+            hidden: 256,
+            layers: 4,
+            heads: 8,
+            ffn: 768,
+            max_len: 256,
+            norm_eps: 1e-6,
+        },
+        queries: 16,
+        qformer_layers: 2,
+    }
+}
+
+/// A batch of 8 rows like D_mixed: 4 image-heavy with heuristic variants, 2 text-heavy, 2 VQA.
+fn batch(seq: usize) -> Rows {
+    use TokenRole::*;
+    let mut roles = Vec::new();
+    let mut tasks = Vec::new();
+    let mut anchor = Vec::new();
+    for row in 0..8 {
+        let mut r = vec![Text; seq];
+        r[seq - 2] = Answer;
+        r[seq - 1] = Pad;
+        roles.push(r);
+        let (task, a) = match row {
+            0 | 1 => (RowTask::ImageHeavy, None),
+            2 | 3 => (RowTask::ImageHeavy, Some(row - 2)),
+            4 | 5 => (RowTask::TextHeavy, None),
+            _ => (RowTask::Vqa, None),
+        };
+        tasks.push(task);
+        anchor.push(a);
+    }
+    Rows {
+        images: Tensor::rand([8, 3, 32, 32], (Kind::Float, tch::Device::Cpu)),
+        tokens: Tensor::randint(512, [8, seq as i64], (Kind::Int64, tch::Device::Cpu)),
+        roles,
+        tasks,
+        anchor,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let family = match args.get(1).map(String::as_str) {
+        Some("blip") => Family::Blip,
+        Some("qwen") => Family::Qwen,
+        _ => Family::Llava,
+    };
+    let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+    tch::manual_seed(0);
+    let rows = batch(48);
+    let methods = [
+        Method::FftMix,
+        Method::FftVqa,
+        Method::Kl,
+        Method::Js,
+        Method::Rg,
+        Method::Adv,
+        Method::Ours,
+    ];
+    let mut base = None;
+    for method in methods {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = MultimodalModel::new(vs.root(), &config(family));
+        model.freeze_for_finetune(&vs);
+        let mut opt = nn::AdamW::default().build(&vs, 1e-4).expect("optimizer");
+        let step_config = MethodConfig::paper(method);
+        // Warm-up step (allocations, first-call costs).
+        opt.backward_step(&training_loss(&model, &rows, &step_config).total);
+        let start = Instant::now();
+        for _ in 0..steps {
+            let loss = training_loss(&model, &rows, &step_config);
+            opt.backward_step(&loss.total);
+        }
+        let per_step = start.elapsed().as_secs_f64() / steps as f64;
+        let base_time = *base.get_or_insert(per_step);
+        println!(
+            "{{\"family\": \"{family:?}\", \"method\": \"{method:?}\", \"seconds_per_step\": {per_step:.5}, \"relative_to_fft_mix\": {:.3}}}",
+            per_step / base_time
+        );
+    }
+}
