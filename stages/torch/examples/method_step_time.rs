@@ -1,7 +1,7 @@
 //! Step time of every ablation method relative to `fft_mix`, on one model, in one run.
 //!
-//! `cargo run --release -p mipipe-stage-torch --example method_step_time -- [family] [steps]`
-//! prints JSON lines; `bench/torch.py` runs it and records the ratios. The paper's analysis
+//! `cargo run --release -p mipipe-stage-torch --example method_step_time -- [family] [steps]
+//! [fft_mix]` prints JSON lines; `bench/torch.sh` runs it beside `bench/torch_eager.py`. The paper's analysis
 //! (App. E) bounds ADV with K = 2 at about 1.66x FFT.
 
 use std::time::Instant;
@@ -86,7 +86,7 @@ fn main() {
         Method::Ours,
     ];
     let mut base = None;
-    for method in methods {
+    for &method in methods {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let model = MultimodalModel::new(vs.root(), &config(family));
         model.freeze_for_finetune(&vs);
