@@ -76,7 +76,7 @@ fn main() {
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     tch::manual_seed(0);
     let rows = batch(48);
-    let methods = [
+    let all = [
         Method::FftMix,
         Method::FftVqa,
         Method::Kl,
@@ -85,6 +85,12 @@ fn main() {
         Method::Adv,
         Method::Ours,
     ];
+    // A third argument `fft_mix` times only that method (for the PyTorch comparison).
+    let methods = if args.get(3).map(String::as_str) == Some("fft_mix") {
+        &all[..1]
+    } else {
+        &all[..]
+    };
     let mut base = None;
     for &method in methods {
         let vs = nn::VarStore::new(tch::Device::Cpu);
