@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::draw::Canvas;
-use crate::rng::ItemRng;
+use mipipe_stage_schema::ItemRng;
 use mipipe_stage_schema::{write_items, Item, Task};
 
 /// A dataset's published format.

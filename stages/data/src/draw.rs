@@ -1,6 +1,6 @@
 //! Pictures of the synthetic world, drawn in pure Rust and encoded as PNG.
 
-use crate::rng::ItemRng;
+use mipipe_stage_schema::ItemRng;
 
 /// An RGB colour.
 pub type Rgb = [u8; 3];

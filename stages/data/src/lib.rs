@@ -15,13 +15,12 @@
 mod convert;
 mod draw;
 mod perturb;
-mod rng;
 mod synth;
 mod world;
 
 pub use convert::{normalize_image, ConvertParams, ConvertStage, Format, OnError};
 pub use draw::{Background, Canvas, Shape};
 pub use mipipe_stage_schema as schema;
+pub use mipipe_stage_schema::ItemRng;
 pub use perturb::{Condition, PerturbParams, PerturbStage, TextPlacement, UNRELATED_FACTS};
-pub use rng::ItemRng;
 pub use synth::{generate_corpus, generate_items, SynthParams, SynthStage, DATASETS};

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::draw::{Background, Canvas};
-use crate::rng::ItemRng;
+use mipipe_stage_schema::ItemRng;
 use mipipe_stage_schema::{read_items, write_items, Item, Task};
 
 /// A condition an item can be evaluated or trained under.

@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::draw::Canvas;
-use crate::rng::ItemRng;
 use crate::world::{self, BACKGROUNDS, BACKGROUND_TONES, COLORS, CREATURES, SHAPES};
+use mipipe_stage_schema::ItemRng;
 use mipipe_stage_schema::{write_corpus, write_items, CorpusRow, Item, Task};
 
 /// Params of the `synth` kind.

@@ -5,13 +5,16 @@
 //!
 //! - [`items`]: the unified multiple-choice VQA table and the pretraining corpus;
 //! - [`predictions`]: one row per (item, condition) a model answered;
-//! - [`metrics`]: long-format metrics.
+//! - [`metrics`]: long-format metrics;
+//! - [`rng`]: the deterministic per-item randomness every stage draws from.
 
 mod columns;
 pub mod items;
 pub mod metrics;
 pub mod predictions;
+pub mod rng;
 
 pub use items::{read_items, write_corpus, write_items, CorpusRow, Item, Task};
 pub use metrics::{read_metrics, write_metrics, MetricRow};
 pub use predictions::{read_predictions, write_predictions, Prediction};
+pub use rng::ItemRng;

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod layers;
 pub mod methods;
+pub mod mixture;
 pub mod model;
 pub mod objectives;
 pub mod tokenizer;
