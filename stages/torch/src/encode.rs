@@ -1,0 +1,424 @@
+//! From rows of the unified table to the tensors of a training batch.
+//!
+//! Prompt (the authors' evaluation format, seed-repo.md §1.8, without a chat template since our
+//! models have none): `<bos> Question : {context} {question} Options : A : {option} B : ... Answer :`
+//! then the answer letter and `<eos>` (taught, unlike the authors' training strings, so models
+//! learn to stop). Only the letter and `<eos>` are answer tokens. Images are decoded from PNG and
+//! resized (nearest neighbour) to the model's size; rows without an image get a black one.
+
+use tch::{Kind, Tensor};
+
+use mipipe_stage_schema::{Item, Task};
+
+use crate::methods::Rows;
+use crate::mixture::BatchRow;
+use crate::objectives::{RowTask, TokenRole};
+use crate::tokenizer::{Tokenizer, BOS, EOS, PAD};
+
+/// The prompt text of an item (everything before the answer).
+pub fn prompt(item: &Item) -> String {
+    let context = item
+        .meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .and_then(|m| {
+            m.get("context")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        });
+    let mut text = String::from("Question : ");
+    if let Some(context) = context {
+        text.push_str(&context);
+        text.push(' ');
+    }
+    text.push_str(&item.question);
+    text.push_str(" Options :");
+    for (i, option) in item.options.iter().enumerate() {
+        text.push_str(&format!(" {} : {option}", (b'A' + i as u8) as char));
+    }
+    text.push_str(" Answer :");
+    text
+}
+
+/// The letter of option `index`.
+pub fn letter(index: usize) -> String {
+    ((b'A' + index as u8) as char).to_string()
+}
+
+/// Decodes a PNG to `[3, size, size]` floats in [0, 1] (nearest-neighbour resize).
+pub fn image_tensor(png_bytes: Option<&[u8]>, size: i64) -> Result<Tensor, String> {
+    let Some(bytes) = png_bytes else {
+        return Ok(Tensor::zeros(
+            [3, size, size],
+            (Kind::Float, tch::Device::Cpu),
+        ));
+    };
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| format!("unreadable PNG: {e}"))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or("PNG too large")?];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("unreadable PNG: {e}"))?;
+    let channels = info.color_type.samples();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut out = vec![0f32; (3 * size * size) as usize];
+    for y in 0..size as usize {
+        for x in 0..size as usize {
+            let sx = x * w / size as usize;
+            let sy = y * h / size as usize;
+            let p = (sy * w + sx) * channels;
+            for c in 0..3 {
+                let v = if channels >= 3 { buf[p + c] } else { buf[p] };
+                out[c * (size * size) as usize + y * size as usize + x] = v as f32 / 255.0;
+            }
+        }
+    }
+    Ok(Tensor::from_slice(&out).view([3, size, size]))
+}
+
+/// Tokenises a batch: every row padded on the left to the longest, so answers line up at the
+/// end of the sequence.
+pub fn encode(
+    items: &[Item],
+    batch: &[BatchRow],
+    tokenizer: &Tokenizer,
+    image_size: i64,
+) -> Result<Rows, String> {
+    let mut sequences = Vec::new();
+    for row in batch {
+        let item = &items[row.item];
+        let mut ids = vec![tokenizer.id(BOS)];
+        ids.extend(tokenizer.encode(&prompt(item)));
+        let n_prompt = ids.len();
+        ids.push(tokenizer.id(&letter(item.answer)));
+        ids.push(tokenizer.id(EOS));
+        sequences.push((ids, n_prompt));
+    }
+    let longest = sequences
+        .iter()
+        .map(|(ids, _)| ids.len())
+        .max()
+        .unwrap_or(0);
+    let mut tokens = Vec::with_capacity(batch.len() * longest);
+    let mut roles = Vec::new();
+    for (ids, n_prompt) in &sequences {
+        let pad = longest - ids.len();
+        tokens.extend(std::iter::repeat_n(tokenizer.id(PAD), pad));
+        tokens.extend(ids);
+        let mut r = vec![TokenRole::Pad; pad];
+        r.extend(std::iter::repeat_n(TokenRole::Text, *n_prompt));
+        r.extend([TokenRole::Answer, TokenRole::Answer]);
+        roles.push(r);
+    }
+    let images = batch
+        .iter()
+        .map(|row| image_tensor(items[row.item].image.as_deref(), image_size))
+        .collect::<Result<Vec<_>, _>>()?;
+    let position: std::collections::BTreeMap<usize, usize> = batch
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.anchor.is_none())
+        .map(|(i, r)| (r.item, i))
+        .collect();
+    Ok(Rows {
+        images: Tensor::stack(&images, 0),
+        tokens: Tensor::from_slice(&tokens).view([batch.len() as i64, longest as i64]),
+        roles,
+        tasks: batch
+            .iter()
+            .map(|row| match items[row.item].task {
+                Task::ImageHeavy => RowTask::ImageHeavy,
+                Task::TextHeavy => RowTask::TextHeavy,
+                Task::Vqa => RowTask::Vqa,
+            })
+            .collect(),
+        anchor: batch
+            .iter()
+            .map(|row| row.anchor.and_then(|a| position.get(&a).copied()))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, task: Task, condition: &str, question: &str, meta: Option<&str>) -> Item {
+        Item {
+            id: format!("{id}#{condition}"),
+            dataset: "d".into(),
+            task,
+            split: "train".into(),
+            image: None,
+            question: question.into(),
+            options: vec!["circle".into(), "square".into(), "star".into()],
+            answer: 2,
+            perturbation: condition.into(),
+            origin_id: id.into(),
+            facts: None,
+            meta: meta.map(String::from),
+        }
+    }
+
+    #[test]
+    fn prompts_letter_the_options_and_keep_context_first() {
+        let plain = item(
+            "a",
+            Task::ImageHeavy,
+            "none",
+            "What shape is in this picture?",
+            None,
+        );
+        assert_eq!(
+            prompt(&plain),
+            "Question : What shape is in this picture? Options : A : circle B : square C : star Answer :"
+        );
+        let with_context = item(
+            "a",
+            Task::ImageHeavy,
+            "uf",
+            "What shape?",
+            Some(r#"{"context":"Snow is hot."}"#),
+        );
+        assert!(prompt(&with_context).starts_with("Question : Snow is hot. What shape?"));
+    }
+
+    #[test]
+    fn batches_are_left_padded_with_answer_roles_and_anchor_positions() {
+        let items = vec![
+            item("a", Task::ImageHeavy, "none", "What shape?", None),
+            item(
+                "a",
+                Task::ImageHeavy,
+                "uf",
+                "Snow is hot and the moon is cheese. What shape?",
+                None,
+            ),
+        ];
+        let tokenizer = Tokenizer::train(
+            items
+                .iter()
+                .map(|i| prompt(i))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+            200,
+        );
+        let batch = [
+            BatchRow {
+                item: 0,
+                anchor: None,
+            },
+            BatchRow {
+                item: 1,
+                anchor: Some(0),
+            },
+        ];
+        let rows = encode(&items, &batch, &tokenizer, 8).unwrap();
+        let (b, t) = rows.tokens.size2().unwrap();
+        assert_eq!(b, 2);
+        assert_eq!(rows.roles[0].len(), t as usize);
+        assert_eq!(rows.roles[0].last(), Some(&TokenRole::Answer));
+        assert_eq!(
+            rows.roles[0][0],
+            TokenRole::Pad,
+            "the shorter row is padded on the left"
+        );
+        let last_tokens: Vec<i64> =
+            Vec::<i64>::try_from(rows.tokens.narrow(1, t - 2, 2).flatten(0, 1)).unwrap();
+        assert_eq!(
+            last_tokens,
+            [
+                tokenizer.id("C"),
+                tokenizer.id(EOS),
+                tokenizer.id("C"),
+                tokenizer.id(EOS)
+            ]
+        );
+        assert_eq!(rows.anchor, [None, Some(0)]);
+        assert_eq!(rows.images.size(), [2, 3, 8, 8]);
+    }
+
+    #[test]
+    fn png_images_are_resized_to_the_model() {
+        let mut png_bytes = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut png_bytes, 2, 2);
+            encoder.set_color(png::ColorType::Rgb);
+            let mut writer = encoder.write_header().unwrap();
+            writer
+                .write_image_data(&[255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255])
+                .unwrap();
+        }
+        let t = image_tensor(Some(&png_bytes), 4).unwrap();
+        assert_eq!(t.size(), [3, 4, 4]);
+        assert_eq!(t.double_value(&[0, 0, 0]), 1.0, "top-left is red");
+        assert_eq!(t.double_value(&[1, 0, 3]), 1.0, "top-right is green");
+        assert_eq!(t.double_value(&[2, 3, 0]), 1.0, "bottom-left is blue");
+    }
+}
+
+#[cfg(test)]
+mod training_tests {
+    use super::*;
+    use crate::layers::DecoderConfig;
+    use crate::methods::{training_loss, Method, MethodConfig};
+    use crate::mixture::{batches, Mixture};
+    use crate::model::{Family, ModelConfig, MultimodalModel};
+    use crate::vision::VisionConfig;
+    use tch::nn::{self, OptimizerConfig};
+
+    fn solid_png(rgb: [u8; 3]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, 8, 8);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&rgb.repeat(64)).unwrap();
+        drop(writer);
+        out
+    }
+
+    /// Image-heavy items whose answer is the picture's colour, with MD/UF variants that name
+    /// the wrong colour; text-heavy items answered by their text; VQA items.
+    fn table() -> Vec<Item> {
+        let colours = [("red", [220, 30, 30]), ("blue", [30, 60, 220])];
+        let mut items = Vec::new();
+        let base =
+            |id: String, task, condition: &str, question: String, answer: usize, image| Item {
+                id: format!("{id}#{condition}"),
+                dataset: "d".into(),
+                task,
+                split: "train".into(),
+                image,
+                question,
+                options: vec!["red".into(), "blue".into()],
+                answer,
+                perturbation: condition.into(),
+                origin_id: id,
+                facts: None,
+                meta: None,
+            };
+        for i in 0..8 {
+            let (name, rgb) = colours[i % 2];
+            let wrong = colours[(i + 1) % 2].0;
+            let id = format!("img{i}");
+            let q = "What color is the picture?".to_string();
+            items.push(base(
+                id.clone(),
+                Task::ImageHeavy,
+                "none",
+                q.clone(),
+                i % 2,
+                Some(solid_png(rgb)),
+            ));
+            items.push(base(
+                id.clone(),
+                Task::ImageHeavy,
+                "md",
+                format!("The picture seems to describe a {wrong}. {q}"),
+                i % 2,
+                Some(solid_png(rgb)),
+            ));
+            items.push(base(
+                id.clone(),
+                Task::ImageHeavy,
+                "uf",
+                format!("Snow is hot. {q}"),
+                i % 2,
+                Some(solid_png(rgb)),
+            ));
+            let tid = format!("txt{i}");
+            let tq = format!("Which word is {name}?");
+            for c in ["rp", "ri", "fb", "fw"] {
+                items.push(base(
+                    tid.clone(),
+                    Task::TextHeavy,
+                    c,
+                    tq.clone(),
+                    i % 2,
+                    Some(solid_png([128, 128, 128])),
+                ));
+            }
+            items.push(base(
+                format!("vqa{i}"),
+                Task::Vqa,
+                "none",
+                q.clone(),
+                i % 2,
+                Some(solid_png(rgb)),
+            ));
+            items.push(base(
+                format!("vqb{i}"),
+                Task::Vqa,
+                "none",
+                q,
+                i % 2,
+                Some(solid_png(rgb)),
+            ));
+        }
+        items
+    }
+
+    #[test]
+    fn fine_tuning_on_encoded_mixed_batches_lowers_the_loss() {
+        let _rng = crate::rng_lock();
+        tch::manual_seed(21);
+        let items = table();
+        let prompts: Vec<String> = items.iter().map(prompt).collect();
+        let tokenizer = Tokenizer::train(prompts.iter().map(String::as_str), 128);
+        let config = ModelConfig {
+            family: Family::Llava,
+            vision: VisionConfig {
+                image_size: 8,
+                patch: 4,
+                hidden: 16,
+                layers: 1,
+                heads: 2,
+            },
+            decoder: DecoderConfig {
+                vocab: tokenizer.len() as i64,
+                hidden: 32,
+                layers: 2,
+                heads: 4,
+                ffn: 64,
+                max_len: 64,
+                norm_eps: 1e-6,
+            },
+            queries: 2,
+            qformer_layers: 1,
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = MultimodalModel::new(vs.root(), &config);
+        model.freeze_for_finetune(&vs);
+        let mut opt = nn::AdamW::default().build(&vs, 5e-3).unwrap();
+        let plan = batches(&items, &Mixture::mixed(4), 3).unwrap();
+        assert!(!plan.is_empty());
+        let encoded: Vec<Rows> = plan
+            .iter()
+            .map(|b| encode(&items, b, &tokenizer, 8).unwrap())
+            .collect();
+        let method = MethodConfig::paper(Method::Ours);
+        let mut first = None;
+        let mut last = 0.0;
+        for epoch in 0..15 {
+            let mut total = 0.0;
+            for rows in &encoded {
+                let loss = training_loss(&model, rows, &method);
+                total += loss.terms[0].1;
+                opt.backward_step(&loss.total);
+            }
+            if epoch == 0 {
+                first = Some(total);
+            }
+            last = total;
+        }
+        let first = first.unwrap();
+        assert!(
+            last.is_finite() && last < first * 0.5,
+            "loss {first} -> {last}"
+        );
+    }
+}
