@@ -296,3 +296,26 @@ fn stages_documents_the_command_kind() {
         run.stdout
     );
 }
+
+#[test]
+fn every_pipeline_shipped_in_the_repository_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut files = Vec::new();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    let project = Project::new();
+    for file in files {
+        let run = project.mipipe(&["dag", file.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{}:\n{}", file.display(), run.stderr);
+    }
+}
