@@ -420,5 +420,36 @@ mod training_tests {
             last.is_finite() && last < first * 0.5,
             "loss {first} -> {last}"
         );
+
+        // The trained model answers clean image-heavy prompts from the picture: greedy decoding
+        // and the option-letter log-probabilities agree with the gold letter.
+        let clean: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].perturbation == "none" && items[i].task == Task::ImageHeavy)
+            .collect();
+        let rows: Vec<BatchRow> = clean
+            .iter()
+            .map(|&i| BatchRow {
+                item: i,
+                anchor: None,
+            })
+            .collect();
+        let encoded = encode(&items, &rows, &tokenizer, 8).unwrap();
+        let prompt_len = encoded.tokens.size()[1] - 2;
+        let prompts = crate::decode::Prompts {
+            images: encoded.images.shallow_clone(),
+            tokens: encoded.tokens.narrow(1, 0, prompt_len),
+            padding: encoded
+                .tokens
+                .narrow(1, 0, prompt_len)
+                .ne(tokenizer.id(PAD)),
+        };
+        let letters = [tokenizer.id("A"), tokenizer.id("B")];
+        let logprobs = crate::decode::letter_logprobs(&model, &prompts, &letters);
+        let picks: Vec<i64> = Vec::<i64>::try_from(logprobs.argmax(-1, false)).unwrap();
+        let generated = crate::decode::greedy(&model, &prompts, 4, tokenizer.id(EOS));
+        for (n, &i) in clean.iter().enumerate() {
+            assert_eq!(picks[n] as usize, items[i].answer, "{}", items[i].id);
+            assert_eq!(generated[n], [letters[items[i].answer]], "{}", items[i].id);
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! consistency, RG, masked raw-gradient PGD), with tests; the stage kinds come next.
 
 pub mod checkpoint;
+pub mod decode;
 pub mod encode;
 pub mod layers;
 pub mod methods;

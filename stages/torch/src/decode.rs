@@ -1,0 +1,72 @@
+//! Inference: greedy decoding (temperature 0) and the log-probability of every option letter at
+//! the answer position, what the `predict` stage writes into the predictions table.
+
+use tch::{Kind, Tensor};
+
+use crate::model::MultimodalModel;
+
+/// Prompts of a batch, left-padded so every prompt ends at the last position.
+pub struct Prompts {
+    /// `[batch, 3, size, size]`.
+    pub images: Tensor,
+    /// `[batch, seq]` token ids.
+    pub tokens: Tensor,
+    /// `[batch, seq]`, true for real tokens.
+    pub padding: Tensor,
+}
+
+/// Log-probabilities `[batch, letters]` of the option letters as the next token.
+pub fn letter_logprobs(model: &MultimodalModel, prompts: &Prompts, letter_ids: &[i64]) -> Tensor {
+    tch::no_grad(|| {
+        let embeddings = model.embed(&prompts.images, &prompts.tokens);
+        let logits = model.logits(&embeddings, Some(&prompts.padding));
+        let last = logits
+            .select(1, logits.size()[1] - 1)
+            .log_softmax(-1, Kind::Float);
+        last.index_select(1, &Tensor::from_slice(letter_ids))
+    })
+}
+
+/// Greedy continuation of each prompt, up to `max_new` tokens or `eos`.
+pub fn greedy(
+    model: &MultimodalModel,
+    prompts: &Prompts,
+    max_new: usize,
+    eos: i64,
+) -> Vec<Vec<i64>> {
+    tch::no_grad(|| {
+        let b = prompts.tokens.size()[0];
+        let mut tokens = prompts.tokens.shallow_clone();
+        let mut padding = prompts.padding.shallow_clone();
+        let image_tokens = model.image_tokens(&prompts.images);
+        let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
+        let mut done = vec![false; b as usize];
+        for _ in 0..max_new {
+            let text = tokens.apply(&model.decoder.embed_tokens);
+            let embeddings = Tensor::cat(&[&image_tokens, &text], 1);
+            let logits = model.logits(&embeddings, Some(&padding));
+            let next = logits.select(1, logits.size()[1] - 1).argmax(-1, false);
+            let ids: Vec<i64> = Vec::<i64>::try_from(&next).expect("token ids");
+            for (row, &id) in ids.iter().enumerate() {
+                if !done[row] {
+                    out[row].push(id);
+                    done[row] = id == eos;
+                }
+            }
+            if done.iter().all(|d| *d) {
+                break;
+            }
+            tokens = Tensor::cat(&[tokens, next.unsqueeze(1)], 1);
+            padding = Tensor::cat(
+                &[padding, Tensor::ones([b, 1], (Kind::Bool, tokens.device()))],
+                1,
+            );
+        }
+        for row in &mut out {
+            if row.last() == Some(&eos) {
+                row.pop();
+            }
+        }
+        out
+    })
+}
