@@ -289,26 +289,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StageErr
 /// Reads any PNG or JPEG and re-encodes it as an 8-bit RGB PNG.
 pub fn normalize_image(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-        decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-        let mut reader = decoder
-            .read_info()
-            .map_err(|e| format!("unreadable PNG: {e}"))?;
-        let mut buf = vec![0; reader.output_buffer_size().ok_or("PNG too large")?];
-        let info = reader
-            .next_frame(&mut buf)
-            .map_err(|e| format!("unreadable PNG: {e}"))?;
-        buf.truncate(info.buffer_size());
-        let rgb = match info.color_type {
-            png::ColorType::Rgb => buf,
-            png::ColorType::Rgba => buf.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-            png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
-            png::ColorType::GrayscaleAlpha => {
-                buf.chunks(2).flat_map(|p| [p[0], p[0], p[0]]).collect()
-            }
-            png::ColorType::Indexed => return Err("indexed PNG was not expanded".into()),
-        };
-        return Ok(Canvas::from_rgb(info.width, info.height, rgb)?.to_png());
+        return Ok(mipipe_stage_schema::RgbImage::from_png(bytes)?.to_png());
     }
     if bytes.starts_with(&[0xFF, 0xD8]) {
         let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));

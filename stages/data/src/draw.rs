@@ -1,6 +1,6 @@
 //! Pictures of the synthetic world, drawn in pure Rust and encoded as PNG.
 
-use mipipe_stage_schema::ItemRng;
+use mipipe_stage_schema::{ItemRng, RgbImage};
 
 /// An RGB colour.
 pub type Rgb = [u8; 3];
@@ -163,41 +163,20 @@ impl Canvas {
         }
     }
 
-    /// Encodes as an 8-bit RGB PNG with fixed settings (same pixels, same bytes).
+    /// Encodes as an 8-bit RGB PNG with the table's pinned settings.
     pub fn to_png(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        {
-            let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
-            encoder.set_color(png::ColorType::Rgb);
-            encoder.set_depth(png::BitDepth::Eight);
-            encoder.set_compression(png::Compression::Fast);
-            encoder.set_filter(png::Filter::Sub);
-            let mut writer = encoder.write_header().expect("in-memory PNG header");
-            writer
-                .write_image_data(&self.pixels)
-                .expect("in-memory PNG data");
+        RgbImage {
+            width: self.width,
+            height: self.height,
+            pixels: self.pixels.clone(),
         }
-        out
+        .to_png()
     }
 
-    /// Decodes an 8-bit RGB PNG (for tests and converters).
+    /// Decodes a PNG (any colour type) into a canvas.
     pub fn from_png(bytes: &[u8]) -> Result<Self, String> {
-        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-        let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
-        let mut buf = vec![0; reader.output_buffer_size().ok_or("image too large")?];
-        let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
-        if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
-            return Err(format!(
-                "expected 8-bit RGB, found {:?} {:?}",
-                info.color_type, info.bit_depth
-            ));
-        }
-        buf.truncate(info.buffer_size());
-        Ok(Self {
-            width: info.width,
-            height: info.height,
-            pixels: buf,
-        })
+        let image = RgbImage::from_png(bytes)?;
+        Self::from_rgb(image.width, image.height, image.pixels)
     }
 }
 

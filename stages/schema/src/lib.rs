@@ -6,14 +6,17 @@
 //! - [`items`]: the unified multiple-choice VQA table and the pretraining corpus;
 //! - [`predictions`]: one row per (item, condition) a model answered;
 //! - [`metrics`]: long-format metrics;
+//! - [`image`]: the `image` column's format (8-bit RGB PNG, pinned encoder settings);
 //! - [`rng`]: the deterministic per-item randomness every stage draws from.
 
 mod columns;
+pub mod image;
 pub mod items;
 pub mod metrics;
 pub mod predictions;
 pub mod rng;
 
+pub use image::RgbImage;
 pub use items::{read_items, write_corpus, write_items, CorpusRow, Item, Task};
 pub use metrics::{read_metrics, write_metrics, MetricRow};
 pub use predictions::{read_predictions, write_predictions, Prediction};

@@ -53,25 +53,16 @@ pub fn image_tensor(png_bytes: Option<&[u8]>, size: i64) -> Result<Tensor, Strin
             (Kind::Float, tch::Device::Cpu),
         ));
     };
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| format!("unreadable PNG: {e}"))?;
-    let mut buf = vec![0; reader.output_buffer_size().ok_or("PNG too large")?];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| format!("unreadable PNG: {e}"))?;
-    let channels = info.color_type.samples();
-    let (w, h) = (info.width as usize, info.height as usize);
+    let image = mipipe_stage_schema::RgbImage::from_png(bytes)?;
+    let (w, h) = (image.width as usize, image.height as usize);
     let mut out = vec![0f32; (3 * size * size) as usize];
     for y in 0..size as usize {
         for x in 0..size as usize {
             let sx = x * w / size as usize;
             let sy = y * h / size as usize;
-            let p = (sy * w + sx) * channels;
+            let p = (sy * w + sx) * 3;
             for c in 0..3 {
-                let v = if channels >= 3 { buf[p + c] } else { buf[p] };
+                let v = image.pixels[p + c];
                 out[c * (size * size) as usize + y * size as usize + x] = v as f32 / 255.0;
             }
         }
