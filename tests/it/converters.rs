@@ -283,3 +283,45 @@ fn an_mmbench_answer_outside_the_options_names_its_line() {
         run.stderr
     );
 }
+
+#[test]
+fn the_real_data_example_pipeline_runs_on_the_fixtures() {
+    let project = Project::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // The example's layout (`data/...`), filled with the fixtures.
+    for (from, to) in [
+        ("mini-imagenet", "data/mini-imagenet"),
+        ("caltech-101", "data/caltech-101"),
+        ("openbookqa", "data/OpenBookQA/Main"),
+        ("mmlu/test", "data/mmlu/data/test"),
+        ("scienceqa", "data/ScienceQA"),
+        ("mmbench", "data/MMBench"),
+        ("seedbench", "data/SEED-Bench"),
+    ] {
+        copy_dir(&fixtures.join(from), &project.path().join(to));
+    }
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/examples/real-data/mipipe.yaml");
+    project.write("mipipe.yaml", &std::fs::read_to_string(example).unwrap());
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran").len(), 8, "{}", run.stderr);
+    let show = project.mipipe(&["show", "conditions", "--json"]);
+    let value: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    let object = value["entry"]["outputs"]["items"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = project.path().join(format!(
+        ".mipipe/objects/v1/{}/{}",
+        &object[..2],
+        &object[2..]
+    ));
+    let rows = read_items(&path).unwrap();
+    // 12 image-heavy items x (none, uf, md), 5 text-heavy x (rp, ri, fb, fw), 5 VQA clean.
+    assert_eq!(rows.len(), 12 * 3 + 5 * 4 + 5, "{}", rows.len());
+    assert!(rows
+        .iter()
+        .filter(|r| r.perturbation == "ri")
+        .all(|r| r.image.is_some()));
+}

@@ -221,8 +221,12 @@ impl Stage for PerturbStage {
                 )));
             }
         }
-        let input = ctx.input_path("items")?;
-        let items = read_items(input).map_err(|e| StageError::failed(e.to_string()))?;
+        // Several tables may be bound (a fan-in of converted datasets): they are perturbed as
+        // one, so RI draws real images from every image-heavy set among them.
+        let mut items = Vec::new();
+        for input in ctx.input_paths("items")? {
+            items.extend(read_items(input).map_err(|e| StageError::failed(e.to_string()))?);
+        }
         let uf_pool: Vec<String> = match &params.uf_pool {
             Some(file) => {
                 let path = ctx.workspace().join(file);
