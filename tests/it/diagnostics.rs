@@ -49,13 +49,11 @@ fn every_invalid_pipeline_has_a_labelled_report() {
 
 #[test]
 fn bad_overrides_point_into_the_flag() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
     let project = Project::new();
     project.write(
         "mipipe.yaml",
         "version: 1\nstages:\n  train:\n    kind: command\n    params:\n      cmd: echo ${params.lr} > ${outs.m}\n      lr: 0.1\n      outs: {m: m.txt}\n",
     );
-    let _ = dir;
     let run = project.mipipe(&["status", "--set", "trian.lr=0.5"]);
     run.expect_code(2);
     insta::assert_snapshot!("override_unknown_stage", run.stderr);
