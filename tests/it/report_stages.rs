@@ -47,6 +47,16 @@ fn predictions(robust: bool) -> Vec<Prediction> {
     rows
 }
 
+/// A project holding the predictions of a vanilla and a robust ("ours") model.
+fn project_with_predictions() -> Project {
+    let project = Project::new();
+    for (method, robust) in [("vanilla", false), ("ours", true)] {
+        let path = project.path().join(format!("preds-{method}.parquet"));
+        write_predictions(&path, &predictions(robust)).unwrap();
+    }
+    project
+}
+
 const PIPELINE: &str = r#"version: 1
 stages:
   predict:
@@ -70,17 +80,7 @@ stages:
 
 #[test]
 fn predictions_become_metrics_and_a_table_and_a_table_option_reruns_only_the_table() {
-    let project = Project::new();
-    write_predictions(
-        &project.path().join("preds-vanilla.parquet"),
-        &predictions(false),
-    )
-    .unwrap();
-    write_predictions(
-        &project.path().join("preds-ours.parquet"),
-        &predictions(true),
-    )
-    .unwrap();
+    let project = project_with_predictions();
     project.write("mipipe.yaml", PIPELINE);
     let run = project.mipipe(&["run"]);
     run.expect_code(0);
@@ -135,17 +135,7 @@ fn the_latex_table_compiles_with_pdflatex() {
         eprintln!("skipped: no pdflatex here (scripts/test.sh installs it)");
         return;
     }
-    let project = Project::new();
-    write_predictions(
-        &project.path().join("preds-vanilla.parquet"),
-        &predictions(false),
-    )
-    .unwrap();
-    write_predictions(
-        &project.path().join("preds-ours.parquet"),
-        &predictions(true),
-    )
-    .unwrap();
+    let project = project_with_predictions();
     // The VQA layout: arrows for relative changes, and a caption that needs escaping.
     project.write(
         "mipipe.yaml",
