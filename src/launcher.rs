@@ -1,4 +1,6 @@
-//! Runs a stage in a worker process: this same binary, `mipipe exec-stage JOB`.
+//! Runs a stage in a worker process: `mipipe exec-stage JOB`, or for a kind that names its own
+//! worker executable (the libtorch kinds: `mipipe-torch-worker exec-stage JOB`), that program
+//! found next to the running `mipipe`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,7 +28,21 @@ impl WorkerLauncher for SubprocessLauncher {
     fn launch(&self, job: &Job, job_file: &Path, cancel: &AtomicBool) -> Result<(), StageError> {
         use std::os::unix::process::{CommandExt, ExitStatusExt};
         let log = mipipe_open_append(&job.log)?;
-        let mut child = Command::new(&self.program)
+        let program = match &job.worker {
+            None => self.program.clone(),
+            Some(name) => {
+                let path = self.program.with_file_name(name);
+                if !path.is_file() {
+                    return Err(StageError::environment(format!(
+                        "Stage kind `{}` runs in `{name}`, which is not next to `{}`; build it with `cargo build --release` at the repository root (it needs libtorch: `bash scripts/setup-libtorch.sh`)",
+                        job.kind,
+                        self.program.display()
+                    )));
+                }
+                path
+            }
+        };
+        let mut child = Command::new(&program)
             .arg("exec-stage")
             .arg(job_file)
             .stdin(Stdio::null())
@@ -37,7 +53,7 @@ impl WorkerLauncher for SubprocessLauncher {
             .map_err(|e| {
                 StageError::environment(format!(
                     "Cannot start worker `{}`: {e}",
-                    self.program.display()
+                    program.display()
                 ))
             })?;
         let pid = child.id() as libc::pid_t;

@@ -24,6 +24,13 @@ pub fn registry() -> mipipe_engine::Registry {
     registry.register(mipipe_stage_data::ConvertStage);
     registry.register(mipipe_stage_report::EvaluateStage);
     registry.register(mipipe_stage_report::TableStage);
+    // Declared here, run by `mipipe-torch-worker`: this process never loads libtorch.
+    #[cfg(feature = "torch")]
+    {
+        registry.register(mipipe_stage_torch_types::PretrainStage::default());
+        registry.register(mipipe_stage_torch_types::FinetuneStage::default());
+        registry.register(mipipe_stage_torch_types::PredictStage::default());
+    }
     registry
 }
 

@@ -312,6 +312,7 @@ pub fn execute(
                                 key,
                                 digests,
                                 inputs,
+                                cpus: want_cpus,
                                 gpus: &gpus,
                                 cancel,
                                 launcher,
@@ -500,6 +501,7 @@ struct RunOne<'a> {
     key: StageKey,
     digests: InputDigests,
     inputs: BTreeMap<String, Vec<PathBuf>>,
+    cpus: usize,
     gpus: &'a [usize],
     cancel: Arc<AtomicBool>,
     launcher: Option<Arc<dyn WorkerLauncher>>,
@@ -519,6 +521,7 @@ fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, StageError)> {
         key,
         digests,
         inputs,
+        cpus,
         gpus,
         cancel,
         launcher,
@@ -559,7 +562,8 @@ fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, StageError)> {
         });
     };
     let result = execute_in_scratch(
-        pipeline, cache, stage, key, &digests, inputs, gpus, &cancel, launcher, &log_path, reporter,
+        pipeline, cache, stage, key, &digests, inputs, cpus, gpus, &cancel, launcher, &log_path,
+        reporter,
     );
     match result {
         Ok(outputs) => {
@@ -592,6 +596,7 @@ fn execute_in_scratch(
     key: StageKey,
     digests: &InputDigests,
     inputs: BTreeMap<String, Vec<PathBuf>>,
+    cpus: usize,
     gpus: &[usize],
     cancel: &Arc<AtomicBool>,
     launcher: Option<Arc<dyn WorkerLauncher>>,
@@ -618,7 +623,8 @@ fn execute_in_scratch(
         }
         outputs.insert(spec.name.clone(), path);
     }
-    let mut env = Vec::new();
+    // The CPU slots granted: thread pools of the stage (libtorch's) size themselves by it.
+    let mut env = vec![("MIPIPE_THREADS".to_string(), cpus.to_string())];
     if stage.resources.gpus > 0 {
         let ids: Vec<String> = gpus.iter().map(usize::to_string).collect();
         env.push(("CUDA_VISIBLE_DEVICES".to_string(), ids.join(",")));
@@ -635,6 +641,7 @@ fn execute_in_scratch(
         seed: stage_seed(&key),
         env,
         log: log_path.to_path_buf(),
+        worker: stage.kind.worker_binary().map(str::to_string),
     };
     match launcher {
         Some(launcher) => {

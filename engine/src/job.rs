@@ -43,6 +43,9 @@ pub struct Job {
     pub env: Vec<(String, String)>,
     /// Where the stage's log goes (appended).
     pub log: PathBuf,
+    /// The executable that runs this job (next to `mipipe`); `None`: `mipipe exec-stage`.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 impl Job {

@@ -142,6 +142,11 @@ pub trait Stage: Send + Sync + 'static {
         false
     }
 
+    /// The executable that runs this kind's worker processes, found next to the running
+    /// `mipipe`; `None` for `mipipe exec-stage` itself. A kind whose real `run` lives in
+    /// another binary (the libtorch kinds: `mipipe-torch-worker`) names it here.
+    const WORKER_BINARY: Option<&'static str> = None;
+
     /// Does the work. Outputs go to [`StageContext::output_path`].
     fn run(&self, params: &Self::Params, ctx: &StageContext) -> Result<(), StageError>;
 }
@@ -191,6 +196,8 @@ pub trait StageKind: Send + Sync {
     fn workspace_deps(&self, params: &Value) -> Vec<String>;
     /// Whether to run in a worker process.
     fn wants_worker_process(&self, params: &Value) -> bool;
+    /// `Stage::WORKER_BINARY`.
+    fn worker_binary(&self) -> Option<&'static str>;
     /// Runs with canonical params.
     fn run(&self, params: &Value, ctx: &StageContext) -> Result<(), StageError>;
 }
@@ -257,6 +264,9 @@ impl<S: Stage> StageKind for Adapter<S> {
     }
     fn wants_worker_process(&self, params: &Value) -> bool {
         S::wants_worker_process(&typed::<S>(params))
+    }
+    fn worker_binary(&self) -> Option<&'static str> {
+        S::WORKER_BINARY
     }
     fn run(&self, params: &Value, ctx: &StageContext) -> Result<(), StageError> {
         self.stage.run(&typed::<S>(params), ctx)

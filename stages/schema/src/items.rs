@@ -254,3 +254,19 @@ pub fn write_corpus(path: &Path, rows: &[CorpusRow]) -> Result<(), TableError> {
         .collect();
     write_table(path, corpus_schema(), &batches)
 }
+
+/// Reads a corpus table.
+pub fn read_corpus(path: &Path) -> Result<Vec<CorpusRow>, TableError> {
+    crate::columns::read_rows(path, |batch| {
+        let id = column::<StringArray>(batch, "id")?;
+        let image = column::<BinaryArray>(batch, "image")?;
+        let text = column::<StringArray>(batch, "text")?;
+        Ok((0..batch.num_rows())
+            .map(|row| CorpusRow {
+                id: id.value(row).to_string(),
+                image: (!image.is_null(row)).then(|| image.value(row).to_vec()),
+                text: text.value(row).to_string(),
+            })
+            .collect())
+    })
+}

@@ -17,7 +17,7 @@ pub mod predictions;
 pub mod rng;
 
 pub use image::RgbImage;
-pub use items::{read_items, write_corpus, write_items, CorpusRow, Item, Task};
+pub use items::{read_corpus, read_items, write_corpus, write_items, CorpusRow, Item, Task};
 pub use metrics::{read_metrics, write_metrics, MetricRow};
 pub use predictions::{read_predictions, write_predictions, Prediction};
 pub use rng::ItemRng;

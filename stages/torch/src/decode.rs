@@ -27,6 +27,16 @@ pub fn letter_logprobs(model: &MultimodalModel, prompts: &Prompts, letter_ids: &
     })
 }
 
+/// What greedy decoding produced: the tokens of each row (without `<eos>`) and the
+/// log-probabilities `[batch, vocab]` of the first generated position (where the option letter
+/// is), on the CPU.
+pub struct Generation {
+    /// Generated ids per row.
+    pub tokens: Vec<Vec<i64>>,
+    /// Log-softmax of the first step.
+    pub first_logprobs: Tensor,
+}
+
 /// Greedy continuation of each prompt, up to `max_new` tokens or `eos`.
 pub fn greedy(
     model: &MultimodalModel,
@@ -34,6 +44,12 @@ pub fn greedy(
     max_new: usize,
     eos: i64,
 ) -> Vec<Vec<i64>> {
+    generate(model, prompts, max_new, eos).tokens
+}
+
+/// Greedy decoding (temperature 0), keeping the first step's distribution: one forward pass
+/// per generated token, and the option letters' log-probabilities come for free.
+pub fn generate(model: &MultimodalModel, prompts: &Prompts, max_new: usize, eos: i64) -> Generation {
     tch::no_grad(|| {
         let b = prompts.tokens.size()[0];
         let mut tokens = prompts.tokens.shallow_clone();
@@ -41,19 +57,28 @@ pub fn greedy(
         let image_tokens = model.image_tokens(&prompts.images);
         let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
         let mut done = vec![false; b as usize];
-        for _ in 0..max_new {
+        let mut first_logprobs = None;
+        for _ in 0..max_new.max(1) {
             let text = tokens.apply(&model.decoder.embed_tokens);
             let embeddings = Tensor::cat(&[&image_tokens, &text], 1);
             let logits = model.logits(&embeddings, Some(&padding));
-            let next = logits.select(1, logits.size()[1] - 1).argmax(-1, false);
-            let ids: Vec<i64> = Vec::<i64>::try_from(&next).expect("token ids");
+            let last = logits.select(1, logits.size()[1] - 1);
+            if first_logprobs.is_none() {
+                first_logprobs = Some(
+                    last.log_softmax(-1, Kind::Float)
+                        .to_device(tch::Device::Cpu),
+                );
+            }
+            let next = last.argmax(-1, false);
+            let ids: Vec<i64> =
+                Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).expect("token ids");
             for (row, &id) in ids.iter().enumerate() {
                 if !done[row] {
                     out[row].push(id);
                     done[row] = id == eos;
                 }
             }
-            if done.iter().all(|d| *d) {
+            if done.iter().all(|d| *d) || max_new == 0 {
                 break;
             }
             tokens = Tensor::cat(&[tokens, next.unsqueeze(1)], 1);
@@ -67,6 +92,9 @@ pub fn greedy(
                 row.pop();
             }
         }
-        out
+        Generation {
+            tokens: out,
+            first_logprobs: first_logprobs.expect("at least one step"),
+        }
     })
 }

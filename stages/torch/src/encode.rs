@@ -70,67 +70,102 @@ pub fn image_tensor(png_bytes: Option<&[u8]>, size: i64) -> Result<Tensor, Strin
     Ok(Tensor::from_slice(&out).view([3, size, size]))
 }
 
-/// Tokenises a batch: every row padded on the left to the longest, so answers line up at the
-/// end of the sequence.
+/// One row to encode: an image, prompt ids and answer ids (the supervised tokens).
+pub struct Sequence<'a> {
+    /// PNG bytes, or none (a black image).
+    pub image: Option<&'a [u8]>,
+    /// Ids before the answer (starting with `<bos>`).
+    pub prompt: Vec<i64>,
+    /// Supervised ids (empty for a prompt to answer).
+    pub answer: Vec<i64>,
+    /// The row's task (decides the PGD / RG mask).
+    pub task: RowTask,
+    /// For a heuristic variant, the position of its clean row in the batch.
+    pub anchor: Option<usize>,
+}
+
+/// The ids of an item's prompt and, with `with_answer`, its answer (letter and `<eos>`).
+pub fn item_ids(item: &Item, tokenizer: &Tokenizer, with_answer: bool) -> (Vec<i64>, Vec<i64>) {
+    let mut prompt_ids = vec![tokenizer.id(BOS)];
+    prompt_ids.extend(tokenizer.encode(&prompt(item)));
+    let answer = if with_answer {
+        vec![tokenizer.id(&letter(item.answer)), tokenizer.id(EOS)]
+    } else {
+        Vec::new()
+    };
+    (prompt_ids, answer)
+}
+
+/// The task of an item as the objectives see it.
+pub fn row_task(task: Task) -> RowTask {
+    match task {
+        Task::ImageHeavy => RowTask::ImageHeavy,
+        Task::TextHeavy => RowTask::TextHeavy,
+        Task::Vqa => RowTask::Vqa,
+    }
+}
+
+/// Tensors of a batch of sequences: every row padded on the left to the longest, so answers
+/// (and, for prompts, the next-token position) line up at the end.
+pub fn encode_sequences(sequences: &[Sequence], pad: i64, image_size: i64) -> Result<Rows, String> {
+    let longest = sequences
+        .iter()
+        .map(|s| s.prompt.len() + s.answer.len())
+        .max()
+        .unwrap_or(0);
+    let mut tokens = Vec::with_capacity(sequences.len() * longest);
+    let mut roles = Vec::with_capacity(sequences.len());
+    for s in sequences {
+        let padding = longest - s.prompt.len() - s.answer.len();
+        tokens.extend(std::iter::repeat_n(pad, padding));
+        tokens.extend(&s.prompt);
+        tokens.extend(&s.answer);
+        let mut r = vec![TokenRole::Pad; padding];
+        r.extend(std::iter::repeat_n(TokenRole::Text, s.prompt.len()));
+        r.extend(std::iter::repeat_n(TokenRole::Answer, s.answer.len()));
+        roles.push(r);
+    }
+    let images = sequences
+        .iter()
+        .map(|s| image_tensor(s.image, image_size))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Rows {
+        images: Tensor::stack(&images, 0),
+        tokens: Tensor::from_slice(&tokens).view([sequences.len() as i64, longest as i64]),
+        roles,
+        tasks: sequences.iter().map(|s| s.task).collect(),
+        anchor: sequences.iter().map(|s| s.anchor).collect(),
+    })
+}
+
+/// Tokenises a training batch of table rows (prompt, answer letter, `<eos>`).
 pub fn encode(
     items: &[Item],
     batch: &[BatchRow],
     tokenizer: &Tokenizer,
     image_size: i64,
 ) -> Result<Rows, String> {
-    let mut sequences = Vec::new();
-    for row in batch {
-        let item = &items[row.item];
-        let mut ids = vec![tokenizer.id(BOS)];
-        ids.extend(tokenizer.encode(&prompt(item)));
-        let n_prompt = ids.len();
-        ids.push(tokenizer.id(&letter(item.answer)));
-        ids.push(tokenizer.id(EOS));
-        sequences.push((ids, n_prompt));
-    }
-    let longest = sequences
-        .iter()
-        .map(|(ids, _)| ids.len())
-        .max()
-        .unwrap_or(0);
-    let mut tokens = Vec::with_capacity(batch.len() * longest);
-    let mut roles = Vec::new();
-    for (ids, n_prompt) in &sequences {
-        let pad = longest - ids.len();
-        tokens.extend(std::iter::repeat_n(tokenizer.id(PAD), pad));
-        tokens.extend(ids);
-        let mut r = vec![TokenRole::Pad; pad];
-        r.extend(std::iter::repeat_n(TokenRole::Text, *n_prompt));
-        r.extend([TokenRole::Answer, TokenRole::Answer]);
-        roles.push(r);
-    }
-    let images = batch
-        .iter()
-        .map(|row| image_tensor(items[row.item].image.as_deref(), image_size))
-        .collect::<Result<Vec<_>, _>>()?;
     let position: std::collections::BTreeMap<usize, usize> = batch
         .iter()
         .enumerate()
         .filter(|(_, r)| r.anchor.is_none())
         .map(|(i, r)| (r.item, i))
         .collect();
-    Ok(Rows {
-        images: Tensor::stack(&images, 0),
-        tokens: Tensor::from_slice(&tokens).view([batch.len() as i64, longest as i64]),
-        roles,
-        tasks: batch
-            .iter()
-            .map(|row| match items[row.item].task {
-                Task::ImageHeavy => RowTask::ImageHeavy,
-                Task::TextHeavy => RowTask::TextHeavy,
-                Task::Vqa => RowTask::Vqa,
-            })
-            .collect(),
-        anchor: batch
-            .iter()
-            .map(|row| row.anchor.and_then(|a| position.get(&a).copied()))
-            .collect(),
-    })
+    let sequences: Vec<Sequence> = batch
+        .iter()
+        .map(|row| {
+            let item = &items[row.item];
+            let (prompt, answer) = item_ids(item, tokenizer, true);
+            Sequence {
+                image: item.image.as_deref(),
+                prompt,
+                answer,
+                task: row_task(item.task),
+                anchor: row.anchor.and_then(|a| position.get(&a).copied()),
+            }
+        })
+        .collect();
+    encode_sequences(&sequences, tokenizer.id(PAD), image_size)
 }
 
 #[cfg(test)]

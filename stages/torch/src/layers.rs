@@ -6,7 +6,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 /// Decoder hyper-parameters.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DecoderConfig {
     /// Vocabulary size.
     pub vocab: i64,

@@ -8,7 +8,6 @@
 //! | `adv` | L_sup + L_adv (PGD on the irrelevant modality) |
 //! | `ours` | L_sup + L_adv + λ·[consistency(clean, heuristic) + consistency(clean, adversarial)] |
 
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::model::MultimodalModel;
@@ -17,25 +16,7 @@ use crate::objectives::{
     TokenRole,
 };
 
-/// An ablation method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// Full fine-tuning on D_VQA only.
-    FftVqa,
-    /// Full fine-tuning on D_mixed.
-    FftMix,
-    /// D_mixed + KL consistency.
-    Kl,
-    /// D_mixed + JS consistency.
-    Js,
-    /// D_mixed + random Gaussian noise on the irrelevant modality.
-    Rg,
-    /// D_mixed + PGD adversarial training.
-    Adv,
-    /// ADV + consistency over heuristic and adversarial variants.
-    Ours,
-}
+pub use mipipe_stage_torch_types::Method;
 
 /// Method hyper-parameters (defaults: paper Table 13; σ from the authors' code).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -112,17 +93,21 @@ fn full_masks(model: &MultimodalModel, rows: &Rows) -> (Tensor, Tensor, Tensor) 
     }
     let b = rows.roles.len() as i64;
     let t = (n_image + rows.roles[0].len()) as i64;
+    let device = rows.tokens.device();
     (
-        Tensor::from_slice(&answer).view([b, t]),
-        Tensor::from_slice(&irrelevant).view([b, t]),
-        Tensor::from_slice(&padding).view([b, t - n_image as i64]),
+        Tensor::from_slice(&answer).view([b, t]).to_device(device),
+        Tensor::from_slice(&irrelevant).view([b, t]).to_device(device),
+        Tensor::from_slice(&padding)
+            .view([b, t - n_image as i64])
+            .to_device(device),
     )
 }
 
 /// Logits of the positions that predict answer tokens, for rows `which`, stacked.
 fn answer_logits(logits: &Tensor, answer: &Tensor, which: &[usize]) -> Tensor {
     let t = answer.size()[1];
-    let mask: Vec<f32> = Vec::<f32>::try_from(answer.flatten(0, 1)).expect("float mask");
+    let mask: Vec<f32> =
+        Vec::<f32>::try_from(answer.flatten(0, 1).to_device(tch::Device::Cpu)).expect("float mask");
     let mut picks = Vec::new();
     for &row in which {
         for pos in 0..(t - 1) as usize {

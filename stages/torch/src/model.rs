@@ -7,20 +7,10 @@ use tch::{Kind, Tensor};
 use crate::layers::{Decoder, DecoderConfig};
 use crate::vision::{MlpProjector, PatchMerger, QFormer, VisionConfig, VisionEncoder};
 
-/// The model family, mirroring the paper's three.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// ViT -> 2-layer MLP -> one token per patch (LLaVA-1.5).
-    Llava,
-    /// ViT -> Q-Former with learned queries -> linear projection (InstructBLIP).
-    Blip,
-    /// ViT -> 2x2 patch merger (Qwen2.5-VL).
-    Qwen,
-}
+pub use mipipe_stage_torch_types::Family;
 
 /// Everything that defines a model's shapes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     /// Family.
     pub family: Family,

@@ -76,14 +76,7 @@ pub fn answer_cross_entropy(logits: &Tensor, targets: &Tensor, answer: &Tensor) 
     (losses * &weight).sum(Kind::Float) / weight.sum(Kind::Float).clamp_min(1.0)
 }
 
-/// The consistency divergence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Divergence {
-    /// KL(perturbed ‖ clean).
-    Kl,
-    /// Standard Jensen-Shannon: ½KL(p ‖ m) + ½KL(q ‖ m), m = ½(p + q).
-    Js,
-}
+pub use mipipe_stage_torch_types::Divergence;
 
 /// Consistency between answer-token distributions of the clean and perturbed forward passes,
 /// averaged over answer tokens. `clean` and `perturbed`: `[n_answer_tokens, vocab]` logits of
@@ -121,23 +114,8 @@ pub fn gaussian_noise(embeddings: &Tensor, mask: &Tensor, sigma: f64) -> Tensor 
     embeddings + embeddings.randn_like() * sigma * mask.unsqueeze(-1)
 }
 
-/// The ε-ball of PGD.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Norm {
-    /// Elementwise clamp to [-ε, ε] (the paper's and the code's).
-    LInf,
-    /// Each token's perturbation vector rescaled to norm ≤ ε.
-    L2,
-}
+pub use mipipe_stage_torch_types::{Norm, PgdInit};
 
-/// How δ starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PgdInit {
-    /// N(0, ε²), then projected: the paper.
-    Gaussian,
-    /// U(-ε, ε): the authors' code.
-    Uniform,
-}
 
 /// PGD settings (paper Table 13 defaults: α 0.1, ε 1e-3, K 2).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -160,7 +138,7 @@ impl Default for Pgd {
             alpha: 0.1,
             epsilon: 1e-3,
             steps: 2,
-            norm: Norm::LInf,
+            norm: Norm::Linf,
             init: PgdInit::Gaussian,
         }
     }
@@ -177,7 +155,7 @@ pub struct PgdTrace {
 impl Pgd {
     fn project(&self, delta: &Tensor, mask: &Tensor) -> Tensor {
         let projected = match self.norm {
-            Norm::LInf => delta.clamp(-self.epsilon, self.epsilon),
+            Norm::Linf => delta.clamp(-self.epsilon, self.epsilon),
             Norm::L2 => {
                 let norms = delta.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
                 let scale = (norms.reciprocal() * self.epsilon).clamp_max(1.0);
@@ -294,7 +272,7 @@ mod tests {
         let embeddings = Tensor::randn([2, 4, 8], (Kind::Float, tch::Device::Cpu));
         let mask = Tensor::from_slice(&[1f32, 1., 0., 0., 0., 1., 1., 0.]).view([2, 4]);
         let targets = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0, 1, 2]);
-        for norm in [Norm::LInf, Norm::L2] {
+        for norm in [Norm::Linf, Norm::L2] {
             let pgd = Pgd {
                 alpha: 10.0,
                 epsilon: 0.05,
@@ -317,7 +295,7 @@ mod tests {
             let outside = (&delta * outside_mask).abs().max().double_value(&[]);
             assert_eq!(outside, 0.0, "δ leaked outside the mask");
             let size = match norm {
-                Norm::LInf => delta.abs().max().double_value(&[]),
+                Norm::Linf => delta.abs().max().double_value(&[]),
                 Norm::L2 => delta
                     .norm_scalaropt_dim(2, [-1], false)
                     .max()

@@ -7,7 +7,7 @@ use tch::Tensor;
 use crate::layers::{Attention, Masking};
 
 /// ViT hyper-parameters.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VisionConfig {
     /// Image side in pixels.
     pub image_size: i64,

@@ -1,0 +1,403 @@
+//! The libtorch backend of the `pretrain`, `finetune` and `predict` stage kinds (declared in
+//! `mipipe-stage-torch-types`), what `mipipe-torch-worker` runs.
+
+use std::path::Path;
+
+use mipipe_engine::{StageContext, StageError};
+use mipipe_stage_schema::{
+    read_corpus, read_items, write_predictions, Item, ItemRng, Prediction, Task,
+};
+use mipipe_stage_torch_types::{
+    Family, FinetuneParams, Method, PredictParams, PretrainParams, Size, TorchBackend,
+};
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+use crate::checkpoint;
+use crate::decode::{generate, Prompts};
+use crate::encode::{encode, encode_sequences, item_ids, letter, prompt, row_task, Sequence};
+use crate::methods::MethodConfig;
+use crate::mixture::{batches, Mixture};
+use crate::model::{ModelConfig, MultimodalModel};
+use crate::objectives::{Pgd, RowTask};
+use crate::presets::model_config;
+use crate::tokenizer::{Tokenizer, EOS, PAD};
+use crate::training::{train, write_log};
+use crate::{device, tokenizer};
+
+/// The libtorch implementation of the torch stage kinds.
+pub struct TchBackend;
+
+/// What a checkpoint folder's `config.json` holds besides the weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// Format version (1).
+    pub version: u32,
+    /// The resolved model shapes.
+    pub model: ModelConfig,
+    /// The size preset.
+    pub size: Size,
+    /// `vanilla` (made by `pretrain`) or the fine-tuning method.
+    pub method: String,
+    /// The seed of the training that made it.
+    pub seed: u64,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+}
+
+fn failed(e: impl std::fmt::Display) -> StageError {
+    StageError::failed(e.to_string())
+}
+
+fn read_all_items(ctx: &StageContext, input: &str) -> Result<Vec<Item>, StageError> {
+    let mut items = Vec::new();
+    for path in ctx.input_paths(input)? {
+        items.extend(read_items(path).map_err(failed)?);
+    }
+    Ok(items)
+}
+
+fn prepare(ctx: &StageContext, device: mipipe_stage_torch_types::Device) -> Result<tch::Device, StageError> {
+    device::set_threads(ctx.env());
+    let device = device::resolve(device)?;
+    ctx.log(&format!(
+        "libtorch on {device:?} with {} thread(s)",
+        tch::get_num_threads()
+    ));
+    Ok(device)
+}
+
+fn load(dir: &Path, device: tch::Device) -> Result<(nn::VarStore, MultimodalModel, Sidecar), StageError> {
+    let sidecar: Sidecar = checkpoint::read_sidecar(dir).map_err(failed)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = MultimodalModel::new(vs.root(), &sidecar.model);
+    checkpoint::load(&mut vs, dir).map_err(failed)?;
+    Ok((vs, model, sidecar))
+}
+
+/// Instruction rows of pretraining: clean training items, image-heavy ones with a truthful
+/// description of the picture at `hint_rate` (drawn per item from the seed).
+fn instruction_items(items: &[Item], hint_rate: f64, seed: u64) -> Vec<Item> {
+    items
+        .iter()
+        .filter(|i| i.split == "train" && i.perturbation == "none")
+        .map(|item| {
+            let mut item = item.clone();
+            let mut rng = ItemRng::new(seed, &["pretrain-hint", &item.id]);
+            if item.task == Task::ImageHeavy && rng.unit() < hint_rate {
+                item.question = format!(
+                    "The picture seems to describe a {}. {}",
+                    item.options[item.answer], item.question
+                );
+            }
+            item
+        })
+        .collect()
+}
+
+/// One pretraining row: a corpus text (every token supervised) or an instruction item.
+enum PretrainRow {
+    Corpus(usize),
+    Item(usize),
+}
+
+impl TorchBackend for TchBackend {
+    fn pretrain(&self, params: &PretrainParams, ctx: &StageContext) -> Result<(), StageError> {
+        let device = prepare(ctx, params.device)?;
+        let mut corpus = Vec::new();
+        for path in ctx.input_paths("corpus")? {
+            corpus.extend(read_corpus(path).map_err(failed)?);
+        }
+        let items = instruction_items(
+            &read_all_items(ctx, "items")?,
+            params.truthful_hint_rate,
+            params.seed,
+        );
+        if corpus.is_empty() && items.is_empty() {
+            return Err(StageError::failed(
+                "nothing to train on: the corpus is empty and the items table has no clean `train` rows",
+            ));
+        }
+        let prompts: Vec<String> = items.iter().map(prompt).collect();
+        let tokenizer = Tokenizer::train(
+            corpus
+                .iter()
+                .map(|r| r.text.as_str())
+                .chain(prompts.iter().map(String::as_str)),
+            params.vocab_size,
+        );
+        ctx.log(&format!(
+            "{} corpus rows, {} instruction items, vocabulary {}",
+            corpus.len(),
+            items.len(),
+            tokenizer.len()
+        ));
+        let config = model_config(params.family, params.size, tokenizer.len() as i64);
+        tch::manual_seed(params.seed as i64);
+        let vs = nn::VarStore::new(device);
+        let model = MultimodalModel::new(vs.root(), &config);
+        let mut rows: Vec<PretrainRow> = (0..corpus.len()).map(PretrainRow::Corpus).collect();
+        rows.extend((0..items.len()).map(PretrainRow::Item));
+        let mut plan = Vec::new();
+        for epoch in 0..params.epochs {
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            let mut rng = ItemRng::new(params.seed, &["pretrain-order", &epoch.to_string()]);
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i + 1));
+            }
+            for chunk in order.chunks(params.batch_size.max(1)) {
+                plan.push((epoch, chunk.to_vec()));
+            }
+        }
+        let bos = tokenizer.id(tokenizer::BOS);
+        let eos = tokenizer.id(EOS);
+        let image_size = config.vision.image_size;
+        let encode_batch = |batch: &Vec<usize>| {
+            let sequences: Vec<Sequence> = batch
+                .iter()
+                .map(|&r| match rows[r] {
+                    PretrainRow::Corpus(i) => {
+                        let mut answer = tokenizer.encode(&corpus[i].text);
+                        answer.push(eos);
+                        Sequence {
+                            image: corpus[i].image.as_deref(),
+                            prompt: vec![bos],
+                            answer,
+                            task: RowTask::Vqa,
+                            anchor: None,
+                        }
+                    }
+                    PretrainRow::Item(i) => {
+                        let (prompt, answer) = item_ids(&items[i], &tokenizer, true);
+                        Sequence {
+                            image: items[i].image.as_deref(),
+                            prompt,
+                            answer,
+                            task: row_task(items[i].task),
+                            anchor: None,
+                        }
+                    }
+                })
+                .collect();
+            encode_sequences(&sequences, tokenizer.id(PAD), image_size)
+        };
+        let method = MethodConfig::paper(Method::FftMix);
+        let log = train(
+            &vs,
+            &model,
+            &plan,
+            encode_batch,
+            &method,
+            params.lr,
+            &params.optimizer,
+            ctx,
+        )?;
+        write_log(ctx.output_path("log")?, &log)?;
+        let sidecar = Sidecar {
+            version: 1,
+            model: config,
+            size: params.size,
+            method: "vanilla".into(),
+            seed: params.seed,
+            tokenizer,
+        };
+        checkpoint::save(&vs, &sidecar, ctx.output_path("model")?).map_err(failed)
+    }
+
+    fn finetune(&self, params: &FinetuneParams, ctx: &StageContext) -> Result<(), StageError> {
+        let device = prepare(ctx, params.device)?;
+        let (vs, model, mut sidecar) = load(ctx.input_path("model")?, device)?;
+        check_labels(&sidecar, params.family, params.size, None, None)?;
+        model.freeze_for_finetune(&vs);
+        let items = read_all_items(ctx, "items")?;
+        let mixture = if params.method == Method::FftVqa {
+            Mixture::vqa_only(params.batch_size)
+        } else {
+            Mixture {
+                image_ratio: params.mixture.image_ratio,
+                text_ratio: params.mixture.text_ratio,
+                ..Mixture::mixed(params.batch_size)
+            }
+        };
+        let mut plan = Vec::new();
+        for epoch in 0..params.epochs {
+            // The first epoch's order is the seed's own, so every method of an ablation sees
+            // the same batches.
+            let seed = params.seed.wrapping_add(epoch as u64);
+            for batch in batches(&items, &mixture, seed).map_err(StageError::failed)? {
+                plan.push((epoch, batch));
+            }
+        }
+        if plan.is_empty() {
+            return Err(StageError::failed(
+                "the mixture has no complete batch; the items table needs more `train` rows",
+            ));
+        }
+        let divergence = params
+            .method
+            .divergence(params.consistency.ours_divergence);
+        let method = MethodConfig {
+            method: params.method,
+            lambda: divergence.map_or(0.0, |d| params.consistency.weight(d)),
+            tau: params.consistency.tau,
+            sigma: params.sigma,
+            ours_divergence: params.consistency.ours_divergence,
+            stop_gradient: params.consistency.stop_gradient,
+            pgd: Pgd {
+                alpha: params.pgd.alpha,
+                epsilon: params.pgd.epsilon,
+                steps: params.pgd.steps,
+                norm: params.pgd.norm,
+                init: params.pgd.init,
+            },
+        };
+        ctx.log(&format!(
+            "{:?}: {} steps over {} epoch(s)",
+            params.method,
+            plan.len(),
+            params.epochs
+        ));
+        tch::manual_seed(params.seed as i64);
+        let image_size = sidecar.model.vision.image_size;
+        let tokenizer = sidecar.tokenizer.clone();
+        let log = train(
+            &vs,
+            &model,
+            &plan,
+            |batch| encode(&items, batch, &tokenizer, image_size),
+            &method,
+            params.lr,
+            &params.optimizer,
+            ctx,
+        )?;
+        write_log(ctx.output_path("log")?, &log)?;
+        sidecar.method = method_name(params.method);
+        sidecar.seed = params.seed;
+        checkpoint::save(&vs, &sidecar, ctx.output_path("model")?).map_err(failed)
+    }
+
+    fn predict(&self, params: &PredictParams, ctx: &StageContext) -> Result<(), StageError> {
+        let device = prepare(ctx, params.device)?;
+        let (_vs, model, sidecar) = load(ctx.input_path("model")?, device)?;
+        check_labels(
+            &sidecar,
+            params.family,
+            params.size,
+            params.method.as_deref(),
+            params.seed,
+        )?;
+        let tokenizer = &sidecar.tokenizer;
+        let items: Vec<Item> = read_all_items(ctx, "items")?
+            .into_iter()
+            .filter(|i| i.split == params.split)
+            .collect();
+        if items.is_empty() {
+            return Err(StageError::failed(format!(
+                "the items table has no `{}` rows (param `split`)",
+                params.split
+            )));
+        }
+        let image_size = sidecar.model.vision.image_size;
+        let eos = tokenizer.id(EOS);
+        let mut out = Vec::with_capacity(items.len());
+        let chunks: Vec<&[Item]> = items.chunks(params.batch_size.max(1)).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            if ctx.is_cancelled() {
+                return Err(StageError::failed("Cancelled"));
+            }
+            let sequences: Vec<Sequence> = chunk
+                .iter()
+                .map(|item| {
+                    let (prompt, _) = item_ids(item, tokenizer, false);
+                    Sequence {
+                        image: item.image.as_deref(),
+                        prompt,
+                        answer: Vec::new(),
+                        task: row_task(item.task),
+                        anchor: None,
+                    }
+                })
+                .collect();
+            let rows = encode_sequences(&sequences, tokenizer.id(PAD), image_size)
+                .map_err(StageError::failed)?;
+            let prompts = Prompts {
+                padding: rows.tokens.ne(tokenizer.id(PAD)).to_device(device),
+                images: rows.images.to_device(device),
+                tokens: rows.tokens.to_device(device),
+            };
+            let generation = generate(&model, &prompts, params.max_new_tokens, eos);
+            for (row, item) in chunk.iter().enumerate() {
+                let letters: Vec<i64> = (0..item.options.len())
+                    .map(|i| tokenizer.id(&letter(i)))
+                    .collect();
+                let logprobs: Vec<f64> = letters
+                    .iter()
+                    .map(|&id| generation.first_logprobs.double_value(&[row as i64, id]))
+                    .collect();
+                let raw_text = tokenizer.decode(&generation.tokens[row]);
+                out.push(Prediction {
+                    id: item.id.clone(),
+                    origin_id: item.origin_id.clone(),
+                    dataset: item.dataset.clone(),
+                    task: item.task.as_str().to_string(),
+                    perturbation: item.perturbation.clone(),
+                    answer: item.answer,
+                    options: item.options.clone(),
+                    predicted: first_letter(&raw_text, item.options.len()),
+                    raw_text,
+                    option_logprobs: Some(logprobs),
+                });
+            }
+            ctx.progress(n as u64 + 1, chunks.len() as u64, "predicting");
+        }
+        ctx.log(&format!("{} predictions", out.len()));
+        write_predictions(ctx.output_path("predictions")?, &out).map_err(failed)
+    }
+}
+
+fn method_name(method: Method) -> String {
+    serde_json::to_value(method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Checks the labels a stage was given against the checkpoint it reads: a wrong join in a
+/// pipeline (the blip predictions reading a llava model) fails loudly.
+fn check_labels(
+    sidecar: &Sidecar,
+    family: Option<Family>,
+    size: Option<Size>,
+    method: Option<&str>,
+    seed: Option<u64>,
+) -> Result<(), StageError> {
+    let mut wrong = Vec::new();
+    if let Some(family) = family.filter(|f| *f != sidecar.model.family) {
+        wrong.push(format!("family {family:?} (the checkpoint is {:?})", sidecar.model.family));
+    }
+    if let Some(size) = size.filter(|s| *s != sidecar.size) {
+        wrong.push(format!("size {size:?} (the checkpoint is {:?})", sidecar.size));
+    }
+    if let Some(method) = method.filter(|m| *m != sidecar.method) {
+        wrong.push(format!("method `{method}` (the checkpoint is `{}`)", sidecar.method));
+    }
+    if let Some(seed) = seed.filter(|s| *s != sidecar.seed) {
+        wrong.push(format!("seed {seed} (the checkpoint's is {})", sidecar.seed));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(StageError::failed(format!(
+            "the input `model` does not match this stage's params: {}; check the `inputs:` reference",
+            wrong.join(", ")
+        )))
+    }
+}
+
+/// The first standalone option letter (A.. up to `n` options) of a generated answer.
+fn first_letter(text: &str, n: usize) -> Option<String> {
+    tokenizer::split(text)
+        .into_iter()
+        .find(|t| t.len() == 1 && t.as_bytes()[0] >= b'A' && ((t.as_bytes()[0] - b'A') as usize) < n)
+        .map(str::to_string)
+}
