@@ -107,6 +107,17 @@ pub enum PgdInit {
     Uniform,
 }
 
+/// What a model is taught to answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerFormat {
+    /// The option letter (the paper's format); options are scored by the letter's probability.
+    #[default]
+    Letter,
+    /// The option's own words; options are scored by the likelihood of their words.
+    Text,
+}
+
 /// Where a stage computes: `auto` (the first CUDA device when libtorch_cuda and a GPU are
 /// there, else the CPU), `cpu`, `cuda` or `cuda:N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -219,6 +230,10 @@ pub struct PretrainParams {
     /// shortcut that makes a base model trust text about images (docs/embedded-benchmark.md).
     #[serde(default = "default_hint_rate")]
     pub truthful_hint_rate: f64,
+    /// What the model learns to answer: `letter` (the paper) or `text` (the option's words).
+    /// Fine-tuning and prediction use the checkpoint's format.
+    #[serde(default)]
+    pub answer: AnswerFormat,
     /// Largest tokenizer vocabulary (words seen in the training text, most frequent first).
     #[serde(default = "default_vocab")]
     pub vocab_size: usize,

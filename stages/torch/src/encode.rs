@@ -9,6 +9,7 @@
 use tch::{Kind, Tensor};
 
 use mipipe_stage_schema::{Item, Task};
+use mipipe_stage_torch_types::AnswerFormat;
 
 use crate::methods::Rows;
 use crate::mixture::BatchRow;
@@ -84,16 +85,21 @@ pub struct Sequence<'a> {
     pub anchor: Option<usize>,
 }
 
-/// The ids of an item's prompt and, with `with_answer`, its answer (letter and `<eos>`).
-pub fn item_ids(item: &Item, tokenizer: &Tokenizer, with_answer: bool) -> (Vec<i64>, Vec<i64>) {
-    let mut prompt_ids = vec![tokenizer.id(BOS)];
-    prompt_ids.extend(tokenizer.encode(&prompt(item)));
-    let answer = if with_answer {
-        vec![tokenizer.id(&letter(item.answer)), tokenizer.id(EOS)]
-    } else {
-        Vec::new()
+/// The ids of an item's prompt.
+pub fn prompt_ids(item: &Item, tokenizer: &Tokenizer) -> Vec<i64> {
+    let mut ids = vec![tokenizer.id(BOS)];
+    ids.extend(tokenizer.encode(&prompt(item)));
+    ids
+}
+
+/// The answer ids of option `option` in `format`, then `<eos>`.
+pub fn answer_ids(item: &Item, option: usize, format: AnswerFormat, tokenizer: &Tokenizer) -> Vec<i64> {
+    let mut ids = match format {
+        AnswerFormat::Letter => vec![tokenizer.id(&letter(option))],
+        AnswerFormat::Text => tokenizer.encode(&item.options[option]),
     };
-    (prompt_ids, answer)
+    ids.push(tokenizer.id(EOS));
+    ids
 }
 
 /// The task of an item as the objectives see it.
@@ -143,6 +149,7 @@ pub fn encode(
     items: &[Item],
     batch: &[BatchRow],
     tokenizer: &Tokenizer,
+    format: AnswerFormat,
     image_size: i64,
 ) -> Result<Rows, String> {
     let position: std::collections::BTreeMap<usize, usize> = batch
@@ -155,11 +162,10 @@ pub fn encode(
         .iter()
         .map(|row| {
             let item = &items[row.item];
-            let (prompt, answer) = item_ids(item, tokenizer, true);
             Sequence {
                 image: item.image.as_deref(),
-                prompt,
-                answer,
+                prompt: prompt_ids(item, tokenizer),
+                answer: answer_ids(item, item.answer, format, tokenizer),
                 task: row_task(item.task),
                 anchor: row.anchor.and_then(|a| position.get(&a).copied()),
             }
@@ -243,7 +249,7 @@ mod tests {
                 anchor: Some(0),
             },
         ];
-        let rows = encode(&items, &batch, &tokenizer, 8).unwrap();
+        let rows = encode(&items, &batch, &tokenizer, AnswerFormat::Letter, 8).unwrap();
         let (b, t) = rows.tokens.size2().unwrap();
         assert_eq!(b, 2);
         assert_eq!(rows.roles[0].len(), t as usize);
@@ -424,7 +430,7 @@ mod training_tests {
         assert!(!plan.is_empty());
         let encoded: Vec<Rows> = plan
             .iter()
-            .map(|b| encode(&items, b, &tokenizer, 8).unwrap())
+            .map(|b| encode(&items, b, &tokenizer, AnswerFormat::Letter, 8).unwrap())
             .collect();
         let method = MethodConfig::paper(Method::Ours);
         let mut first = None;
@@ -459,7 +465,7 @@ mod training_tests {
                 anchor: None,
             })
             .collect();
-        let encoded = encode(&items, &rows, &tokenizer, 8).unwrap();
+        let encoded = encode(&items, &rows, &tokenizer, AnswerFormat::Letter, 8).unwrap();
         let prompt_len = encoded.tokens.size()[1] - 2;
         let prompts = crate::decode::Prompts {
             images: encoded.images.shallow_clone(),

@@ -8,14 +8,17 @@ use mipipe_stage_schema::{
     read_corpus, read_items, write_predictions, Item, ItemRng, Prediction, Task,
 };
 use mipipe_stage_torch_types::{
-    Family, FinetuneParams, Method, PredictParams, PretrainParams, Size, TorchBackend,
+    AnswerFormat, Family, FinetuneParams, Method, PredictParams, PretrainParams, Size,
+    TorchBackend,
 };
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::checkpoint;
-use crate::decode::{generate, Prompts};
-use crate::encode::{encode, encode_sequences, item_ids, letter, prompt, row_task, Sequence};
+use crate::decode::{answer_logprobs, generate, Prompts};
+use crate::encode::{
+    answer_ids, encode, encode_sequences, letter, prompt, prompt_ids, row_task, Sequence,
+};
 use crate::methods::MethodConfig;
 use crate::mixture::{batches, Mixture};
 use crate::model::{ModelConfig, MultimodalModel};
@@ -41,6 +44,9 @@ pub struct Sidecar {
     pub method: String,
     /// The seed of the training that made it.
     pub seed: u64,
+    /// What the model answers: the option letter or the option's words.
+    #[serde(default)]
+    pub answer: AnswerFormat,
     /// The tokenizer.
     pub tokenizer: Tokenizer,
 }
@@ -168,11 +174,11 @@ impl TorchBackend for TchBackend {
                         }
                     }
                     PretrainRow::Item(i) => {
-                        let (prompt, answer) = item_ids(&items[i], &tokenizer, true);
+                        let item = &items[i];
                         Sequence {
-                            image: items[i].image.as_deref(),
-                            prompt,
-                            answer,
+                            image: item.image.as_deref(),
+                            prompt: prompt_ids(item, &tokenizer),
+                            answer: answer_ids(item, item.answer, params.answer, &tokenizer),
                             task: row_task(items[i].task),
                             anchor: None,
                         }
@@ -199,6 +205,7 @@ impl TorchBackend for TchBackend {
             size: params.size,
             method: "vanilla".into(),
             seed: params.seed,
+            answer: params.answer,
             tokenizer,
         };
         checkpoint::save(&vs, &sidecar, ctx.output_path("model")?).map_err(failed)
@@ -260,11 +267,12 @@ impl TorchBackend for TchBackend {
         tch::manual_seed(params.seed as i64);
         let image_size = sidecar.model.vision.image_size;
         let tokenizer = sidecar.tokenizer.clone();
+        let format = sidecar.answer;
         let log = train(
             &vs,
             &model,
             &plan,
-            |batch| encode(&items, batch, &tokenizer, image_size),
+            |batch| encode(&items, batch, &tokenizer, format, image_size),
             &method,
             params.lr,
             &params.optimizer,
@@ -308,10 +316,9 @@ impl TorchBackend for TchBackend {
             let sequences: Vec<Sequence> = chunk
                 .iter()
                 .map(|item| {
-                    let (prompt, _) = item_ids(item, tokenizer, false);
                     Sequence {
                         image: item.image.as_deref(),
-                        prompt,
+                        prompt: prompt_ids(item, tokenizer),
                         answer: Vec::new(),
                         task: row_task(item.task),
                         anchor: None,
@@ -326,14 +333,22 @@ impl TorchBackend for TchBackend {
                 tokens: rows.tokens.to_device(device),
             };
             let generation = generate(&model, &prompts, params.max_new_tokens, eos);
+            let text_scores = match sidecar.answer {
+                AnswerFormat::Letter => None,
+                AnswerFormat::Text => Some(option_text_scores(
+                    &model, chunk, tokenizer, image_size, device,
+                )?),
+            };
             for (row, item) in chunk.iter().enumerate() {
-                let letters: Vec<i64> = (0..item.options.len())
-                    .map(|i| tokenizer.id(&letter(i)))
-                    .collect();
-                let logprobs: Vec<f64> = letters
-                    .iter()
-                    .map(|&id| generation.first_logprobs.double_value(&[row as i64, id]))
-                    .collect();
+                let logprobs: Vec<f64> = match &text_scores {
+                    Some(scores) => scores[row].clone(),
+                    None => (0..item.options.len())
+                        .map(|i| {
+                            let id = tokenizer.id(&letter(i));
+                            generation.first_logprobs.double_value(&[row as i64, id])
+                        })
+                        .collect(),
+                };
                 let raw_text = tokenizer.decode(&generation.tokens[row]);
                 out.push(Prediction {
                     id: item.id.clone(),
@@ -343,7 +358,7 @@ impl TorchBackend for TchBackend {
                     perturbation: item.perturbation.clone(),
                     answer: item.answer,
                     options: item.options.clone(),
-                    predicted: first_letter(&raw_text, item.options.len()),
+                    predicted: parsed_letter(&raw_text, &item.options),
                     raw_text,
                     option_logprobs: Some(logprobs),
                 });
@@ -394,10 +409,52 @@ fn check_labels(
     }
 }
 
-/// The first standalone option letter (A.. up to `n` options) of a generated answer.
-fn first_letter(text: &str, n: usize) -> Option<String> {
-    tokenizer::split(text)
-        .into_iter()
-        .find(|t| t.len() == 1 && t.as_bytes()[0] >= b'A' && ((t.as_bytes()[0] - b'A') as usize) < n)
-        .map(str::to_string)
+/// The log-likelihood of every option's words after each item's prompt (`text` answers).
+fn option_text_scores(
+    model: &MultimodalModel,
+    chunk: &[Item],
+    tokenizer: &Tokenizer,
+    image_size: i64,
+    device: tch::Device,
+) -> Result<Vec<Vec<f64>>, StageError> {
+    let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
+    let mut scores = vec![Vec::new(); chunk.len()];
+    for option in 0..most {
+        let rows: Vec<usize> = (0..chunk.len())
+            .filter(|&r| option < chunk[r].options.len())
+            .collect();
+        let sequences: Vec<Sequence> = rows
+            .iter()
+            .map(|&r| Sequence {
+                image: chunk[r].image.as_deref(),
+                prompt: prompt_ids(&chunk[r], tokenizer),
+                answer: answer_ids(&chunk[r], option, AnswerFormat::Text, tokenizer),
+                task: row_task(chunk[r].task),
+                anchor: None,
+            })
+            .collect();
+        let encoded = encode_sequences(&sequences, tokenizer.id(PAD), image_size)
+            .map_err(StageError::failed)?
+            .to_device(device);
+        for (&r, score) in rows.iter().zip(answer_logprobs(model, &encoded)) {
+            scores[r].push(score);
+        }
+    }
+    Ok(scores)
+}
+
+/// The option a generated answer names: the first standalone option letter, else the option
+/// whose words it is.
+fn parsed_letter(text: &str, options: &[String]) -> Option<String> {
+    let n = options.len();
+    let by_letter = tokenizer::split(text).into_iter().find(|t| {
+        t.len() == 1 && t.as_bytes()[0] >= b'A' && ((t.as_bytes()[0] - b'A') as usize) < n
+    });
+    by_letter.map(str::to_string).or_else(|| {
+        let words = tokenizer::split(text).join(" ").to_lowercase();
+        options
+            .iter()
+            .position(|o| tokenizer::split(o).join(" ").to_lowercase() == words)
+            .map(letter)
+    })
 }

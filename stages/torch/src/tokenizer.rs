@@ -18,8 +18,9 @@ pub const EOS: &str = "<eos>";
 /// Unknown word.
 pub const UNK: &str = "<unk>";
 
-/// Token ids of a text vocabulary.
+/// Token ids of a text vocabulary. Deserialising rebuilds the id index and checks the version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Stored")]
 pub struct Tokenizer {
     /// Format version (1).
     pub version: u32,
@@ -125,15 +126,27 @@ impl Tokenizer {
 
     /// Reads the JSON of [`Tokenizer::to_json`].
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let raw: Tokenizer =
-            serde_json::from_str(text).map_err(|e| format!("not a tokenizer: {e}"))?;
-        if raw.version != 1 {
+        serde_json::from_str(text).map_err(|e| format!("not a tokenizer: {e}"))
+    }
+}
+
+/// The serialised form.
+#[derive(Deserialize)]
+struct Stored {
+    version: u32,
+    tokens: Vec<String>,
+}
+
+impl TryFrom<Stored> for Tokenizer {
+    type Error = String;
+    fn try_from(stored: Stored) -> Result<Self, String> {
+        if stored.version != 1 {
             return Err(format!(
                 "tokenizer version {} is not supported",
-                raw.version
+                stored.version
             ));
         }
-        Ok(Self::from_tokens(raw.tokens))
+        Ok(Self::from_tokens(stored.tokens))
     }
 }
 
