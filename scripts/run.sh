@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds mipipe (release) and runs the default pipeline. Extra arguments go to `mipipe run`.
-#
-# The default pipeline is pipelines/embedded-data.yaml (the embedded benchmark and every
-# perturbed condition) until pipelines/ablation.yaml lands (see README.md, "Status").
+# The main job: builds mipipe and its torch worker (release) and runs the paper's ablation study
+# on the embedded benchmark, pipelines/ablation.yaml. Extra arguments go to `mipipe run`
+# (e.g. `bash scripts/run.sh -j 1`, or `PIPELINE=pipelines/quick.yaml bash scripts/run.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-libtorch.sh
-cargo build --release --locked --bin mipipe
-target/release/mipipe run pipelines/embedded-data.yaml "$@"
-echo "Tables: pipelines/results/embedded/ (Parquet; docs/data-stages.md describes the columns)" >&2
+cargo build --release --locked
+pipeline="${PIPELINE:-pipelines/ablation.yaml}"
+target/release/mipipe run "$pipeline" "$@"
+results="$(dirname "$pipeline")/results/$(basename "$pipeline" .yaml)"
+echo "Tables and figures: $results/ (LaTeX, Markdown, CSV; provenance CSVs name the stage behind every cell)" >&2

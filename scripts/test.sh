@@ -34,6 +34,10 @@ if command -v pdflatex >/dev/null; then
   export MIPIPE_REQUIRE_PDFLATEX=1
 fi
 
+# The torch stage kinds run in `mipipe-torch-worker`, which must sit next to the `mipipe` the
+# integration tests drive (target/debug); `cargo test` alone builds only the package's own.
+cargo build --workspace --locked
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

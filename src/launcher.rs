@@ -51,10 +51,7 @@ impl WorkerLauncher for SubprocessLauncher {
             .process_group(0)
             .spawn()
             .map_err(|e| {
-                StageError::environment(format!(
-                    "Cannot start worker `{}`: {e}",
-                    program.display()
-                ))
+                StageError::environment(format!("Cannot start worker `{}`: {e}", program.display()))
             })?;
         let pid = child.id() as libc::pid_t;
         let (sender, receiver) = mpsc::channel();

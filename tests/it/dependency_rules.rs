@@ -112,10 +112,17 @@ fn crate_dependency_rules_hold() {
             "{name} depends on a stage crate"
         );
     }
-    // 4. only the binary names every stage crate.
+    // 4. only the binary names every stage crate, except the torch one: the binary registers
+    //    its kinds' declarations (`mipipe-stage-torch-types`) and never links libtorch; the
+    //    torch crate's own executable runs them.
     for (name, list) in &deps {
         if name == "mipipe" {
             for stage in &stage_crates {
+                if *stage == "mipipe-stage-torch" {
+                    assert!(!list.contains(*stage), "the binary must not link libtorch");
+                    assert!(list.contains("mipipe-stage-torch-types"));
+                    continue;
+                }
                 assert!(
                     list.contains(*stage),
                     "the binary does not register {stage}"
@@ -123,6 +130,12 @@ fn crate_dependency_rules_hold() {
             }
         }
     }
+    assert!(
+        !deps["mipipe-stage-torch-types"]
+            .iter()
+            .any(|d| d == "tch" || d == "torch-sys"),
+        "the kinds' declarations must not reach libtorch"
+    );
     // 5. tch only from the torch stage crate.
     for (name, list) in &deps {
         if list.contains("tch") || list.contains("torch-sys") {

@@ -12,6 +12,7 @@ mod interruption;
 mod pipeline_features;
 mod report_stages;
 mod slurm;
+mod study;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -105,6 +105,11 @@ fn predictions_become_metrics_and_a_table_and_a_table_option_reruns_only_the_tab
             || project.path().join("figures/drop-llava_s.svg").exists()
     );
     assert!(project.read("figures/drop-llava_s.svg").contains("<svg"));
+    // The PNG twin: a PNG signature and the SVG's size at twice the scale.
+    let png = std::fs::read(project.path().join("figures/drop-llava_s.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!(height, 600, "the bar chart is 300 px high, rendered at 2x");
 
     project.write(
         "mipipe.yaml",

@@ -1,5 +1,6 @@
-//! SVG figures: a radar chart per model group (like the paper's Figure 4) and a bar chart of
-//! the clean-vs-perturbed drop per method.
+//! Figures: a radar chart per model group (like the paper's Figure 4) and a bar chart of the
+//! clean-vs-perturbed drop per method, as SVG and as PNG (rasterised with resvg; text in the
+//! system's sans-serif font).
 
 use std::fmt::Write as _;
 
@@ -13,6 +14,38 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Rasterises an SVG figure to PNG on a white background, at twice its nominal size.
+pub fn to_png(svg: &str) -> Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    static FONTS: std::sync::OnceLock<std::sync::Arc<usvg::fontdb::Database>> =
+        std::sync::OnceLock::new();
+    let fonts = FONTS.get_or_init(|| {
+        let mut db = usvg::fontdb::Database::new();
+        db.load_system_fonts();
+        std::sync::Arc::new(db)
+    });
+    let options = usvg::Options {
+        fontdb: fonts.clone(),
+        ..usvg::Options::default()
+    };
+    let tree = usvg::Tree::from_str(svg, &options).map_err(|e| format!("figure SVG: {e}"))?;
+    let scale = 2.0;
+    let size = tree
+        .size()
+        .to_int_size()
+        .scale_by(scale)
+        .ok_or("empty figure")?;
+    let mut pixmap =
+        tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("figure too large")?;
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(|e| format!("figure PNG: {e}"))
 }
 
 /// Every figure of a table: `(file name, SVG text)`.

@@ -74,7 +74,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -103,7 +103,9 @@ impl Stage for TableStage {
         write("provenance", table.provenance())?;
         let dir = ctx.output_path("figures")?;
         for (name, svg) in figures::render(&table) {
-            std::fs::write(dir.join(name), svg)
+            let png = figures::to_png(&svg).map_err(StageError::failed)?;
+            std::fs::write(dir.join(&name), svg)
+                .and_then(|()| std::fs::write(dir.join(name).with_extension("png"), png))
                 .map_err(|e| StageError::environment(e.to_string()))?;
         }
         Ok(())

@@ -49,7 +49,12 @@ pub fn greedy(
 
 /// Greedy decoding (temperature 0), keeping the first step's distribution: one forward pass
 /// per generated token, and the option letters' log-probabilities come for free.
-pub fn generate(model: &MultimodalModel, prompts: &Prompts, max_new: usize, eos: i64) -> Generation {
+pub fn generate(
+    model: &MultimodalModel,
+    prompts: &Prompts,
+    max_new: usize,
+    eos: i64,
+) -> Generation {
     tch::no_grad(|| {
         let b = prompts.tokens.size()[0];
         let mut tokens = prompts.tokens.shallow_clone();

@@ -93,7 +93,12 @@ pub fn prompt_ids(item: &Item, tokenizer: &Tokenizer) -> Vec<i64> {
 }
 
 /// The answer ids of option `option` in `format`, then `<eos>`.
-pub fn answer_ids(item: &Item, option: usize, format: AnswerFormat, tokenizer: &Tokenizer) -> Vec<i64> {
+pub fn answer_ids(
+    item: &Item,
+    option: usize,
+    format: AnswerFormat,
+    tokenizer: &Tokenizer,
+) -> Vec<i64> {
     let mut ids = match format {
         AnswerFormat::Letter => vec![tokenizer.id(&letter(option))],
         AnswerFormat::Text => tokenizer.encode(&item.options[option]),

@@ -8,8 +8,7 @@ use mipipe_stage_schema::{
     read_corpus, read_items, write_predictions, Item, ItemRng, Prediction, Task,
 };
 use mipipe_stage_torch_types::{
-    AnswerFormat, Family, FinetuneParams, Method, PredictParams, PretrainParams, Size,
-    TorchBackend,
+    AnswerFormat, Family, FinetuneParams, Method, PredictParams, PretrainParams, Size, TorchBackend,
 };
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -63,7 +62,10 @@ fn read_all_items(ctx: &StageContext, input: &str) -> Result<Vec<Item>, StageErr
     Ok(items)
 }
 
-fn prepare(ctx: &StageContext, device: mipipe_stage_torch_types::Device) -> Result<tch::Device, StageError> {
+fn prepare(
+    ctx: &StageContext,
+    device: mipipe_stage_torch_types::Device,
+) -> Result<tch::Device, StageError> {
     device::set_threads(ctx.env());
     let device = device::resolve(device)?;
     ctx.log(&format!(
@@ -73,7 +75,10 @@ fn prepare(ctx: &StageContext, device: mipipe_stage_torch_types::Device) -> Resu
     Ok(device)
 }
 
-fn load(dir: &Path, device: tch::Device) -> Result<(nn::VarStore, MultimodalModel, Sidecar), StageError> {
+fn load(
+    dir: &Path,
+    device: tch::Device,
+) -> Result<(nn::VarStore, MultimodalModel, Sidecar), StageError> {
     let sidecar: Sidecar = checkpoint::read_sidecar(dir).map_err(failed)?;
     let mut vs = nn::VarStore::new(device);
     let model = MultimodalModel::new(vs.root(), &sidecar.model);
@@ -240,9 +245,7 @@ impl TorchBackend for TchBackend {
                 "the mixture has no complete batch; the items table needs more `train` rows",
             ));
         }
-        let divergence = params
-            .method
-            .divergence(params.consistency.ours_divergence);
+        let divergence = params.method.divergence(params.consistency.ours_divergence);
         let method = MethodConfig {
             method: params.method,
             lambda: divergence.map_or(0.0, |d| params.consistency.weight(d)),
@@ -315,14 +318,12 @@ impl TorchBackend for TchBackend {
             }
             let sequences: Vec<Sequence> = chunk
                 .iter()
-                .map(|item| {
-                    Sequence {
-                        image: item.image.as_deref(),
-                        prompt: prompt_ids(item, tokenizer),
-                        answer: Vec::new(),
-                        task: row_task(item.task),
-                        anchor: None,
-                    }
+                .map(|item| Sequence {
+                    image: item.image.as_deref(),
+                    prompt: prompt_ids(item, tokenizer),
+                    answer: Vec::new(),
+                    task: row_task(item.task),
+                    anchor: None,
                 })
                 .collect();
             let rows = encode_sequences(&sequences, tokenizer.id(PAD), image_size)
@@ -388,16 +389,28 @@ fn check_labels(
 ) -> Result<(), StageError> {
     let mut wrong = Vec::new();
     if let Some(family) = family.filter(|f| *f != sidecar.model.family) {
-        wrong.push(format!("family {family:?} (the checkpoint is {:?})", sidecar.model.family));
+        wrong.push(format!(
+            "family {family:?} (the checkpoint is {:?})",
+            sidecar.model.family
+        ));
     }
     if let Some(size) = size.filter(|s| *s != sidecar.size) {
-        wrong.push(format!("size {size:?} (the checkpoint is {:?})", sidecar.size));
+        wrong.push(format!(
+            "size {size:?} (the checkpoint is {:?})",
+            sidecar.size
+        ));
     }
     if let Some(method) = method.filter(|m| *m != sidecar.method) {
-        wrong.push(format!("method `{method}` (the checkpoint is `{}`)", sidecar.method));
+        wrong.push(format!(
+            "method `{method}` (the checkpoint is `{}`)",
+            sidecar.method
+        ));
     }
     if let Some(seed) = seed.filter(|s| *s != sidecar.seed) {
-        wrong.push(format!("seed {seed} (the checkpoint's is {})", sidecar.seed));
+        wrong.push(format!(
+            "seed {seed} (the checkpoint's is {})",
+            sidecar.seed
+        ));
     }
     if wrong.is_empty() {
         Ok(())
@@ -457,4 +470,152 @@ fn parsed_letter(text: &str, options: &[String]) -> Option<String> {
             .position(|o| tokenizer::split(o).join(" ").to_lowercase() == words)
             .map(letter)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::tiny;
+
+    fn item(task: Task, split: &str, condition: &str) -> Item {
+        Item {
+            id: format!("x-{split}-{condition}"),
+            dataset: "d".into(),
+            task,
+            split: split.into(),
+            image: None,
+            question: "What shape is in this picture?".into(),
+            options: vec!["circle".into(), "red square".into(), "star".into()],
+            answer: 1,
+            perturbation: condition.into(),
+            origin_id: "x".into(),
+            facts: None,
+            meta: None,
+        }
+    }
+
+    #[test]
+    fn answers_are_parsed_by_letter_first_then_by_option_words() {
+        let options: Vec<String> = ["circle", "red square", "star"].map(String::from).to_vec();
+        assert_eq!(parsed_letter("B", &options).as_deref(), Some("B"));
+        assert_eq!(
+            parsed_letter("the answer is C .", &options).as_deref(),
+            Some("C")
+        );
+        assert_eq!(
+            parsed_letter("D", &options),
+            None,
+            "D is beyond three options"
+        );
+        assert_eq!(parsed_letter("Red Square", &options).as_deref(), Some("B"));
+        assert_eq!(parsed_letter("square", &options), None);
+        let many: Vec<String> = (0..10).map(|i| format!("o{i}")).collect();
+        assert_eq!(
+            parsed_letter("J", &many).as_deref(),
+            Some("J"),
+            "letters beyond D"
+        );
+    }
+
+    #[test]
+    fn pretraining_items_are_clean_training_rows_with_truthful_hints_at_the_rate() {
+        let mut items = vec![
+            item(Task::ImageHeavy, "test", "none"),
+            item(Task::ImageHeavy, "train", "md"),
+            item(Task::TextHeavy, "train", "none"),
+        ];
+        for n in 0..200 {
+            let mut i = item(Task::ImageHeavy, "train", "none");
+            i.id = format!("img{n}");
+            items.push(i);
+        }
+        let none = instruction_items(&items, 0.0, 1);
+        assert_eq!(none.len(), 201, "test rows and perturbed rows are left out");
+        assert!(none.iter().all(|i| !i.question.contains("describe")));
+        let half = instruction_items(&items, 0.5, 1);
+        let hinted: Vec<&Item> = half
+            .iter()
+            .filter(|i| {
+                i.question
+                    .starts_with("The picture seems to describe a red square. ")
+            })
+            .collect();
+        assert!((70..130).contains(&hinted.len()), "{}", hinted.len());
+        assert!(hinted.iter().all(|i| i.task == Task::ImageHeavy));
+        assert_eq!(
+            half,
+            instruction_items(&items, 0.5, 1),
+            "drawn from the seed"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_family_or_method_is_refused_with_both_names() {
+        let sidecar = Sidecar {
+            version: 1,
+            model: tiny(Family::Llava),
+            size: Size::Xs,
+            method: "vanilla".into(),
+            seed: 0,
+            answer: AnswerFormat::Text,
+            tokenizer: Tokenizer::train(["a b"], 10),
+        };
+        assert!(check_labels(
+            &sidecar,
+            Some(Family::Llava),
+            Some(Size::Xs),
+            Some("vanilla"),
+            Some(0)
+        )
+        .is_ok());
+        assert!(check_labels(&sidecar, None, None, None, None).is_ok());
+        let err = check_labels(&sidecar, Some(Family::Blip), None, Some("ours"), None).unwrap_err();
+        assert!(
+            err.message()
+                .contains("family Blip (the checkpoint is Llava)"),
+            "{err}"
+        );
+        assert!(
+            err.message()
+                .contains("method `ours` (the checkpoint is `vanilla`)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn option_words_are_scored_by_their_likelihood() {
+        let _rng = crate::rng_lock();
+        tch::manual_seed(3);
+        let tokenizer = Tokenizer::train(["circle square star shape"], 64);
+        let mut config = tiny(Family::Llava);
+        config.decoder.vocab = tokenizer.len() as i64;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = MultimodalModel::new(vs.root(), &config);
+        let chunk = vec![item(Task::ImageHeavy, "test", "none")];
+        let scores = option_text_scores(&model, &chunk, &tokenizer, 8, tch::Device::Cpu).unwrap();
+        assert_eq!(scores[0].len(), 3);
+        // By hand for option B ("red square" + <eos>): the sum of the log-probabilities of its
+        // tokens, each given everything before it.
+        let mut ids = prompt_ids(&chunk[0], &tokenizer);
+        let answer = answer_ids(&chunk[0], 1, AnswerFormat::Text, &tokenizer);
+        let start = ids.len();
+        ids.extend(&answer);
+        let images = crate::encode::image_tensor(None, 8).unwrap().unsqueeze(0);
+        let tokens = tch::Tensor::from_slice(&ids).unsqueeze(0);
+        let logits = tch::no_grad(|| model.logits(&model.embed(&images, &tokens), None));
+        let n_image = model.image_token_count();
+        let logp = logits.log_softmax(-1, tch::Kind::Float);
+        let by_hand: f64 = (0..answer.len())
+            .map(|k| {
+                let position = n_image + (start + k) as i64 - 1;
+                logp.double_value(&[0, position, answer[k]])
+            })
+            .sum();
+        assert!(
+            (scores[0][1] - by_hand).abs() < 1e-4,
+            "{} vs {by_hand}",
+            scores[0][1]
+        );
+        assert!(scores[0].iter().all(|s| *s < 0.0));
+    }
 }

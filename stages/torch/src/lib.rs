@@ -34,7 +34,13 @@ pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
 pub fn register(registry: &mut mipipe_engine::Registry) {
     use std::sync::Arc;
     let backend: Arc<dyn mipipe_stage_torch_types::TorchBackend> = Arc::new(kinds::TchBackend);
-    registry.register(mipipe_stage_torch_types::PretrainStage::with_backend(backend.clone()));
-    registry.register(mipipe_stage_torch_types::FinetuneStage::with_backend(backend.clone()));
-    registry.register(mipipe_stage_torch_types::PredictStage::with_backend(backend));
+    registry.register(mipipe_stage_torch_types::PretrainStage::with_backend(
+        backend.clone(),
+    ));
+    registry.register(mipipe_stage_torch_types::FinetuneStage::with_backend(
+        backend.clone(),
+    ));
+    registry.register(mipipe_stage_torch_types::PredictStage::with_backend(
+        backend,
+    ));
 }

@@ -96,7 +96,9 @@ fn full_masks(model: &MultimodalModel, rows: &Rows) -> (Tensor, Tensor, Tensor) 
     let device = rows.tokens.device();
     (
         Tensor::from_slice(&answer).view([b, t]).to_device(device),
-        Tensor::from_slice(&irrelevant).view([b, t]).to_device(device),
+        Tensor::from_slice(&irrelevant)
+            .view([b, t])
+            .to_device(device),
         Tensor::from_slice(&padding)
             .view([b, t - n_image as i64])
             .to_device(device),

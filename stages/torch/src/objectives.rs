@@ -116,7 +116,6 @@ pub fn gaussian_noise(embeddings: &Tensor, mask: &Tensor, sigma: f64) -> Tensor 
 
 pub use mipipe_stage_torch_types::{Norm, PgdInit};
 
-
 /// PGD settings (paper Table 13 defaults: α 0.1, ε 1e-3, K 2).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pgd {

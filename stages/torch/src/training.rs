@@ -111,7 +111,9 @@ pub fn train<B>(
         if ctx.is_cancelled() {
             return Err(StageError::failed("Cancelled"));
         }
-        let rows = encode(batch).map_err(StageError::failed)?.to_device(vs.device());
+        let rows = encode(batch)
+            .map_err(StageError::failed)?
+            .to_device(vs.device());
         let rate = schedule.lr(step);
         opt.set_lr(rate);
         opt.zero_grad();
@@ -168,7 +170,10 @@ fn clip_gradients(vars: &[Tensor], max: f64) -> f64 {
             .iter()
             .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float))
             .collect();
-        let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
+        let norm = Tensor::stack(&squares, 0)
+            .sum(Kind::Float)
+            .sqrt()
+            .double_value(&[]);
         if max > 0.0 && norm > max {
             let scale = max / (norm + 1e-6);
             for mut g in grads {
@@ -188,7 +193,11 @@ pub fn log_schema() -> Arc<Schema> {
         Field::new("loss", DataType::Float64, false),
         Field::new("grad_norm", DataType::Float64, false),
     ];
-    fields.extend(TERMS.iter().map(|t| Field::new(*t, DataType::Float64, true)));
+    fields.extend(
+        TERMS
+            .iter()
+            .map(|t| Field::new(*t, DataType::Float64, true)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -198,14 +207,20 @@ pub fn write_log(path: &Path, rows: &[LogRow]) -> Result<(), StageError> {
         Arc::new(rows.iter().map(f).map(Some).collect())
     };
     let mut columns: Vec<Arc<dyn mipipe_cache::arrow_array::Array>> = vec![
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.step as i64))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.epoch as i64))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.step as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.epoch as i64),
+        )),
         floats(&|r| r.lr),
         floats(&|r| r.loss),
         floats(&|r| r.grad_norm),
     ];
     for i in 0..TERMS.len() {
-        columns.push(Arc::new(rows.iter().map(|r| r.terms[i]).collect::<Float64Array>()));
+        columns.push(Arc::new(
+            rows.iter().map(|r| r.terms[i]).collect::<Float64Array>(),
+        ));
     }
     let batch = RecordBatch::try_new(log_schema(), columns).expect("columns match the schema");
     mipipe_cache::write_table(path, log_schema(), &[batch])

@@ -1,0 +1,203 @@
+//! The ablation study itself: pipelines/quick.yaml run end to end through the torch worker,
+//! and the incrementality the issue asks for, with the exact sets of stages each change reruns.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::Project;
+
+const FAMILIES: [&str; 3] = ["llava", "blip", "qwen"];
+const METHODS: [&str; 7] = ["fft_vqa", "fft_mix", "kl", "js", "rg", "adv", "ours"];
+const TABLES: [&str; 6] = [
+    "causal_effect",
+    "table1",
+    "table11",
+    "table2",
+    "table5",
+    "table8",
+];
+
+fn pipeline(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pipelines")
+        .join(name);
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// Everything from `stages:` on, with the results folder named neutrally.
+fn stages_section(text: &str, results: &str) -> String {
+    let start = text.find("\nstages:\n").expect("a stages section");
+    text[start..].replace(&format!("results/{results}/"), "results/STUDY/")
+}
+
+#[test]
+fn quick_and_ablation_pipelines_are_the_same_study() {
+    assert_eq!(
+        stages_section(&pipeline("quick.yaml"), "quick"),
+        stages_section(&pipeline("ablation.yaml"), "ablation"),
+        "pipelines/quick.yaml must differ from ablation.yaml only in `vars` and the results folder"
+    );
+}
+
+fn instances(stage: &str, families: &[&str], methods: &[&str], seeds: &[u32]) -> Vec<String> {
+    let mut out = Vec::new();
+    for family in families {
+        for seed in seeds {
+            if methods.is_empty() {
+                out.push(format!("{stage}[family={family},seed={seed}]"));
+            }
+            for method in methods {
+                out.push(format!(
+                    "{stage}[family={family},method={method},seed={seed}]"
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn set(names: Vec<String>) -> BTreeSet<String> {
+    names.into_iter().collect()
+}
+
+/// The worker executable must sit next to the `mipipe` under test (`scripts/test.sh` builds
+/// the workspace first).
+fn require_worker() {
+    let worker = crate::mipipe_bin().with_file_name("mipipe-torch-worker");
+    assert!(
+        worker.is_file(),
+        "`{}` is missing: run `cargo build --workspace` (scripts/test.sh does) before the tests",
+        worker.display()
+    );
+}
+
+#[test]
+fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
+    require_worker();
+    let project = Project::new();
+    let yaml = pipeline("quick.yaml");
+    project.write("mipipe.yaml", &yaml);
+
+    // 1. A full run: every stage once, and the tables exist.
+    let run = project.mipipe(&["run", "-j", "2"]);
+    run.expect_code(0);
+    let seeds = [0];
+    let trained: Vec<String> = instances("finetune", &FAMILIES, &METHODS, &seeds);
+    let total = 2 + 3 + trained.len() + 3 + trained.len() + 3 + trained.len() + TABLES.len();
+    assert_eq!(run.stages_with("ran").len(), total, "{}", run.stderr);
+    let table1 = project.read("results/quick/table1.md");
+    for family in FAMILIES {
+        assert!(table1.contains(&format!("{family}-xs")), "{table1}");
+    }
+    for method in ["vanilla", "fft_mix", "ours"] {
+        assert!(table1.contains(&format!("| {method} |")), "{table1}");
+    }
+    assert!(project.path().join("results/quick/figures").is_dir());
+
+    // Every test row of every condition got a prediction from every model.
+    let conditions = project.output_object("conditions", "items");
+    let test_rows = mipipe_stage_schema::read_items(&conditions)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.split == "test")
+        .count();
+    let predictions = mipipe_stage_schema::read_predictions(
+        &project.output_object("predict[family=blip,method=ours,seed=0]", "predictions"),
+    )
+    .unwrap();
+    assert_eq!(predictions.len(), test_rows);
+    assert!(predictions
+        .iter()
+        .all(|p| p.option_logprobs.as_ref().map(Vec::len) == Some(p.options.len())));
+
+    // 2. Nothing changed: nothing runs.
+    let noop = project.mipipe(&["run"]);
+    noop.expect_code(0);
+    assert!(noop.stages_with("ran").is_empty(), "{}", noop.stderr);
+
+    // 3. Reformatting the YAML (comments, flow to block style, key order) runs nothing.
+    let reformatted = yaml
+        .replace(
+            "      consistency: {kl_weight: 0.01, js_weight: 0.01}",
+            "      # the consistency weights\n      consistency:\n        js_weight: 0.01\n        kl_weight: 0.01",
+        )
+        .replace("stages:\n", "stages:   # every stage of the study\n");
+    assert_ne!(reformatted, yaml);
+    project.write("mipipe.yaml", &reformatted);
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert!(run.stages_with("ran").is_empty(), "{}", run.stderr);
+
+    // 4. The JS weight: the `js` and `ours` fine-tunes and their predictions rerun; their
+    //    evaluations and the tables rerun where their inputs' bytes changed (early cutoff);
+    //    nothing else.
+    let status = project.mipipe(&["status"]);
+    status.expect_code(0);
+    let changed = reformatted.replace("js_weight: 0.01", "js_weight: 2.0");
+    project.write("mipipe.yaml", &changed);
+    let status = project.mipipe(&["status"]);
+    assert!(
+        status.stdout.contains("consistency"),
+        "status names the changed param: {}",
+        status.stdout
+    );
+    let run = project.mipipe(&["run", "-j", "2"]);
+    run.expect_code(0);
+    let ran = set(run.stages_with("ran"));
+    let retrained = set(instances("finetune", &FAMILIES, &["js", "ours"], &seeds)
+        .into_iter()
+        .chain(instances("predict", &FAMILIES, &["js", "ours"], &seeds))
+        .collect());
+    assert!(retrained.is_subset(&ran), "{}", run.stderr);
+    let may_follow = set(instances("evaluate", &FAMILIES, &["js", "ours"], &seeds)
+        .into_iter()
+        .chain(["causal_effect", "table1", "table11", "table2", "table5"].map(String::from))
+        .collect());
+    let others: Vec<&String> = ran
+        .difference(&retrained)
+        .filter(|s| !may_follow.contains(*s))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "unexpected reruns {others:?}\n{}",
+        run.stderr
+    );
+
+    // 5. A table option reruns that table only.
+    let decimals = changed.replace(
+        "params: {layout: conditions, caption: \"Accuracy",
+        "params: {layout: conditions, decimals: 2, caption: \"Accuracy",
+    );
+    assert_ne!(decimals, changed);
+    project.write("mipipe.yaml", &decimals);
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran"), ["table5"], "{}", run.stderr);
+
+    // 6. A deleted cached object: only what needs it is recomputed.
+    let object = project.output_object("table2", "md");
+    std::fs::remove_file(&object).unwrap();
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran"), ["table2"], "{}", run.stderr);
+    assert!(object.is_file(), "the object is back");
+
+    // 7. A second seed runs only the new seed's branch, and the tables that read it.
+    let two_seeds = decimals.replace("seed: [0]", "seed: [0, 1]");
+    project.write("mipipe.yaml", &two_seeds);
+    let run = project.mipipe(&["run", "-j", "2"]);
+    run.expect_code(0);
+    let new_branch: BTreeSet<String> = ["pretrain", "predict_vanilla", "evaluate_vanilla"]
+        .iter()
+        .flat_map(|s| instances(s, &FAMILIES, &[], &[1]))
+        .chain(
+            ["finetune", "predict", "evaluate"]
+                .iter()
+                .flat_map(|s| instances(s, &FAMILIES, &METHODS, &[1])),
+        )
+        .chain(TABLES.map(String::from))
+        .collect();
+    assert_eq!(set(run.stages_with("ran")), new_branch, "{}", run.stderr);
+    let table1 = project.read("results/quick/table1.md");
+    assert!(table1.contains('±'), "two seeds give mean ± std: {table1}");
+}
