@@ -102,7 +102,7 @@ mod tests {
         let a = dir.path().join("a.parquet");
         let b = dir.path().join("b.parquet");
         write_table(&a, schema.clone(), std::slice::from_ref(&batch)).unwrap();
-        write_table(&b, schema, &[batch.clone()]).unwrap();
+        write_table(&b, schema, std::slice::from_ref(&batch)).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         let (_, read) = read_table(&a).unwrap();
         assert_eq!(read, vec![batch]);

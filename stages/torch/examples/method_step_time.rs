@@ -4,6 +4,8 @@
 //! [fft_mix]` prints JSON lines; `bench/torch.sh` runs it beside `bench/torch_eager.py`. The paper's analysis
 //! (App. E) bounds ADV with K = 2 at about 1.66x FFT.
 
+#![allow(clippy::print_stdout)]
+
 use std::time::Instant;
 
 use mipipe_stage_torch::layers::DecoderConfig;

@@ -238,7 +238,7 @@ mod tests {
         let tokenizer = Tokenizer::train(
             items
                 .iter()
-                .map(|i| prompt(i))
+                .map(prompt)
                 .collect::<Vec<_>>()
                 .iter()
                 .map(String::as_str),
