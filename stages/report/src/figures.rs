@@ -24,6 +24,26 @@ pub fn to_png(svg: &str) -> Result<Vec<u8>, String> {
     let fonts = FONTS.get_or_init(|| {
         let mut db = usvg::fontdb::Database::new();
         db.load_system_fonts();
+        // fontdb maps `sans-serif` to Arial; use a sans-serif face this machine has.
+        let families: Vec<String> = db
+            .faces()
+            .flat_map(|face| face.families.iter().map(|(name, _)| name.clone()))
+            .collect();
+        let preferred = [
+            "DejaVu Sans",
+            "Liberation Sans",
+            "Noto Sans",
+            "Arial",
+            "Helvetica",
+        ];
+        if let Some(family) = preferred
+            .iter()
+            .map(|p| p.to_string())
+            .find(|p| families.contains(p))
+            .or_else(|| families.first().cloned())
+        {
+            db.set_sans_serif_family(family);
+        }
         std::sync::Arc::new(db)
     });
     let options = usvg::Options {
@@ -68,7 +88,7 @@ pub fn render(table: &Table) -> Vec<(String, String)> {
 }
 
 fn radar(table: &Table, group: &crate::table::Group) -> String {
-    let (size, cx, cy, radius) = (420.0, 210.0, 220.0, 150.0);
+    let (size, cx, cy, radius) = (500.0, 250.0, 220.0, 150.0);
     let n = table.columns.len();
     let point = |i: usize, r: f64| {
         let angle = std::f64::consts::TAU * i as f64 / n as f64 - std::f64::consts::FRAC_PI_2;
@@ -77,7 +97,7 @@ fn radar(table: &Table, group: &crate::table::Group) -> String {
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n",
         size + 160.0,
-        size + 20.0
+        size - 60.0
     );
     let _ = writeln!(
         svg,

@@ -116,7 +116,8 @@ impl TorchBackend for TchBackend {
     fn pretrain(&self, params: &PretrainParams, ctx: &StageContext) -> Result<(), StageError> {
         let device = prepare(ctx, params.device)?;
         let mut corpus = Vec::new();
-        for path in ctx.input_paths("corpus")? {
+        // The corpus is optional: real-data studies pretrain on instruction items alone.
+        for path in ctx.inputs().get("corpus").map_or(&[][..], Vec::as_slice) {
             corpus.extend(read_corpus(path).map_err(failed)?);
         }
         let items = instruction_items(
