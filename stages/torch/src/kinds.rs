@@ -106,6 +106,38 @@ fn instruction_items(items: &[Item], hint_rate: f64, seed: u64) -> Vec<Item> {
         .collect()
 }
 
+/// What `pretrain` and `finetune` share: train, then write the log and the checkpoint.
+struct TrainingRun<'a> {
+    vs: &'a nn::VarStore,
+    model: &'a MultimodalModel,
+    method: MethodConfig,
+    lr: f64,
+    optimizer: &'a mipipe_stage_torch_types::OptimizerParams,
+    ctx: &'a StageContext,
+}
+
+impl TrainingRun<'_> {
+    fn train_and_save<B>(
+        &self,
+        plan: &[(u32, B)],
+        encode: impl Fn(&B) -> Result<crate::methods::Rows, String>,
+        sidecar: &Sidecar,
+    ) -> Result<(), StageError> {
+        let log = train(
+            self.vs,
+            self.model,
+            plan,
+            encode,
+            &self.method,
+            self.lr,
+            self.optimizer,
+            self.ctx,
+        )?;
+        write_log(self.ctx.output_path("log")?, &log)?;
+        checkpoint::save(self.vs, sidecar, self.ctx.output_path("model")?).map_err(failed)
+    }
+}
+
 /// One pretraining row: a corpus text (every token supervised) or an instruction item.
 enum PretrainRow {
     Corpus(usize),
@@ -193,18 +225,6 @@ impl TorchBackend for TchBackend {
                 .collect();
             encode_sequences(&sequences, tokenizer.id(PAD), image_size)
         };
-        let method = MethodConfig::paper(Method::FftMix);
-        let log = train(
-            &vs,
-            &model,
-            &plan,
-            encode_batch,
-            &method,
-            params.lr,
-            &params.optimizer,
-            ctx,
-        )?;
-        write_log(ctx.output_path("log")?, &log)?;
         let sidecar = Sidecar {
             version: 1,
             model: config,
@@ -212,9 +232,17 @@ impl TorchBackend for TchBackend {
             method: "vanilla".into(),
             seed: params.seed,
             answer: params.answer,
-            tokenizer,
+            tokenizer: tokenizer.clone(),
         };
-        checkpoint::save(&vs, &sidecar, ctx.output_path("model")?).map_err(failed)
+        let run = TrainingRun {
+            vs: &vs,
+            model: &model,
+            method: MethodConfig::paper(Method::FftMix),
+            lr: params.lr,
+            optimizer: &params.optimizer,
+            ctx,
+        };
+        run.train_and_save(&plan, encode_batch, &sidecar)
     }
 
     fn finetune(&self, params: &FinetuneParams, ctx: &StageContext) -> Result<(), StageError> {
@@ -254,13 +282,7 @@ impl TorchBackend for TchBackend {
             sigma: params.sigma,
             ours_divergence: params.consistency.ours_divergence,
             stop_gradient: params.consistency.stop_gradient,
-            pgd: Pgd {
-                alpha: params.pgd.alpha,
-                epsilon: params.pgd.epsilon,
-                steps: params.pgd.steps,
-                norm: params.pgd.norm,
-                init: params.pgd.init,
-            },
+            pgd: Pgd::from(params.pgd),
         };
         ctx.log(&format!(
             "{:?}: {} steps over {} epoch(s)",
@@ -272,20 +294,21 @@ impl TorchBackend for TchBackend {
         let image_size = sidecar.model.vision.image_size;
         let tokenizer = sidecar.tokenizer.clone();
         let format = sidecar.answer;
-        let log = train(
-            &vs,
-            &model,
-            &plan,
-            |batch| encode(&items, batch, &tokenizer, format, image_size),
-            &method,
-            params.lr,
-            &params.optimizer,
-            ctx,
-        )?;
-        write_log(ctx.output_path("log")?, &log)?;
         sidecar.method = method_name(params.method);
         sidecar.seed = params.seed;
-        checkpoint::save(&vs, &sidecar, ctx.output_path("model")?).map_err(failed)
+        let run = TrainingRun {
+            vs: &vs,
+            model: &model,
+            method,
+            lr: params.lr,
+            optimizer: &params.optimizer,
+            ctx,
+        };
+        run.train_and_save(
+            &plan,
+            |batch| encode(&items, batch, &tokenizer, format, image_size),
+            &sidecar,
+        )
     }
 
     fn predict(&self, params: &PredictParams, ctx: &StageContext) -> Result<(), StageError> {

@@ -296,15 +296,7 @@ mod tests {
     #[test]
     fn every_method_trains_with_finite_decreasing_loss() {
         let _rng = crate::rng_lock();
-        for method in [
-            Method::FftVqa,
-            Method::FftMix,
-            Method::Kl,
-            Method::Js,
-            Method::Rg,
-            Method::Adv,
-            Method::Ours,
-        ] {
+        for method in Method::ALL {
             let (losses, _) = train(method, 5, 25);
             assert!(
                 losses.iter().all(|l| l.is_finite()),

@@ -131,15 +131,22 @@ pub struct Pgd {
     pub init: PgdInit,
 }
 
-impl Default for Pgd {
-    fn default() -> Self {
+impl From<mipipe_stage_torch_types::PgdParams> for Pgd {
+    fn from(p: mipipe_stage_torch_types::PgdParams) -> Self {
         Self {
-            alpha: 0.1,
-            epsilon: 1e-3,
-            steps: 2,
-            norm: Norm::Linf,
-            init: PgdInit::Gaussian,
+            alpha: p.alpha,
+            epsilon: p.epsilon,
+            steps: p.steps,
+            norm: p.norm,
+            init: p.init,
         }
+    }
+}
+
+impl Default for Pgd {
+    /// The paper's (and the `finetune` kind's) defaults.
+    fn default() -> Self {
+        mipipe_stage_torch_types::PgdParams::default().into()
     }
 }
 
