@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use mipipe_engine::{Job, StageError, WorkerLauncher};
+use mipipe_engine::{read_progress, Job, ProgressSink, StageError, WorkerLauncher};
 
 /// Spawns `mipipe exec-stage` for each job.
 pub struct SubprocessLauncher {
@@ -25,7 +25,13 @@ impl SubprocessLauncher {
 }
 
 impl WorkerLauncher for SubprocessLauncher {
-    fn launch(&self, job: &Job, job_file: &Path, cancel: &AtomicBool) -> Result<(), StageError> {
+    fn launch(
+        &self,
+        job: &Job,
+        job_file: &Path,
+        cancel: &AtomicBool,
+        progress: &dyn ProgressSink,
+    ) -> Result<(), StageError> {
         use std::os::unix::process::{CommandExt, ExitStatusExt};
         let log = mipipe_open_append(&job.log)?;
         let program = match &job.worker {
@@ -59,10 +65,26 @@ impl WorkerLauncher for SubprocessLauncher {
             let _ = sender.send(child.wait());
         });
         let mut signalled = false;
+        let mut reported = None;
+        // Forwards the worker's latest progress report when it is new.
+        let mut forward = || {
+            let now = job.progress_file.as_deref().and_then(read_progress);
+            if let Some((done, total, message)) =
+                now.as_ref().filter(|n| reported.as_ref() != Some(*n))
+            {
+                progress.progress(*done, *total, message);
+                reported = now;
+            }
+        };
         let status = loop {
             match receiver.recv_timeout(Duration::from_millis(50)) {
-                Ok(status) => break status.map_err(env)?,
+                Ok(status) => {
+                    // The last report may have come after the previous poll.
+                    forward();
+                    break status.map_err(env)?;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    forward();
                     if cancel.load(Ordering::Relaxed) && !signalled {
                         // SAFETY: signalling our own child's process group.
                         unsafe { libc::kill(-pid, libc::SIGTERM) };

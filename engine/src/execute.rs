@@ -642,6 +642,11 @@ fn execute_in_scratch(
         env,
         log: log_path.to_path_buf(),
         worker: stage.kind.worker_binary().map(str::to_string),
+        progress_file: launcher.is_some().then(|| scratch.join("progress")),
+    };
+    let progress = ProgressForward {
+        stage: stage.name.clone(),
+        reporter,
     };
     match launcher {
         Some(launcher) => {
@@ -653,17 +658,13 @@ fn execute_in_scratch(
             .map_err(|e| {
                 StageError::environment(format!("Cannot write `{}`: {e}", job_file.display()))
             })?;
-            launcher.launch(&job, &job_file, cancel)?;
+            launcher.launch(&job, &job_file, cancel, &progress)?;
         }
         None => {
             let log = open_log(log_path).map_err(|e| {
                 StageError::environment(format!("Cannot open log `{}`: {e}", log_path.display()))
             })?;
-            let progress: Arc<dyn ProgressSink> = Arc::new(ProgressForward {
-                stage: stage.name.clone(),
-                reporter,
-            });
-            let ctx = job.context(log, cancel.clone(), Some(progress));
+            let ctx = job.context(log, cancel.clone(), Some(Arc::new(progress)));
             stage.kind.run(&stage.params, &ctx)?;
         }
     }

@@ -46,6 +46,10 @@ pub struct Job {
     /// The executable that runs this job (next to `mipipe`); `None`: `mipipe exec-stage`.
     #[serde(default)]
     pub worker: Option<String>,
+    /// Where a worker process reports its progress for the launcher to forward
+    /// ([`read_progress`]); `None`: not reported.
+    #[serde(default)]
+    pub progress_file: Option<PathBuf>,
 }
 
 impl Job {
@@ -85,8 +89,46 @@ pub fn run_job(registry: &Registry, job: &Job, cancel: Arc<AtomicBool>) -> Resul
     let log = open_log(&job.log).map_err(|e| {
         StageError::environment(format!("Cannot open log `{}`: {e}", job.log.display()))
     })?;
-    let ctx = job.context(log, cancel, None);
+    let progress = job.progress_file.clone().map(|path| {
+        Arc::new(FileProgress {
+            path,
+            last: Mutex::new(None),
+        }) as Arc<dyn ProgressSink>
+    });
+    let ctx = job.context(log, cancel, progress);
     kind.run(&job.params, &ctx)
+}
+
+/// Progress of a worker process, written to a small file the launcher polls: one line
+/// `DONE TOTAL MESSAGE`, replaced atomically, at most ten times a second.
+struct FileProgress {
+    path: PathBuf,
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl ProgressSink for FileProgress {
+    fn progress(&self, done: u64, total: u64, message: &str) {
+        let mut last = self.last.lock().expect("progress poisoned");
+        let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
+        if !due && done < total {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let tmp = self.path.with_extension("tmp");
+        let line = format!("{done} {total} {}\n", message.replace('\n', " "));
+        if std::fs::write(&tmp, line).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.path);
+        }
+    }
+}
+
+/// Reads what a worker last reported through [`Job::progress_file`]: `(done, total, message)`.
+pub fn read_progress(path: &Path) -> Option<(u64, u64, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.trim_end().splitn(3, ' ');
+    let done = parts.next()?.parse().ok()?;
+    let total = parts.next()?.parse().ok()?;
+    Some((done, total, parts.next().unwrap_or_default().to_string()))
 }
 
 pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
@@ -95,8 +137,15 @@ pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
 
 /// Runs a job in another process; the binary provides one that spawns `mipipe exec-stage`.
 pub trait WorkerLauncher: Send + Sync {
-    /// Runs the job to completion, or stops it when `cancel` becomes true.
-    fn launch(&self, job: &Job, job_file: &Path, cancel: &AtomicBool) -> Result<(), StageError>;
+    /// Runs the job to completion, or stops it when `cancel` becomes true; forwards what the
+    /// worker reports in `job.progress_file` (see [`read_progress`]) to `progress`.
+    fn launch(
+        &self,
+        job: &Job,
+        job_file: &Path,
+        cancel: &AtomicBool,
+        progress: &dyn ProgressSink,
+    ) -> Result<(), StageError>;
 }
 
 /// A job that names one stage of a pipeline file rather than resolved paths: what a cluster

@@ -30,7 +30,8 @@ pub use cluster::{ClusterOptions, Executor};
 pub use diagnostic::{did_you_mean, PipelineError, SpecError, SpecErrorKind};
 pub use execute::{execute, Outcome, RunOptions, RunSummary};
 pub use job::{
-    run_job, run_pipeline_stage, Job, PipelineStageJob, PipelineStageJobError, WorkerLauncher,
+    read_progress, run_job, run_pipeline_stage, Job, PipelineStageJob, PipelineStageJobError,
+    WorkerLauncher,
 };
 pub use lockfile::{LockEntry, Lockfile};
 pub use pipeline::{LoadError, LoadOptions, Pipeline, ResolvedStage, Upstream};

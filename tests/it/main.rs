@@ -13,6 +13,7 @@ mod pipeline_features;
 mod report_stages;
 mod slurm;
 mod study;
+mod torch_stages;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -132,12 +133,15 @@ impl Project {
             .join(format!(".mipipe/actions/v1/{}/{key}.json", &key[..2]))
     }
 
-    /// The object file of one output of a stage (from the lockfile).
+    /// The object file (or, for a directory output, the tree folder) of one output of a stage
+    /// (from the lockfile).
     pub fn output_object(&self, stage: &str, output: &str) -> PathBuf {
         let lock = self.lock();
-        let digest = lock["stages"][stage]["outputs"][output]["digest"]
-            .as_str()
-            .expect("output in lockfile");
+        let entry = &lock["stages"][stage]["outputs"][output];
+        let digest = entry["digest"].as_str().expect("output in lockfile");
+        if entry["kind"] == "dir" {
+            return self.path().join(format!(".mipipe/trees/v1/{digest}"));
+        }
         self.path().join(format!(
             ".mipipe/objects/v1/{}/{}",
             &digest[..2],

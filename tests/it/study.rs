@@ -62,7 +62,7 @@ fn set(names: Vec<String>) -> BTreeSet<String> {
 
 /// The worker executable must sit next to the `mipipe` under test (`scripts/test.sh` builds
 /// the workspace first).
-fn require_worker() {
+pub(crate) fn require_worker() {
     let worker = crate::mipipe_bin().with_file_name("mipipe-torch-worker");
     assert!(
         worker.is_file(),
