@@ -331,3 +331,21 @@ stages:
         status.stdout
     );
 }
+
+#[test]
+fn torch_stages_run_as_slurm_jobs_through_the_worker() {
+    if !slurm_available() {
+        return;
+    }
+    crate::study::require_worker();
+    let project = Project::new();
+    project.write("mipipe.yaml", crate::torch_stages::TINY);
+    let run = project.mipipe(&["run", "--executor", "slurm"]);
+    run.expect_code(0);
+    assert_eq!(submitted_jobs(&run.stderr).len(), 5, "{}", run.stderr);
+    let predictions = mipipe_stage_schema::read_predictions(
+        &project.output_object("predict[family=qwen,method=ours]", "predictions"),
+    )
+    .unwrap();
+    assert!(!predictions.is_empty());
+}

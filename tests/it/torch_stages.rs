@@ -3,7 +3,7 @@
 
 use crate::Project;
 
-const TINY: &str = r#"
+pub(crate) const TINY: &str = r#"
 version: 1
 stages:
   world:
