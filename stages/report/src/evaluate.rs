@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
-use mipipe_stage_schema::{read_predictions, write_metrics, MetricRow, Prediction};
+use mipipe_stage_schema::{
+    parse_option, read_predictions, standalone_letters, write_metrics, MetricRow, Prediction,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -163,44 +165,11 @@ pub struct Label {
     pub stage: String,
 }
 
-fn is_word(c: char) -> bool {
-    c.is_alphanumeric() || c == '_'
-}
-
-/// Standalone letters of a text (word boundaries on both sides), in order.
-fn standalone_letters(text: &str) -> impl Iterator<Item = char> + '_ {
-    let chars: Vec<char> = text.chars().collect();
-    (0..chars.len()).filter_map(move |i| {
-        let c = chars[i];
-        let before = i == 0 || !is_word(chars[i - 1]);
-        let after = i + 1 == chars.len() || !is_word(chars[i + 1]);
-        (c.is_ascii_alphabetic() && before && after).then_some(c)
-    })
-}
-
 /// Parses an answer to an option index (which may be out of range in reference mode, where
 /// it counts as wrong), or None.
 pub fn parse_answer(raw: &str, options: &[String], task: &str, parser: Parser) -> Option<usize> {
     match parser {
-        Parser::Standard => {
-            let last = (b'A' + options.len().min(26) as u8 - 1) as char;
-            if let Some(letter) = standalone_letters(raw).find(|c| ('A'..=last).contains(c)) {
-                return Some((letter as u8 - b'A') as usize);
-            }
-            // Fallback: the option whose text appears first (the longest at the same place).
-            let lower = raw.to_lowercase();
-            options
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| !o.trim().is_empty())
-                .filter_map(|(i, o)| {
-                    lower
-                        .find(&o.to_lowercase())
-                        .map(|at| (at, std::cmp::Reverse(o.len()), i))
-                })
-                .min()
-                .map(|(_, _, i)| i)
-        }
+        Parser::Standard => parse_option(raw, options),
         Parser::Reference => {
             let accept =
                 |c: &char| task == "image_heavy" || matches!(c.to_ascii_uppercase(), 'A'..='D');

@@ -19,5 +19,7 @@ pub mod rng;
 pub use image::RgbImage;
 pub use items::{read_corpus, read_items, write_corpus, write_items, CorpusRow, Item, Task};
 pub use metrics::{read_metrics, write_metrics, MetricRow};
-pub use predictions::{read_predictions, write_predictions, Prediction};
+pub use predictions::{
+    parse_option, read_predictions, standalone_letters, write_predictions, Prediction,
+};
 pub use rng::ItemRng;

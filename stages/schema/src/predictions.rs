@@ -163,3 +163,66 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
 pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>, TableError> {
     read_rows(path, batch_to_predictions)
 }
+
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Standalone letters of a text (word boundaries on both sides), in order.
+pub fn standalone_letters(text: &str) -> impl Iterator<Item = char> + '_ {
+    let chars: Vec<char> = text.chars().collect();
+    (0..chars.len()).filter_map(move |i| {
+        let c = chars[i];
+        let before = i == 0 || !is_word(chars[i - 1]);
+        let after = i + 1 == chars.len() || !is_word(chars[i + 1]);
+        (c.is_ascii_alphabetic() && before && after).then_some(c)
+    })
+}
+
+/// The option an answer names (the standard parser, shared by the `predict` kind's
+/// `predicted` column and the `evaluate` kind): the first standalone option letter within the
+/// options' range, else the option whose text appears first in the answer (the longest at the
+/// same place), else none.
+pub fn parse_option(raw: &str, options: &[String]) -> Option<usize> {
+    if options.is_empty() {
+        return None;
+    }
+    let last = (b'A' + options.len().min(26) as u8 - 1) as char;
+    if let Some(letter) = standalone_letters(raw).find(|c| ('A'..=last).contains(c)) {
+        return Some((letter as u8 - b'A') as usize);
+    }
+    let lower = raw.to_lowercase();
+    options
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| !o.trim().is_empty())
+        .filter_map(|(i, o)| {
+            lower
+                .find(&o.to_lowercase())
+                .map(|at| (at, std::cmp::Reverse(o.len()), i))
+        })
+        .min()
+        .map(|(_, _, i)| i)
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed_by_letter_first_then_by_option_words() {
+        let options: Vec<String> = ["circle", "red square", "star"].map(String::from).to_vec();
+        assert_eq!(parse_option("B", &options), Some(1));
+        assert_eq!(parse_option("the answer is C .", &options), Some(2));
+        assert_eq!(
+            parse_option("D", &options),
+            None,
+            "D is beyond three options"
+        );
+        assert_eq!(parse_option("Red Square", &options), Some(1));
+        assert_eq!(parse_option("square", &options), None);
+        assert_eq!(parse_option("anything", &[]), None);
+        let many: Vec<String> = (0..10).map(|i| format!("o{i}")).collect();
+        assert_eq!(parse_option("J", &many), Some(9), "letters beyond D");
+    }
+}

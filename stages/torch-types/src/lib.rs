@@ -108,7 +108,7 @@ torch_kind!(
     PredictStage,
     PredictParams,
     "predict",
-    1,
+    2,
     "Answer every item of a table with a checkpoint: greedy text and option-letter log-probabilities (libtorch)",
     predict,
     |_| vec![OutputSpec::file("predictions", "predictions.parquet")]

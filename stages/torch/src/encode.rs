@@ -305,7 +305,6 @@ mod training_tests {
     use crate::methods::{training_loss, Method, MethodConfig};
     use crate::mixture::{batches, Mixture};
     use crate::model::{Family, ModelConfig, MultimodalModel};
-    use crate::vision::VisionConfig;
     use tch::nn::{self, OptimizerConfig};
 
     fn solid_png(rgb: [u8; 3]) -> Vec<u8> {
@@ -407,14 +406,6 @@ mod training_tests {
         let prompts: Vec<String> = items.iter().map(prompt).collect();
         let tokenizer = Tokenizer::train(prompts.iter().map(String::as_str), 128);
         let config = ModelConfig {
-            family: Family::Llava,
-            vision: VisionConfig {
-                image_size: 8,
-                patch: 4,
-                hidden: 16,
-                layers: 1,
-                heads: 2,
-            },
             decoder: DecoderConfig {
                 vocab: tokenizer.len() as i64,
                 hidden: 32,
@@ -424,8 +415,7 @@ mod training_tests {
                 max_len: 64,
                 norm_eps: 1e-6,
             },
-            queries: 2,
-            qformer_layers: 1,
+            ..crate::model::tests::tiny(Family::Llava)
         };
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let model = MultimodalModel::new(vs.root(), &config);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use mipipe_engine::{StageContext, StageError};
 use mipipe_stage_schema::{
-    read_corpus, read_items, write_predictions, Item, ItemRng, Prediction, Task,
+    parse_option, read_corpus, read_items, write_predictions, Item, ItemRng, Prediction, Task,
 };
 use mipipe_stage_torch_types::{
     AnswerFormat, Family, FinetuneParams, Method, PredictParams, PretrainParams, Size, TorchBackend,
@@ -383,7 +383,7 @@ impl TorchBackend for TchBackend {
                     perturbation: item.perturbation.clone(),
                     answer: item.answer,
                     options: item.options.clone(),
-                    predicted: parsed_letter(&raw_text, &item.options),
+                    predicted: parse_option(&raw_text, &item.options).map(letter),
                     raw_text,
                     option_logprobs: Some(logprobs),
                 });
@@ -480,22 +480,6 @@ fn option_text_scores(
     Ok(scores)
 }
 
-/// The option a generated answer names: the first standalone option letter, else the option
-/// whose words it is.
-fn parsed_letter(text: &str, options: &[String]) -> Option<String> {
-    let n = options.len();
-    let by_letter = tokenizer::split(text).into_iter().find(|t| {
-        t.len() == 1 && t.as_bytes()[0] >= b'A' && ((t.as_bytes()[0] - b'A') as usize) < n
-    });
-    by_letter.map(str::to_string).or_else(|| {
-        let words = tokenizer::split(text).join(" ").to_lowercase();
-        options
-            .iter()
-            .position(|o| tokenizer::split(o).join(" ").to_lowercase() == words)
-            .map(letter)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,29 +500,6 @@ mod tests {
             facts: None,
             meta: None,
         }
-    }
-
-    #[test]
-    fn answers_are_parsed_by_letter_first_then_by_option_words() {
-        let options: Vec<String> = ["circle", "red square", "star"].map(String::from).to_vec();
-        assert_eq!(parsed_letter("B", &options).as_deref(), Some("B"));
-        assert_eq!(
-            parsed_letter("the answer is C .", &options).as_deref(),
-            Some("C")
-        );
-        assert_eq!(
-            parsed_letter("D", &options),
-            None,
-            "D is beyond three options"
-        );
-        assert_eq!(parsed_letter("Red Square", &options).as_deref(), Some("B"));
-        assert_eq!(parsed_letter("square", &options), None);
-        let many: Vec<String> = (0..10).map(|i| format!("o{i}")).collect();
-        assert_eq!(
-            parsed_letter("J", &many).as_deref(),
-            Some("J"),
-            "letters beyond D"
-        );
     }
 
     #[test]
