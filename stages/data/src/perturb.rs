@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::draw::{Background, Canvas};
 use mipipe_stage_schema::ItemRng;
-use mipipe_stage_schema::{read_items, write_items, Item, Task};
+use mipipe_stage_schema::{read_items, read_tables, write_items, Item, Task};
 
 /// A condition an item can be evaluated or trained under.
 #[derive(
@@ -223,10 +223,8 @@ impl Stage for PerturbStage {
         }
         // Several tables may be bound (a fan-in of converted datasets): they are perturbed as
         // one, so RI draws real images from every image-heavy set among them.
-        let mut items = Vec::new();
-        for input in ctx.input_paths("items")? {
-            items.extend(read_items(input).map_err(|e| StageError::failed(e.to_string()))?);
-        }
+        let items = read_tables(ctx.input_paths("items")?, read_items)
+            .map_err(|e| StageError::failed(e.to_string()))?;
         let uf_pool: Vec<String> = match &params.uf_pool {
             Some(file) => {
                 let path = ctx.workspace().join(file);

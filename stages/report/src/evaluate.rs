@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use mipipe_stage_schema::{
-    parse_option, read_predictions, standalone_letters, write_metrics, MetricRow, Prediction,
+    parse_option, read_predictions, read_tables, standalone_letters, write_metrics, MetricRow,
+    Prediction,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -109,11 +110,8 @@ impl Stage for EvaluateStage {
     }
 
     fn run(&self, params: &EvaluateParams, ctx: &StageContext) -> Result<(), StageError> {
-        let mut predictions = Vec::new();
-        for path in ctx.input_paths("predictions")? {
-            predictions
-                .extend(read_predictions(path).map_err(|e| StageError::failed(e.to_string()))?);
-        }
+        let predictions = read_tables(ctx.input_paths("predictions")?, read_predictions)
+            .map_err(|e| StageError::failed(e.to_string()))?;
         let label = Label {
             family: text(&params.family),
             size: text(&params.size),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
-use mipipe_stage_schema::{read_metrics, MetricRow};
+use mipipe_stage_schema::{read_metrics, read_tables, MetricRow};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -88,10 +88,8 @@ impl Stage for TableStage {
     }
 
     fn run(&self, params: &TableParams, ctx: &StageContext) -> Result<(), StageError> {
-        let mut rows = Vec::new();
-        for path in ctx.input_paths("metrics")? {
-            rows.extend(read_metrics(path).map_err(|e| StageError::failed(e.to_string()))?);
-        }
+        let rows = read_tables(ctx.input_paths("metrics")?, read_metrics)
+            .map_err(|e| StageError::failed(e.to_string()))?;
         let table = build(&rows, params).map_err(StageError::failed)?;
         let write = |name: &str, text: String| -> Result<(), StageError> {
             std::fs::write(ctx.output_path(name)?, text)

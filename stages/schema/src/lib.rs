@@ -23,3 +23,16 @@ pub use predictions::{
     parse_option, read_predictions, standalone_letters, write_predictions, Prediction,
 };
 pub use rng::ItemRng;
+
+/// Reads every table bound to one input (a fan-in binds several) with `read` and concatenates
+/// their rows in binding order.
+pub fn read_tables<T>(
+    paths: &[std::path::PathBuf],
+    read: impl Fn(&std::path::Path) -> Result<Vec<T>, mipipe_cache::TableError>,
+) -> Result<Vec<T>, mipipe_cache::TableError> {
+    let mut rows = Vec::new();
+    for path in paths {
+        rows.extend(read(path)?);
+    }
+    Ok(rows)
+}

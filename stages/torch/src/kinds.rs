@@ -5,7 +5,8 @@ use std::path::Path;
 
 use mipipe_engine::{StageContext, StageError};
 use mipipe_stage_schema::{
-    parse_option, read_corpus, read_items, write_predictions, Item, ItemRng, Prediction, Task,
+    parse_option, read_corpus, read_items, read_tables, write_predictions, Item, ItemRng,
+    Prediction, Task,
 };
 use mipipe_stage_torch_types::{
     AnswerFormat, Family, FinetuneParams, Method, PredictParams, PretrainParams, Size, TorchBackend,
@@ -55,11 +56,7 @@ fn failed(e: impl std::fmt::Display) -> StageError {
 }
 
 fn read_all_items(ctx: &StageContext, input: &str) -> Result<Vec<Item>, StageError> {
-    let mut items = Vec::new();
-    for path in ctx.input_paths(input)? {
-        items.extend(read_items(path).map_err(failed)?);
-    }
-    Ok(items)
+    read_tables(ctx.input_paths(input)?, read_items).map_err(failed)
 }
 
 fn prepare(
@@ -147,11 +144,9 @@ enum PretrainRow {
 impl TorchBackend for TchBackend {
     fn pretrain(&self, params: &PretrainParams, ctx: &StageContext) -> Result<(), StageError> {
         let device = prepare(ctx, params.device)?;
-        let mut corpus = Vec::new();
         // The corpus is optional: real-data studies pretrain on instruction items alone.
-        for path in ctx.inputs().get("corpus").map_or(&[][..], Vec::as_slice) {
-            corpus.extend(read_corpus(path).map_err(failed)?);
-        }
+        let bound = ctx.inputs().get("corpus").map_or(&[][..], Vec::as_slice);
+        let corpus = read_tables(bound, read_corpus).map_err(failed)?;
         let items = instruction_items(
             &read_all_items(ctx, "items")?,
             params.truthful_hint_rate,
