@@ -72,6 +72,17 @@ pub fn mipipe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mipipe"))
 }
 
+/// The worker executable must sit next to the `mipipe` under test (`scripts/test.sh` builds
+/// the workspace first).
+pub fn require_torch_worker() {
+    let worker = crate::mipipe_bin().with_file_name("mipipe-torch-worker");
+    assert!(
+        worker.is_file(),
+        "`{}` is missing: run `cargo build --workspace` (scripts/test.sh does) before the tests",
+        worker.display()
+    );
+}
+
 impl Default for Project {
     fn default() -> Self {
         Self::new()

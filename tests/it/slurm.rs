@@ -337,7 +337,7 @@ fn torch_stages_run_as_slurm_jobs_through_the_worker() {
     if !slurm_available() {
         return;
     }
-    crate::study::require_worker();
+    crate::require_torch_worker();
     let project = Project::new();
     project.write("mipipe.yaml", crate::torch_stages::TINY);
     let run = project.mipipe(&["run", "--executor", "slurm"]);

@@ -60,20 +60,9 @@ fn set(names: Vec<String>) -> BTreeSet<String> {
     names.into_iter().collect()
 }
 
-/// The worker executable must sit next to the `mipipe` under test (`scripts/test.sh` builds
-/// the workspace first).
-pub(crate) fn require_worker() {
-    let worker = crate::mipipe_bin().with_file_name("mipipe-torch-worker");
-    assert!(
-        worker.is_file(),
-        "`{}` is missing: run `cargo build --workspace` (scripts/test.sh does) before the tests",
-        worker.display()
-    );
-}
-
 #[test]
 fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
-    require_worker();
+    crate::require_torch_worker();
     let project = Project::new();
     let yaml = pipeline("quick.yaml");
     project.write("mipipe.yaml", &yaml);

@@ -31,7 +31,7 @@ stages:
 
 #[test]
 fn torch_stages_run_in_the_worker_and_report_progress() {
-    crate::study::require_worker();
+    crate::require_torch_worker();
     let project = Project::new();
     project.write("mipipe.yaml", TINY);
     let run = project.mipipe(&["run", "--json"]);
@@ -82,7 +82,7 @@ fn torch_stages_run_in_the_worker_and_report_progress() {
 
 #[test]
 fn a_checkpoint_of_another_family_is_refused_by_name() {
-    crate::study::require_worker();
+    crate::require_torch_worker();
     let project = Project::new();
     let wrong = TINY.replace(
         "    matrix: {family: [qwen], method: [ours]}\n    inputs: {model: finetune.model, items: conditions.items}\n    params: {batch_size: 8}",

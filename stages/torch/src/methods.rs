@@ -66,6 +66,17 @@ pub struct Rows {
     pub anchor: Vec<Option<usize>>,
 }
 
+impl Rows {
+    /// The batch's tensors on `device`.
+    pub fn to_device(self, device: tch::Device) -> Rows {
+        Rows {
+            images: self.images.to_device(device),
+            tokens: self.tokens.to_device(device),
+            ..self
+        }
+    }
+}
+
 /// The loss of one step and its terms, for the metrics log.
 pub struct StepLoss {
     /// What to backpropagate.

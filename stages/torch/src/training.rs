@@ -69,17 +69,6 @@ pub struct LogRow {
     pub terms: [Option<f64>; 5],
 }
 
-impl Rows {
-    /// The batch's tensors on `device`.
-    pub fn to_device(self, device: tch::Device) -> Rows {
-        Rows {
-            images: self.images.to_device(device),
-            tokens: self.tokens.to_device(device),
-            ..self
-        }
-    }
-}
-
 /// Trains `model` (its trainable variables in `vs`) over `plan` (epoch, batch) with
 /// `method`, encoding each batch just before its step.
 #[allow(clippy::too_many_arguments)]
