@@ -48,9 +48,12 @@ impl WorkerLauncher for SubprocessLauncher {
                 path
             }
         };
+        // The job's environment (`CUDA_VISIBLE_DEVICES` of its GPU slots) reaches every worker,
+        // so two `gpus: 1` stages never share a device.
         let mut child = Command::new(&program)
             .arg("exec-stage")
             .arg(job_file)
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(env)?)
             .stderr(log)

@@ -169,3 +169,40 @@ impl Project {
             .count()
     }
 }
+
+/// Compiles each of `tables` (paths relative to the project) with pdflatex inside a minimal
+/// article, as a paper would `\input` it. Returns false (after saying so) when pdflatex is
+/// missing and `MIPIPE_REQUIRE_PDFLATEX` is unset; panics with pdflatex's log on a failure.
+pub fn compile_latex(project: &Project, tables: &[&str]) -> bool {
+    let available = Command::new("pdflatex")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("MIPIPE_REQUIRE_PDFLATEX").is_none(),
+            "MIPIPE_REQUIRE_PDFLATEX is set but pdflatex is missing"
+        );
+        eprintln!("skipped: no pdflatex here (scripts/test.sh installs it)");
+        return false;
+    }
+    for table in tables {
+        project.write(
+            "doc.tex",
+            &format!(
+                "\\documentclass{{article}}\n\\usepackage{{booktabs}}\n\\begin{{document}}\n\\input{{{table}}}\n\\end{{document}}\n"
+            ),
+        );
+        let out = Command::new("pdflatex")
+            .args(["-interaction=nonstopmode", "-halt-on-error", "doc.tex"])
+            .current_dir(project.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{table} does not compile:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    true
+}

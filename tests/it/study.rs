@@ -82,6 +82,15 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
         assert!(table1.contains(&format!("| {method} |")), "{table1}");
     }
     assert!(project.path().join("results/quick/figures").is_dir());
+    // The tables the shipped pipeline writes compile as a paper would include them.
+    let tex: Vec<String> = TABLES
+        .iter()
+        .map(|t| format!("results/quick/{t}.tex"))
+        .collect();
+    crate::compile_latex(
+        &project,
+        &tex.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 
     // Every test row of every condition got a prediction from every model.
     let conditions = project.output_object("conditions", "items");

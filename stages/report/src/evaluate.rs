@@ -59,6 +59,18 @@ fn default_text_perturbed() -> String {
     "ri".into()
 }
 
+/// Which of a prediction's answers `evaluate` scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerFrom {
+    /// The generated text, parsed (the paper's evaluation, seed-repo.md §1.8).
+    #[default]
+    Generated,
+    /// The option with the highest log-probability (letter or option words, by the model's
+    /// answer format); never unparseable.
+    Likelihood,
+}
+
 /// Params of the `evaluate` kind. `family`, `size`, `method` and `seed` label the metrics
 /// (matrix values usually).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -74,7 +86,12 @@ pub struct EvaluateParams {
     /// Training seed.
     #[serde(default = "default_seed")]
     pub seed: Value,
-    /// Answer parser.
+    /// Which answer is scored: `generated` (the paper: the greedy answer, read by `parser`) or
+    /// `likelihood` (the option the model gives the highest log-probability, from the
+    /// predictions' `option_logprobs`).
+    #[serde(default)]
+    pub answer_from: AnswerFrom,
+    /// Answer parser (of generated answers).
     #[serde(default = "default_parser")]
     pub parser: Parser,
     /// The "Perturbed" condition per task.
@@ -99,7 +116,7 @@ pub struct EvaluateStage;
 impl Stage for EvaluateStage {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Score predictions: accuracy, perturbed accuracy, causal effect, VQA overall, unparseable answers";
 
     fn outputs(_params: &EvaluateParams) -> Vec<OutputSpec> {
@@ -163,6 +180,20 @@ pub struct Label {
     pub stage: String,
 }
 
+/// The option with the highest log-probability (the first on a tie); none without scores.
+pub fn most_likely(p: &Prediction) -> Option<usize> {
+    let scores = p.option_logprobs.as_ref()?;
+    scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_finite())
+        .fold(None, |best: Option<(usize, f64)>, (i, &s)| match best {
+            Some((_, b)) if b >= s => best,
+            _ => Some((i, s)),
+        })
+        .map(|(i, _)| i)
+}
+
 /// Parses an answer to an option index (which may be out of range in reference mode, where
 /// it counts as wrong), or None.
 pub fn parse_answer(raw: &str, options: &[String], task: &str, parser: Parser) -> Option<usize> {
@@ -206,7 +237,10 @@ pub fn evaluate<'p>(
     let mut parsed: BTreeMap<(String, String), BTreeMap<String, Option<usize>>> = BTreeMap::new();
     let mut unparseable = Vec::new();
     for p in predictions {
-        let answer = parse_answer(&p.raw_text, &p.options, &p.task, params.parser);
+        let answer = match params.answer_from {
+            AnswerFrom::Generated => parse_answer(&p.raw_text, &p.options, &p.task, params.parser),
+            AnswerFrom::Likelihood => most_likely(p),
+        };
         let entry = groups
             .entry((p.dataset.clone(), p.perturbation.clone()))
             .or_insert((p.task.clone(), 0, 0, 0));
@@ -459,5 +493,33 @@ mod tests {
         let overall = metric(&rows, "vqa_overall", "none", "accuracy");
         assert!((overall.value - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(overall.n, 3);
+    }
+
+    #[test]
+    fn likelihood_scores_the_most_probable_option_whatever_the_text_says() {
+        let mut scored = prediction("a", "shapes", "image_heavy", "none", 2, "A");
+        scored.option_logprobs = Some(vec![-3.0, -2.0, -0.5, f64::NAN]);
+        assert_eq!(most_likely(&scored), Some(2));
+        let unscored = prediction("b", "shapes", "image_heavy", "none", 0, "A");
+        assert_eq!(most_likely(&unscored), None);
+        let params: EvaluateParams = serde_json::from_value(serde_json::json!(
+            {"family": "llava", "method": "vanilla", "answer_from": "likelihood"}
+        ))
+        .unwrap();
+        let label = Label {
+            family: "llava".into(),
+            size: "s".into(),
+            method: "vanilla".into(),
+            seed: "0".into(),
+            stage: "evaluate".into(),
+        };
+        let predictions = [scored, unscored];
+        let (rows, unparseable) = evaluate(&predictions, &params, &label);
+        assert_eq!(metric(&rows, "shapes", "none", "accuracy").value, 0.5);
+        assert_eq!(
+            unparseable.len(),
+            1,
+            "a prediction without scores has no answer"
+        );
     }
 }

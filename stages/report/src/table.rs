@@ -74,7 +74,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -392,12 +392,6 @@ impl Table {
 
     /// LaTeX with booktabs: a header row of datasets over their conditions, one block per model.
     pub fn latex(&self, params: &TableParams) -> String {
-        let escape = |s: &str| {
-            s.replace('_', "\\_")
-                .replace('%', "\\%")
-                .replace('&', "\\&")
-                .replace('#', "\\#")
-        };
         let mut out = String::new();
         let n = self.columns.len();
         let _ = writeln!(out, "\\begin{{table}}[t]\n\\centering\n\\small");
@@ -409,13 +403,13 @@ impl Table {
             let _ = write!(
                 header,
                 " & \\multicolumn{{{span}}}{{c}}{{{}}}",
-                escape(&name)
+                latex_text(&name)
             );
             let _ = write!(rules, "\\cmidrule(lr){{{start}-{}}}", start + span - 1);
             start += span;
         }
         let _ = writeln!(out, "{header} \\\\\n{rules}");
-        let sub: Vec<String> = self.columns.iter().map(|c| escape(&c.header)).collect();
+        let sub: Vec<String> = self.columns.iter().map(|c| latex_text(&c.header)).collect();
         let _ = writeln!(out, " & {} \\\\\n\\midrule", sub.join(" & "));
         for (g, group) in self.groups.iter().enumerate() {
             if g > 0 {
@@ -425,7 +419,7 @@ impl Table {
                 out,
                 "\\multicolumn{{{}}}{{l}}{{\\textit{{{}}}}} \\\\",
                 n + 1,
-                escape(self.name(&group.name))
+                latex_text(self.name(&group.name))
             );
             for (r, (method, _)) in group.rows.iter().enumerate() {
                 let cells: Vec<String> = (0..n)
@@ -434,14 +428,14 @@ impl Table {
                 let _ = writeln!(
                     out,
                     "{} & {} \\\\",
-                    escape(self.name(method)),
+                    latex_text(self.name(method)),
                     cells.join(" & ")
                 );
             }
         }
         let _ = writeln!(out, "\\bottomrule\n\\end{{tabular}}");
         if !params.caption.is_empty() {
-            let _ = writeln!(out, "\\caption{{{}}}", escape(&params.caption));
+            let _ = writeln!(out, "\\caption{{{}}}", latex_text(&params.caption));
         }
         let _ = writeln!(out, "\\end{{table}}");
         out
@@ -525,6 +519,26 @@ impl Table {
         }
         out
     }
+}
+
+/// Plain text as LaTeX: every character LaTeX treats specially comes out as itself. Captions,
+/// names and headers are plain text (one rule, docs/reports.md): `Accuracy (%)` prints a percent
+/// sign, and a backslash prints a backslash instead of starting a command.
+pub(crate) fn latex_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\textbackslash{}"),
+            '{' | '}' | '%' | '&' | '#' | '_' | '$' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '~' => out.push_str("\\textasciitilde{}"),
+            '^' => out.push_str("\\textasciicircum{}"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -197,12 +197,24 @@ pub fn parse_option(raw: &str, options: &[String]) -> Option<usize> {
         .enumerate()
         .filter(|(_, o)| !o.trim().is_empty())
         .filter_map(|(i, o)| {
-            lower
-                .find(&o.to_lowercase())
+            find_words(&lower, &o.trim().to_lowercase())
                 .map(|at| (at, std::cmp::Reverse(o.len()), i))
         })
         .min()
         .map(|(_, _, i)| i)
+}
+
+/// The first place `needle` occurs in `text` as whole words: neither end inside a word (`12`
+/// is not found in `112`, nor `cat` in `cats`).
+fn find_words(text: &str, needle: &str) -> Option<usize> {
+    let is_word = |c: char| c.is_alphanumeric();
+    text.match_indices(needle).map(|(at, _)| at).find(|&at| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + needle.len()..].chars().next();
+        let starts_word = needle.chars().next().is_some_and(is_word);
+        let ends_word = needle.chars().next_back().is_some_and(is_word);
+        !(starts_word && before.is_some_and(is_word)) && !(ends_word && after.is_some_and(is_word))
+    })
 }
 
 #[cfg(test)]
@@ -224,5 +236,24 @@ mod parse_tests {
         assert_eq!(parse_option("anything", &[]), None);
         let many: Vec<String> = (0..10).map(|i| format!("o{i}")).collect();
         assert_eq!(parse_option("J", &many), Some(9), "letters beyond D");
+    }
+
+    #[test]
+    fn option_words_match_on_word_boundaries_only() {
+        let numbers: Vec<String> = ["12", "112", "7"].map(String::from).to_vec();
+        assert_eq!(
+            parse_option("112", &numbers),
+            Some(1),
+            "112 is not option 12"
+        );
+        assert_eq!(parse_option("it is 12 .", &numbers), Some(0));
+        assert_eq!(parse_option("1127", &numbers), None);
+        let animals: Vec<String> = ["cat", "dog"].map(String::from).to_vec();
+        assert_eq!(parse_option("cats", &animals), None);
+        assert_eq!(
+            parse_option("a dog, then a cat", &animals),
+            Some(1),
+            "the first mention"
+        );
     }
 }

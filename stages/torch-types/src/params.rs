@@ -107,6 +107,35 @@ pub enum PgdInit {
     Uniform,
 }
 
+/// Which tokens of an image-heavy row PGD and RG may perturb (text-heavy rows: the image
+/// tokens; VQA rows: none, either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PerturbTokens {
+    /// The paper (§4, "perturbations only affect task-irrelevant tokens"): the words of the
+    /// question and any text prepended to it, where the irrelevant modality's content is; not
+    /// `<bos>`, the template (`Question :`, `Options :`, `A :`, `Answer :`), the options or the
+    /// answer.
+    #[default]
+    Question,
+    /// The authors' code (seed-repo.md §3.8): every prompt token that is not an image or
+    /// answer token: `<bos>`, template, question and options alike.
+    Prompt,
+}
+
+/// Which clean rows anchor the consistency term of `ours`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OursAnchors {
+    /// Paper Eq. 9: every clean row that has a perturbed copy (image- and text-heavy rows),
+    /// compared with each of its copies: heuristic, adversarial, adversarial of heuristic.
+    #[default]
+    Perturbed,
+    /// The authors' code (seed-repo.md §3.9): every clean row, VQA rows included, whose
+    /// adversarial copy equals the row (δ is 0 there), so they dilute the mean.
+    All,
+}
+
 /// What a model is taught to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -272,6 +301,9 @@ pub struct ConsistencyParams {
     pub stop_gradient: bool,
     /// The divergence `ours` uses (the paper: JS).
     pub ours_divergence: Divergence,
+    /// Which clean rows anchor `ours`'s consistency: `perturbed` (the paper) or `all` (the
+    /// authors' code, VQA rows included).
+    pub ours_anchors: OursAnchors,
 }
 
 impl Default for ConsistencyParams {
@@ -282,6 +314,7 @@ impl Default for ConsistencyParams {
             tau: 1.0,
             stop_gradient: true,
             ours_divergence: Divergence::Js,
+            ours_anchors: OursAnchors::Perturbed,
         }
     }
 }
@@ -388,6 +421,10 @@ pub struct FinetuneParams {
     /// PGD (`adv`, `ours`).
     #[serde(default)]
     pub pgd: PgdParams,
+    /// Which tokens of image-heavy rows PGD and RG perturb: `question` (the paper) or `prompt`
+    /// (the authors' code).
+    #[serde(default)]
+    pub perturb_tokens: PerturbTokens,
 }
 
 fn default_finetune_epochs() -> u32 {
@@ -438,6 +475,10 @@ impl Serialize for FinetuneParams {
                     "ours_divergence".into(),
                     serde_json::to_value(c.ours_divergence).expect("enums serialise"),
                 );
+                used.insert(
+                    "ours_anchors".into(),
+                    serde_json::to_value(c.ours_anchors).expect("enums serialise"),
+                );
             }
             map.serialize_entry("consistency", &used)?;
         }
@@ -446,6 +487,9 @@ impl Serialize for FinetuneParams {
         }
         if matches!(self.method, Method::Adv | Method::Ours) {
             map.serialize_entry("pgd", &self.pgd)?;
+        }
+        if matches!(self.method, Method::Rg | Method::Adv | Method::Ours) {
+            map.serialize_entry("perturb_tokens", &self.perturb_tokens)?;
         }
         map.end()
     }

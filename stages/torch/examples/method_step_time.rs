@@ -46,7 +46,7 @@ fn batch(seq: usize) -> Rows {
     let mut tasks = Vec::new();
     let mut anchor = Vec::new();
     for row in 0..8 {
-        let mut r = vec![Text; seq];
+        let mut r = vec![Question; seq];
         r[seq - 2] = Answer;
         r[seq - 1] = Pad;
         roles.push(r);

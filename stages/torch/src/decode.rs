@@ -1,8 +1,11 @@
-//! Inference: greedy decoding (temperature 0) and the log-probability of every option letter at
-//! the answer position, what the `predict` stage writes into the predictions table.
+//! Inference with a key-value cache: the prompt is encoded once ([`Decoding::prefill`]); greedy
+//! decoding (temperature 0) then costs one position per generated token, and every option is
+//! scored as a continuation of that same prompt pass ([`Decoding::score`]), what the `predict`
+//! stage writes into the predictions table.
 
 use tch::{Kind, Tensor};
 
+use crate::layers::{position_ids, Attending, KvCache};
 use crate::model::MultimodalModel;
 
 /// Prompts of a batch, left-padded so every prompt ends at the last position.
@@ -15,16 +18,166 @@ pub struct Prompts {
     pub padding: Tensor,
 }
 
-/// Log-probabilities `[batch, letters]` of the option letters as the next token.
-pub fn letter_logprobs(model: &MultimodalModel, prompts: &Prompts, letter_ids: &[i64]) -> Tensor {
-    tch::no_grad(|| {
-        let embeddings = model.embed(&prompts.images, &prompts.tokens);
-        let logits = model.logits(&embeddings, Some(&prompts.padding));
-        let last = logits
-            .select(1, logits.size()[1] - 1)
-            .log_softmax(-1, Kind::Float);
-        last.index_select(1, &Tensor::from_slice(letter_ids))
-    })
+/// A batch of prompts after one forward pass: the cache of every layer, which keys are real,
+/// the next position id of each row, and the next-token logits.
+pub struct Decoding<'m> {
+    model: &'m MultimodalModel,
+    cache: KvCache,
+    keys: Tensor,
+    next_position: Tensor,
+    last_logits: Tensor,
+}
+
+impl<'m> Decoding<'m> {
+    /// Encodes the prompts once.
+    pub fn prefill(model: &'m MultimodalModel, prompts: &Prompts) -> Self {
+        tch::no_grad(|| {
+            let embeddings = model.embed(&prompts.images, &prompts.tokens);
+            let keys = model.real_tokens(&prompts.padding);
+            let positions = position_ids(&keys);
+            let mut cache = KvCache::default();
+            let attending = Attending {
+                positions: &positions,
+                keys: Some(&keys),
+            };
+            let logits = model
+                .decoder
+                .forward_cached(&embeddings, &attending, Some(&mut cache));
+            let last_logits = logits.select(1, logits.size()[1] - 1);
+            let next_position = keys
+                .to_kind(Kind::Int64)
+                .sum_dim_intlist(1, false, Kind::Int64);
+            Self {
+                model,
+                cache,
+                keys,
+                next_position,
+                last_logits,
+            }
+        })
+    }
+
+    /// Log-probabilities `[batch, vocab]` of the token after each prompt, on the CPU.
+    pub fn first_logprobs(&self) -> Tensor {
+        self.last_logits
+            .log_softmax(-1, Kind::Float)
+            .to_device(tch::Device::Cpu)
+    }
+
+    /// Logits `[batch, k, vocab]` of `tokens` (`[batch, k]`) appended to every row; the cache
+    /// given grows by them.
+    fn extend(&self, cache: &mut KvCache, keys: &Tensor, next: &Tensor, tokens: &Tensor) -> Tensor {
+        let (b, k) = tokens.size2().expect("[batch, new]");
+        let device = tokens.device();
+        let positions = next.unsqueeze(1) + Tensor::arange(k, (Kind::Int64, device)).unsqueeze(0);
+        let keys = Tensor::cat(&[keys, &Tensor::ones([b, k], (Kind::Bool, device))], 1);
+        let attending = Attending {
+            positions: &positions,
+            keys: Some(&keys),
+        };
+        let embeddings = tokens.apply(&self.model.decoder.embed_tokens);
+        self.model
+            .decoder
+            .forward_cached(&embeddings, &attending, Some(cache))
+    }
+
+    /// The log-likelihood of each row's continuation (`continuations[row]`, token ids) after its
+    /// prompt: the sum of each token's log-probability given everything before it. An empty
+    /// continuation scores 0. The prompt pass is shared; the cache is left as it was.
+    pub fn score(&self, continuations: &[Vec<i64>]) -> Vec<f64> {
+        tch::no_grad(|| {
+            let b = continuations.len();
+            let longest = continuations.iter().map(Vec::len).max().unwrap_or(0);
+            if longest == 0 {
+                return vec![0.0; b];
+            }
+            let device = self.last_logits.device();
+            // Right-padded with each row's first token: causal attention keeps what follows a
+            // token out of its score, and the padded positions are not counted.
+            let mut ids = Vec::with_capacity(b * longest);
+            let mut counted = Vec::with_capacity(b * longest);
+            for c in continuations {
+                let fill = c.first().copied().unwrap_or(0);
+                ids.extend(c.iter().copied());
+                ids.extend(std::iter::repeat_n(fill, longest - c.len()));
+                counted.extend((0..longest).map(|i| if i < c.len() { 1f32 } else { 0.0 }));
+            }
+            let tokens = Tensor::from_slice(&ids)
+                .view([b as i64, longest as i64])
+                .to_device(device);
+            let counted = Tensor::from_slice(&counted)
+                .view([b as i64, longest as i64])
+                .to_device(device);
+            let mut fork = self.cache.fork();
+            // Token i is predicted by the prompt's last position (i = 0) or by token i - 1.
+            let predicting = if longest > 1 {
+                let after = self.extend(
+                    &mut fork,
+                    &self.keys,
+                    &self.next_position,
+                    &tokens.narrow(1, 0, longest as i64 - 1),
+                );
+                Tensor::cat(&[self.last_logits.unsqueeze(1), after], 1)
+            } else {
+                self.last_logits.unsqueeze(1)
+            };
+            let logprobs = predicting
+                .log_softmax(-1, Kind::Float)
+                .gather(2, &tokens.unsqueeze(-1), false)
+                .squeeze_dim(-1);
+            let sums = (logprobs * counted).sum_dim_intlist(1, false, Kind::Float);
+            Vec::<f64>::try_from(sums.to_kind(Kind::Double).to_device(tch::Device::Cpu))
+                .expect("one score per row")
+        })
+    }
+
+    /// Greedy continuation of each prompt, up to `max_new` tokens (at least one) or `eos`
+    /// (not included in the output).
+    pub fn generate(mut self, max_new: usize, eos: i64) -> Vec<Vec<i64>> {
+        tch::no_grad(|| {
+            let b = self.last_logits.size()[0] as usize;
+            let mut out: Vec<Vec<i64>> = vec![Vec::new(); b];
+            let mut done = vec![false; b];
+            let mut logits = self.last_logits.shallow_clone();
+            for step in 0..max_new.max(1) {
+                let next = logits.argmax(-1, false);
+                let ids: Vec<i64> =
+                    Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).expect("token ids");
+                for (row, &id) in ids.iter().enumerate() {
+                    if !done[row] {
+                        out[row].push(id);
+                        done[row] = id == eos;
+                    }
+                }
+                if done.iter().all(|d| *d) || step + 1 >= max_new {
+                    break;
+                }
+                let mut cache = std::mem::take(&mut self.cache);
+                let new = self.extend(
+                    &mut cache,
+                    &self.keys,
+                    &self.next_position,
+                    &next.unsqueeze(1),
+                );
+                self.cache = cache;
+                self.keys = Tensor::cat(
+                    &[
+                        &self.keys,
+                        &Tensor::ones([b as i64, 1], (Kind::Bool, next.device())),
+                    ],
+                    1,
+                );
+                self.next_position = &self.next_position + 1;
+                logits = new.select(1, 0);
+            }
+            for row in &mut out {
+                if row.last() == Some(&eos) {
+                    row.pop();
+                }
+            }
+            out
+        })
+    }
 }
 
 /// What greedy decoding produced: the tokens of each row (without `<eos>`) and the
@@ -37,19 +190,24 @@ pub struct Generation {
     pub first_logprobs: Tensor,
 }
 
-/// Greedy continuation of each prompt, up to `max_new` tokens or `eos`.
-pub fn greedy(
+/// Greedy decoding (temperature 0) of each prompt, keeping the first step's distribution.
+pub fn generate(
     model: &MultimodalModel,
     prompts: &Prompts,
     max_new: usize,
     eos: i64,
-) -> Vec<Vec<i64>> {
-    generate(model, prompts, max_new, eos).tokens
+) -> Generation {
+    let decoding = Decoding::prefill(model, prompts);
+    let first_logprobs = decoding.first_logprobs();
+    Generation {
+        tokens: decoding.generate(max_new, eos),
+        first_logprobs,
+    }
 }
 
-/// Greedy decoding (temperature 0), keeping the first step's distribution: one forward pass
-/// per generated token, and the option letters' log-probabilities come for free.
-pub fn generate(
+/// The same decoding without a cache: one full forward pass per generated token. Kept as the
+/// reference the cached path is tested and benchmarked against.
+pub fn generate_uncached(
     model: &MultimodalModel,
     prompts: &Prompts,
     max_new: usize,
@@ -63,7 +221,7 @@ pub fn generate(
         let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
         let mut done = vec![false; b as usize];
         let mut first_logprobs = None;
-        for _ in 0..max_new.max(1) {
+        for step in 0..max_new.max(1) {
             let text = tokens.apply(&model.decoder.embed_tokens);
             let embeddings = Tensor::cat(&[&image_tokens, &text], 1);
             let logits = model.logits(&embeddings, Some(&padding));
@@ -83,7 +241,7 @@ pub fn generate(
                     done[row] = id == eos;
                 }
             }
-            if done.iter().all(|d| *d) || max_new == 0 {
+            if done.iter().all(|d| *d) || step + 1 >= max_new {
                 break;
             }
             tokens = Tensor::cat(&[tokens, next.unsqueeze(1)], 1);
@@ -104,34 +262,121 @@ pub fn generate(
     })
 }
 
-/// The log-likelihood of each row's answer tokens given its prompt (rows of
-/// [`crate::encode::encode_sequences`]): how options are scored in the `text` answer format.
-pub fn answer_logprobs(model: &MultimodalModel, rows: &crate::methods::Rows) -> Vec<f64> {
-    use crate::objectives::TokenRole;
-    tch::no_grad(|| {
-        let device = rows.tokens.device();
-        let (b, t) = rows.tokens.size2().expect("[batch, seq]");
-        let mask = |role: fn(&TokenRole) -> bool| {
-            let values: Vec<f32> = rows
-                .roles
-                .iter()
-                .flat_map(|r| r.iter().map(|x| if role(x) { 1.0 } else { 0.0 }))
-                .collect();
-            Tensor::from_slice(&values).view([b, t]).to_device(device)
-        };
-        let padding = mask(|r| *r != TokenRole::Pad).to_kind(Kind::Bool);
-        let answer = mask(|r| *r == TokenRole::Answer);
-        let embeddings = model.embed(&rows.images, &rows.tokens);
-        let n_image = model.image_token_count();
-        let logits = model.logits(&embeddings, Some(&padding));
-        // The text part: position p predicts token p + 1.
-        let text = logits.narrow(1, n_image, t).log_softmax(-1, Kind::Float);
-        let predicted = text
-            .narrow(1, 0, t - 1)
-            .gather(2, &rows.tokens.narrow(1, 1, t - 1).unsqueeze(-1), false)
-            .squeeze_dim(-1);
-        let sums = (predicted * answer.narrow(1, 1, t - 1)).sum_dim_intlist(1, false, Kind::Float);
-        Vec::<f64>::try_from(sums.to_kind(Kind::Double).to_device(tch::Device::Cpu))
-            .expect("one score per row")
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::tiny;
+    use crate::model::Family;
+    use tch::nn;
+
+    /// Three prompts of different lengths over a 16-token vocabulary, left-padded with 0.
+    fn prompts(rows: &[Vec<i64>]) -> Prompts {
+        let longest = rows.iter().map(Vec::len).max().unwrap();
+        let mut ids = Vec::new();
+        let mut real = Vec::new();
+        for r in rows {
+            ids.extend(std::iter::repeat_n(0i64, longest - r.len()));
+            ids.extend(r);
+            real.extend((0..longest).map(|i| i >= longest - r.len()));
+        }
+        let b = rows.len() as i64;
+        tch::manual_seed(rows.len() as i64);
+        Prompts {
+            images: Tensor::rand([b, 3, 8, 8], (Kind::Float, tch::Device::Cpu)),
+            tokens: Tensor::from_slice(&ids).view([b, longest as i64]),
+            padding: Tensor::from_slice(&real).view([b, longest as i64]),
+        }
+    }
+
+    fn rows() -> Vec<Vec<i64>> {
+        vec![
+            vec![1, 5, 6, 7],
+            vec![1, 8, 9, 10, 11, 12, 13, 5, 6],
+            vec![1, 14],
+        ]
+    }
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn an_answer_does_not_depend_on_the_rest_of_its_batch() {
+        let _rng = crate::rng_lock();
+        for family in [Family::Llava, Family::Blip, Family::Qwen] {
+            tch::manual_seed(7);
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let model = crate::model::MultimodalModel::new(vs.root(), &tiny(family));
+            let all = rows();
+            let batch = prompts(&all);
+            let together = Decoding::prefill(&model, &batch);
+            let continuations = vec![vec![3, 4, 2]; 3];
+            let scores = together.score(&continuations);
+            let first = together.first_logprobs();
+            let generated = together.generate(5, 2);
+            for (row, ids) in all.iter().enumerate() {
+                // The same row alone: no padding at all.
+                let mut alone_prompts = prompts(std::slice::from_ref(ids));
+                alone_prompts.images = batch.images.narrow(0, row as i64, 1);
+                let alone = Decoding::prefill(&model, &alone_prompts);
+                let difference =
+                    max_difference(&alone.first_logprobs(), &first.narrow(0, row as i64, 1));
+                assert!(
+                    difference < 1e-5,
+                    "{family:?} row {row}: logits differ by {difference}"
+                );
+                let score = alone.score(&continuations[..1])[0];
+                assert!(
+                    (score - scores[row]).abs() < 1e-5,
+                    "{family:?} row {row}: {score} vs {}",
+                    scores[row]
+                );
+                assert_eq!(
+                    alone.generate(5, 2)[0],
+                    generated[row],
+                    "{family:?} row {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_cache_gives_what_full_forward_passes_give() {
+        let _rng = crate::rng_lock();
+        tch::manual_seed(8);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = crate::model::MultimodalModel::new(vs.root(), &tiny(Family::Llava));
+        let batch = prompts(&rows());
+        let cached = generate(&model, &batch, 6, 2);
+        let uncached = generate_uncached(&model, &batch, 6, 2);
+        assert_eq!(cached.tokens, uncached.tokens);
+        assert!(cached.tokens.iter().all(|t| !t.is_empty()));
+        assert!(max_difference(&cached.first_logprobs, &uncached.first_logprobs) < 1e-5);
+
+        // Scoring a continuation with the cache equals one full pass over prompt + continuation.
+        let decoding = Decoding::prefill(&model, &batch);
+        let continuation = [9i64, 4, 2];
+        let scores = decoding.score(&[continuation.to_vec(), vec![], continuation[..1].to_vec()]);
+        assert_eq!(scores[1], 0.0, "an empty continuation");
+        for (row, length) in [(0usize, 3usize), (2, 1)] {
+            let mut ids = rows()[row].clone();
+            let start = ids.len();
+            ids.extend(&continuation[..length]);
+            let tokens = Tensor::from_slice(&ids).unsqueeze(0);
+            let images = batch.images.narrow(0, row as i64, 1);
+            let logits = tch::no_grad(|| model.logits(&model.embed(&images, &tokens), None))
+                .log_softmax(-1, Kind::Float);
+            let n_image = model.image_token_count();
+            let by_hand: f64 = (0..length)
+                .map(|k| {
+                    logits.double_value(&[0, n_image + (start + k) as i64 - 1, continuation[k]])
+                })
+                .sum();
+            assert!(
+                (scores[row] - by_hand).abs() < 1e-5,
+                "row {row}: {} vs {by_hand}",
+                scores[row]
+            );
+        }
+    }
 }

@@ -16,8 +16,10 @@ use crate::mixture::BatchRow;
 use crate::objectives::{RowTask, TokenRole};
 use crate::tokenizer::{Tokenizer, BOS, EOS, PAD};
 
-/// The prompt text of an item (everything before the answer).
-pub fn prompt(item: &Item) -> String {
+/// The prompt of an item (everything before the answer) as text segments, each with the role
+/// its tokens play: the template (`Question :`, `Options :`, `A :`, `Answer :`), the question
+/// with any prepended context, and the options' words.
+pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
     let context = item
         .meta
         .as_deref()
@@ -27,18 +29,28 @@ pub fn prompt(item: &Item) -> String {
                 .and_then(|c| c.as_str())
                 .map(str::to_string)
         });
-    let mut text = String::from("Question : ");
+    let mut segments = vec![("Question :".to_string(), TokenRole::Template)];
     if let Some(context) = context {
-        text.push_str(&context);
-        text.push(' ');
+        segments.push((context, TokenRole::Question));
     }
-    text.push_str(&item.question);
-    text.push_str(" Options :");
+    segments.push((item.question.clone(), TokenRole::Question));
+    segments.push(("Options :".to_string(), TokenRole::Template));
     for (i, option) in item.options.iter().enumerate() {
-        text.push_str(&format!(" {} : {option}", (b'A' + i as u8) as char));
+        segments.push((format!("{} :", letter(i)), TokenRole::Template));
+        segments.push((option.clone(), TokenRole::Option));
     }
-    text.push_str(" Answer :");
-    text
+    segments.push(("Answer :".to_string(), TokenRole::Template));
+    segments
+}
+
+/// The prompt text of an item (everything before the answer).
+pub fn prompt(item: &Item) -> String {
+    prompt_segments(item)
+        .into_iter()
+        .map(|(text, _)| text)
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The letter of option `index`.
@@ -77,6 +89,8 @@ pub struct Sequence<'a> {
     pub image: Option<&'a [u8]>,
     /// Ids before the answer (starting with `<bos>`).
     pub prompt: Vec<i64>,
+    /// The role of each prompt id.
+    pub roles: Vec<TokenRole>,
     /// Supervised ids (empty for a prompt to answer).
     pub answer: Vec<i64>,
     /// The row's task (decides the PGD / RG mask).
@@ -85,11 +99,21 @@ pub struct Sequence<'a> {
     pub anchor: Option<usize>,
 }
 
+/// The ids of an item's prompt (`<bos>` first) and the role of each.
+pub fn prompt_tokens(item: &Item, tokenizer: &Tokenizer) -> (Vec<i64>, Vec<TokenRole>) {
+    let mut ids = vec![tokenizer.id(BOS)];
+    let mut roles = vec![TokenRole::Template];
+    for (text, role) in prompt_segments(item) {
+        let segment = tokenizer.encode(&text);
+        roles.extend(std::iter::repeat_n(role, segment.len()));
+        ids.extend(segment);
+    }
+    (ids, roles)
+}
+
 /// The ids of an item's prompt.
 pub fn prompt_ids(item: &Item, tokenizer: &Tokenizer) -> Vec<i64> {
-    let mut ids = vec![tokenizer.id(BOS)];
-    ids.extend(tokenizer.encode(&prompt(item)));
-    ids
+    prompt_tokens(item, tokenizer).0
 }
 
 /// The answer ids of option `option` in `format`, then `<eos>`.
@@ -132,7 +156,8 @@ pub fn encode_sequences(sequences: &[Sequence], pad: i64, image_size: i64) -> Re
         tokens.extend(&s.prompt);
         tokens.extend(&s.answer);
         let mut r = vec![TokenRole::Pad; padding];
-        r.extend(std::iter::repeat_n(TokenRole::Text, s.prompt.len()));
+        debug_assert_eq!(s.roles.len(), s.prompt.len(), "a role for every prompt id");
+        r.extend(s.roles.iter().copied());
         r.extend(std::iter::repeat_n(TokenRole::Answer, s.answer.len()));
         roles.push(r);
     }
@@ -167,9 +192,11 @@ pub fn encode(
         .iter()
         .map(|row| {
             let item = &items[row.item];
+            let (prompt, roles) = prompt_tokens(item, tokenizer);
             Sequence {
                 image: item.image.as_deref(),
-                prompt: prompt_ids(item, tokenizer),
+                prompt,
+                roles,
                 answer: answer_ids(item, item.answer, format, tokenizer),
                 task: row_task(item.task),
                 anchor: row.anchor.and_then(|a| position.get(&a).copied()),
@@ -471,9 +498,12 @@ mod training_tests {
                 .ne(tokenizer.id(PAD)),
         };
         let letters = [tokenizer.id("A"), tokenizer.id("B")];
-        let logprobs = crate::decode::letter_logprobs(&model, &prompts, &letters);
+        let generation = crate::decode::generate(&model, &prompts, 4, tokenizer.id(EOS));
+        let logprobs = generation
+            .first_logprobs
+            .index_select(1, &Tensor::from_slice(&letters));
         let picks: Vec<i64> = Vec::<i64>::try_from(logprobs.argmax(-1, false)).unwrap();
-        let generated = crate::decode::greedy(&model, &prompts, 4, tokenizer.id(EOS));
+        let generated = generation.tokens;
         for (n, &i) in clean.iter().enumerate() {
             assert_eq!(picks[n] as usize, items[i].answer, "{}", items[i].id);
             assert_eq!(generated[n], [letters[items[i].answer]], "{}", items[i].id);

@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::checkpoint;
-use crate::decode::{answer_logprobs, generate, Prompts};
+use crate::decode::{Decoding, Prompts};
 use crate::encode::{
-    answer_ids, encode, encode_sequences, letter, prompt, prompt_ids, row_task, Sequence,
+    answer_ids, encode, encode_sequences, letter, prompt, prompt_tokens, row_task, Sequence,
 };
 use crate::methods::MethodConfig;
 use crate::mixture::{batches, Mixture};
 use crate::model::{ModelConfig, MultimodalModel};
-use crate::objectives::{Pgd, RowTask};
+use crate::objectives::{Pgd, RowTask, TokenRole};
 use crate::presets::model_config;
 use crate::tokenizer::{Tokenizer, EOS, PAD};
 use crate::training::{train, write_log};
@@ -175,6 +175,10 @@ impl TorchBackend for TchBackend {
         tch::manual_seed(params.seed as i64);
         let vs = nn::VarStore::new(device);
         let model = MultimodalModel::new(vs.root(), &config);
+        let (text_rms, image_rms) = match_image_scale(&model, &corpus, &items, &config, device)?;
+        ctx.log(&format!(
+            "initial RMS: text embeddings {text_rms:.4}, image tokens {image_rms:.4} (rescaled to the text's)"
+        ));
         let mut rows: Vec<PretrainRow> = (0..corpus.len()).map(PretrainRow::Corpus).collect();
         rows.extend((0..items.len()).map(PretrainRow::Item));
         let mut plan = Vec::new();
@@ -201,6 +205,7 @@ impl TorchBackend for TchBackend {
                         Sequence {
                             image: corpus[i].image.as_deref(),
                             prompt: vec![bos],
+                            roles: vec![TokenRole::Template],
                             answer,
                             task: RowTask::Vqa,
                             anchor: None,
@@ -208,9 +213,11 @@ impl TorchBackend for TchBackend {
                     }
                     PretrainRow::Item(i) => {
                         let item = &items[i];
+                        let (prompt, roles) = prompt_tokens(item, &tokenizer);
                         Sequence {
                             image: item.image.as_deref(),
-                            prompt: prompt_ids(item, &tokenizer),
+                            prompt,
+                            roles,
                             answer: answer_ids(item, item.answer, params.answer, &tokenizer),
                             task: row_task(items[i].task),
                             anchor: None,
@@ -278,6 +285,8 @@ impl TorchBackend for TchBackend {
             ours_divergence: params.consistency.ours_divergence,
             stop_gradient: params.consistency.stop_gradient,
             pgd: Pgd::from(params.pgd),
+            perturb_tokens: params.perturb_tokens,
+            ours_anchors: params.consistency.ours_anchors,
         };
         ctx.log(&format!(
             "{:?}: {} steps over {} epoch(s)",
@@ -337,12 +346,16 @@ impl TorchBackend for TchBackend {
             }
             let sequences: Vec<Sequence> = chunk
                 .iter()
-                .map(|item| Sequence {
-                    image: item.image.as_deref(),
-                    prompt: prompt_ids(item, tokenizer),
-                    answer: Vec::new(),
-                    task: row_task(item.task),
-                    anchor: None,
+                .map(|item| {
+                    let (prompt, roles) = prompt_tokens(item, tokenizer);
+                    Sequence {
+                        image: item.image.as_deref(),
+                        prompt,
+                        roles,
+                        answer: Vec::new(),
+                        task: row_task(item.task),
+                        anchor: None,
+                    }
                 })
                 .collect();
             let rows = encode_sequences(&sequences, tokenizer.id(PAD), image_size)
@@ -352,24 +365,24 @@ impl TorchBackend for TchBackend {
                 images: rows.images.to_device(device),
                 tokens: rows.tokens.to_device(device),
             };
-            let generation = generate(&model, &prompts, params.max_new_tokens, eos);
-            let text_scores = match sidecar.answer {
-                AnswerFormat::Letter => None,
-                AnswerFormat::Text => Some(option_text_scores(
-                    &model, chunk, tokenizer, image_size, device,
-                )?),
+            // One pass over the prompts; the options and the generated answer continue it.
+            let decoding = Decoding::prefill(&model, &prompts);
+            let first = decoding.first_logprobs();
+            let scores: Vec<Vec<f64>> = match sidecar.answer {
+                AnswerFormat::Letter => chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(row, item)| {
+                        (0..item.options.len())
+                            .map(|i| first.double_value(&[row as i64, tokenizer.id(&letter(i))]))
+                            .collect()
+                    })
+                    .collect(),
+                AnswerFormat::Text => option_text_scores(&decoding, chunk, tokenizer),
             };
-            for (row, item) in chunk.iter().enumerate() {
-                let logprobs: Vec<f64> = match &text_scores {
-                    Some(scores) => scores[row].clone(),
-                    None => (0..item.options.len())
-                        .map(|i| {
-                            let id = tokenizer.id(&letter(i));
-                            generation.first_logprobs.double_value(&[row as i64, id])
-                        })
-                        .collect(),
-                };
-                let raw_text = tokenizer.decode(&generation.tokens[row]);
+            let generated = decoding.generate(params.max_new_tokens, eos);
+            for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
+                let raw_text = tokenizer.decode(tokens);
                 out.push(Prediction {
                     id: item.id.clone(),
                     origin_id: item.origin_id.clone(),
@@ -441,43 +454,58 @@ fn check_labels(
     }
 }
 
-/// The log-likelihood of every option's words after each item's prompt (`text` answers).
-fn option_text_scores(
-    model: &MultimodalModel,
-    chunk: &[Item],
-    tokenizer: &Tokenizer,
-    image_size: i64,
-    device: tch::Device,
-) -> Result<Vec<Vec<f64>>, StageError> {
+/// The log-likelihood of every option's words (and `<eos>`) after each item's prompt (`text`
+/// answers), continuing the prompts' one pass.
+fn option_text_scores(decoding: &Decoding, chunk: &[Item], tokenizer: &Tokenizer) -> Vec<Vec<f64>> {
     let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
     let mut scores = vec![Vec::new(); chunk.len()];
     for option in 0..most {
-        let rows: Vec<usize> = (0..chunk.len())
-            .filter(|&r| option < chunk[r].options.len())
-            .collect();
-        let sequences: Vec<Sequence> = rows
+        let continuations: Vec<Vec<i64>> = chunk
             .iter()
-            .map(|&r| Sequence {
-                image: chunk[r].image.as_deref(),
-                prompt: prompt_ids(&chunk[r], tokenizer),
-                answer: answer_ids(&chunk[r], option, AnswerFormat::Text, tokenizer),
-                task: row_task(chunk[r].task),
-                anchor: None,
+            .map(|item| {
+                if option < item.options.len() {
+                    answer_ids(item, option, AnswerFormat::Text, tokenizer)
+                } else {
+                    Vec::new()
+                }
             })
             .collect();
-        let encoded = encode_sequences(&sequences, tokenizer.id(PAD), image_size)
-            .map_err(StageError::failed)?
-            .to_device(device);
-        for (&r, score) in rows.iter().zip(answer_logprobs(model, &encoded)) {
-            scores[r].push(score);
+        for (row, score) in decoding.score(&continuations).into_iter().enumerate() {
+            if option < chunk[row].options.len() {
+                scores[row].push(score);
+            }
         }
     }
-    Ok(scores)
+    scores
+}
+
+/// Rescales the new model's image tokens to the text embeddings' RMS
+/// ([`MultimodalModel::match_image_scale`]) on up to 64 of the pictures it will train on.
+fn match_image_scale(
+    model: &MultimodalModel,
+    corpus: &[mipipe_stage_schema::CorpusRow],
+    items: &[Item],
+    config: &ModelConfig,
+    device: tch::Device,
+) -> Result<(f64, f64), StageError> {
+    let pictures: Vec<tch::Tensor> = corpus
+        .iter()
+        .filter_map(|r| r.image.as_deref())
+        .chain(items.iter().filter_map(|i| i.image.as_deref()))
+        .take(64)
+        .map(|png| crate::encode::image_tensor(Some(png), config.vision.image_size))
+        .collect::<Result<_, _>>()
+        .map_err(StageError::failed)?;
+    if pictures.is_empty() {
+        return Ok((0.0, 0.0));
+    }
+    Ok(model.match_image_scale(&tch::Tensor::stack(&pictures, 0).to_device(device)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encode::prompt_ids;
     use crate::model::tests::tiny;
 
     fn item(task: Task, split: &str, condition: &str) -> Item {
@@ -572,22 +600,27 @@ mod tests {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let model = MultimodalModel::new(vs.root(), &config);
         let chunk = vec![item(Task::ImageHeavy, "test", "none")];
-        let scores = option_text_scores(&model, &chunk, &tokenizer, 8, tch::Device::Cpu).unwrap();
-        assert_eq!(scores[0].len(), 3);
-        // By hand for option B ("red square" + <eos>): the sum of the log-probabilities of its
-        // tokens, each given everything before it.
-        let mut ids = prompt_ids(&chunk[0], &tokenizer);
-        let answer = answer_ids(&chunk[0], 1, AnswerFormat::Text, &tokenizer);
-        let start = ids.len();
-        ids.extend(&answer);
+        let ids = prompt_ids(&chunk[0], &tokenizer);
         let images = crate::encode::image_tensor(None, 8).unwrap().unsqueeze(0);
-        let tokens = tch::Tensor::from_slice(&ids).unsqueeze(0);
+        let prompts = Prompts {
+            images: images.shallow_clone(),
+            tokens: tch::Tensor::from_slice(&ids).unsqueeze(0),
+            padding: tch::Tensor::ones([1, ids.len() as i64], (tch::Kind::Bool, tch::Device::Cpu)),
+        };
+        let scores = option_text_scores(&Decoding::prefill(&model, &prompts), &chunk, &tokenizer);
+        assert_eq!(scores[0].len(), 3);
+        // By hand for option B ("red square" + <eos>), with one full forward pass and no cache:
+        // the sum of the log-probabilities of its tokens, each given everything before it.
+        let answer = answer_ids(&chunk[0], 1, AnswerFormat::Text, &tokenizer);
+        let mut full = ids.clone();
+        full.extend(&answer);
+        let tokens = tch::Tensor::from_slice(&full).unsqueeze(0);
         let logits = tch::no_grad(|| model.logits(&model.embed(&images, &tokens), None));
         let n_image = model.image_token_count();
         let logp = logits.log_softmax(-1, tch::Kind::Float);
         let by_hand: f64 = (0..answer.len())
             .map(|k| {
-                let position = n_image + (start + k) as i64 - 1;
+                let position = n_image + (ids.len() + k) as i64 - 1;
                 logp.double_value(&[0, position, answer[k]])
             })
             .sum();

@@ -1,6 +1,15 @@
 //! Llama-style decoder blocks: RMSNorm, rotary position embeddings, causal self-attention with
 //! `scaled_dot_product_attention`, SwiGLU feed-forward. Parameter paths equal module paths
 //! (`layers.0.attn.q_proj.weight`), so safetensors checkpoints map one to one.
+//!
+//! Positions are explicit: every token carries its position id, counted over the real tokens of
+//! its row only (as transformers derives them from the attention mask), so how much padding a
+//! row gets from its batch changes nothing it computes. A [`KvCache`] keeps each layer's keys and
+//! values, so decoding a token costs one position, not the whole sequence.
+//!
+//! Initialisation is Llama's (`initializer_range` 0.02): every linear weight and the token
+//! embeddings are N(0, 0.02²), biases zero. The scale matters beyond training speed: the paper's
+//! ε, α and σ are absolute sizes in embedding space, so their strength depends on it.
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -22,6 +31,26 @@ pub struct DecoderConfig {
     pub max_len: i64,
     /// RMSNorm epsilon.
     pub norm_eps: f64,
+}
+
+/// Standard deviation of Llama-style initialisation (`initializer_range`).
+pub const INIT_STD: f64 = 0.02;
+
+/// A linear layer at `path` (`path.weight`, `path.bias`) initialised as Llama does.
+pub fn linear(path: nn::Path, input: i64, output: i64, bias: bool) -> nn::Linear {
+    nn::linear(
+        path,
+        input,
+        output,
+        nn::LinearConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias,
+        },
+    )
 }
 
 /// Root-mean-square layer norm.
@@ -71,17 +100,64 @@ impl Rotary {
         }
     }
 
-    /// Rotates `x` of shape `[batch, heads, seq, head_dim]`.
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        let seq = x.size()[2];
-        let half = x.size()[3] / 2;
-        let cos = self.cos.narrow(0, 0, seq);
-        let sin = self.sin.narrow(0, 0, seq);
+    /// Rotates `x` of shape `[batch, heads, seq, head_dim]` by each token's position id
+    /// (`positions`: `[batch, seq]`, int64).
+    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        let (b, _, t, d) = x.size4().expect("[batch, heads, seq, head_dim]");
+        let half = d / 2;
+        let ids = positions.flatten(0, 1);
+        let cos = self.cos.index_select(0, &ids).view([b, 1, t, d]);
+        let sin = self.sin.index_select(0, &ids).view([b, 1, t, d]);
         let x1 = x.narrow(-1, 0, half);
         let x2 = x.narrow(-1, half, half);
         let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
         x * cos + rotated * sin
     }
+}
+
+/// Position ids `[batch, seq]` from a mask of real tokens (`[batch, seq]`, true or 1 for real):
+/// each real token's index among its row's real tokens; padding repeats its neighbour's id
+/// (it is never attended to, so the value does not matter).
+pub fn position_ids(real: &Tensor) -> Tensor {
+    (real.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// Keys and values of every decoder layer for the positions seen so far.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// How many positions are cached.
+    pub fn len(&self) -> i64 {
+        self.layers.first().map_or(0, |(k, _)| k.size()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy that shares the stored tensors: extending the fork leaves this cache as it is
+    /// (for scoring several continuations of one prompt).
+    pub fn fork(&self) -> KvCache {
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                .collect(),
+        }
+    }
+}
+
+/// What the decoder attends with besides the new tokens' embeddings.
+pub struct Attending<'a> {
+    /// Position ids of the new tokens, `[batch, new]`.
+    pub positions: &'a Tensor,
+    /// Which keys are real, `[batch, cached + new]` (bool); `None`: all of them.
+    pub keys: Option<&'a Tensor>,
 }
 
 /// Multi-head attention: causal self-attention in the decoder, bidirectional in the vision
@@ -95,84 +171,90 @@ pub struct Attention {
     heads: i64,
 }
 
-/// Which positions may attend to which.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Masking {
-    /// Each position sees itself and earlier ones (the decoder).
-    Causal,
-    /// Every position sees every other (vision encoder, Q-Former).
-    Full,
-}
-
 impl Attention {
     /// Projections at `path.{q,k,v,o}_proj`: queries from width `query_dim`, keys and values
     /// from width `key_dim`, output `query_dim`.
     pub fn new(path: nn::Path, query_dim: i64, key_dim: i64, heads: i64, bias: bool) -> Self {
-        let config = nn::LinearConfig {
-            bias,
-            ..Default::default()
-        };
         Self {
-            q_proj: nn::linear(&path / "q_proj", query_dim, query_dim, config),
-            k_proj: nn::linear(&path / "k_proj", key_dim, query_dim, config),
-            v_proj: nn::linear(&path / "v_proj", key_dim, query_dim, config),
-            o_proj: nn::linear(&path / "o_proj", query_dim, query_dim, config),
+            q_proj: linear(&path / "q_proj", query_dim, query_dim, bias),
+            k_proj: linear(&path / "k_proj", key_dim, query_dim, bias),
+            v_proj: linear(&path / "v_proj", key_dim, query_dim, bias),
+            o_proj: linear(&path / "o_proj", query_dim, query_dim, bias),
             heads,
         }
     }
 
-    /// Self-attention over `x` (`[batch, seq, dim]`); `padding` (`[batch, seq]`, true for real
-    /// tokens) hides padded keys; `rotary` rotates queries and keys.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        rotary: Option<&Rotary>,
-        padding: Option<&Tensor>,
-        masking: Masking,
-    ) -> Tensor {
-        self.attend(x, x, rotary, padding, masking)
+    /// Bidirectional self-attention over `x` (`[batch, seq, dim]`), no positions (the vision
+    /// encoder and the Q-Former add theirs to the input).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.attend(x, x)
     }
 
-    /// Queries from `x`, keys and values from `context`.
-    pub fn attend(
+    /// Queries from `x`, keys and values from `context`, every key visible.
+    pub fn attend(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let (q, k, v) = self.project(x, context);
+        self.combine(&q, &k, &v, None)
+    }
+
+    /// Causal self-attention of new tokens `x` over `cache` (extended with them) and themselves,
+    /// rotated by their position ids; `keys` hides padded keys.
+    pub fn causal(
         &self,
         x: &Tensor,
-        context: &Tensor,
-        rotary: Option<&Rotary>,
-        padding: Option<&Tensor>,
-        masking: Masking,
+        rotary: &Rotary,
+        attending: &Attending,
+        cache: Option<&mut (Tensor, Tensor)>,
     ) -> Tensor {
+        let (q, k, v) = self.project(x, x);
+        let q = rotary.apply(&q, attending.positions);
+        let k = rotary.apply(&k, attending.positions);
+        let (k, v) = match cache {
+            Some(stored) => {
+                let k = if stored.0.numel() == 0 {
+                    k
+                } else {
+                    Tensor::cat(&[&stored.0, &k], 2)
+                };
+                let v = if stored.1.numel() == 0 {
+                    v
+                } else {
+                    Tensor::cat(&[&stored.1, &v], 2)
+                };
+                *stored = (k.shallow_clone(), v.shallow_clone());
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let (b, t) = (q.size()[0], q.size()[2]);
+        let s = k.size()[2];
+        // Query i is position `s - t + i` of the combined sequence: it sees keys up to itself.
+        let mut mask = Tensor::ones([t, s], (Kind::Bool, x.device()))
+            .tril(s - t)
+            .view([1, 1, t, s]);
+        if let Some(keys) = attending.keys {
+            mask = mask.logical_and(&keys.view([b, 1, 1, s]));
+        }
+        self.combine(&q, &k, &v, Some(mask))
+    }
+
+    fn project(&self, x: &Tensor, context: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t, h) = x.size3().expect("[batch, seq, dim]");
         let s = context.size()[1];
         let head_dim = h / self.heads;
         let split = |y: Tensor, len: i64| y.view([b, len, self.heads, head_dim]).transpose(1, 2);
-        let mut q = split(x.apply(&self.q_proj), t);
-        let mut k = split(context.apply(&self.k_proj), s);
-        let v = split(context.apply(&self.v_proj), s);
-        if let Some(rotary) = rotary {
-            q = rotary.apply(&q);
-            k = rotary.apply(&k);
-        }
-        let mut mask = match masking {
-            Masking::Causal => Some(
-                Tensor::ones([t, s], (Kind::Bool, x.device()))
-                    .tril(0)
-                    .view([1, 1, t, s]),
-            ),
-            Masking::Full => None,
-        };
-        if let Some(p) = padding {
-            let keys = p.view([b, 1, 1, s]);
-            mask = Some(match mask {
-                Some(m) => m.logical_and(&keys),
-                None => keys.expand([b, 1, t, s], false),
-            });
-        }
-        let y =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None::<f64>, false);
+        (
+            split(x.apply(&self.q_proj), t),
+            split(context.apply(&self.k_proj), s),
+            split(context.apply(&self.v_proj), s),
+        )
+    }
+
+    fn combine(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<Tensor>) -> Tensor {
+        let (b, _, t, d) = q.size4().expect("[batch, heads, seq, head_dim]");
+        let y = Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None::<f64>, false);
         y.transpose(1, 2)
             .contiguous()
-            .view([b, t, h])
+            .view([b, t, self.heads * d])
             .apply(&self.o_proj)
     }
 }
@@ -188,14 +270,10 @@ pub struct SwiGlu {
 impl SwiGlu {
     /// Projections at `path.{gate,up,down}_proj`.
     pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
-        let no_bias = nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        };
         Self {
-            gate_proj: nn::linear(&path / "gate_proj", config.hidden, config.ffn, no_bias),
-            up_proj: nn::linear(&path / "up_proj", config.hidden, config.ffn, no_bias),
-            down_proj: nn::linear(&path / "down_proj", config.ffn, config.hidden, no_bias),
+            gate_proj: linear(&path / "gate_proj", config.hidden, config.ffn, false),
+            up_proj: linear(&path / "up_proj", config.hidden, config.ffn, false),
+            down_proj: linear(&path / "down_proj", config.ffn, config.hidden, false),
         }
     }
 }
@@ -232,14 +310,17 @@ impl Block {
         }
     }
 
-    /// Residual attention then residual feed-forward.
-    pub fn forward(&self, x: &Tensor, rotary: &Rotary, padding: Option<&Tensor>) -> Tensor {
-        let x = x + self.attn.forward(
-            &x.apply(&self.attn_norm),
-            Some(rotary),
-            padding,
-            Masking::Causal,
-        );
+    /// Residual causal attention then residual feed-forward.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        attending: &Attending,
+        cache: Option<&mut (Tensor, Tensor)>,
+    ) -> Tensor {
+        let x = x + self
+            .attn
+            .causal(&x.apply(&self.attn_norm), rotary, attending, cache);
         &x + x.apply(&self.ffn_norm).apply(&self.ffn)
     }
 }
@@ -266,29 +347,60 @@ impl Decoder {
                 &path / "embed_tokens",
                 config.vocab,
                 config.hidden,
-                Default::default(),
-            ),
-            blocks,
-            norm: RmsNorm::new(&path / "norm", config.hidden, config.norm_eps),
-            lm_head: nn::linear(
-                &path / "lm_head",
-                config.hidden,
-                config.vocab,
-                nn::LinearConfig {
-                    bias: false,
+                nn::EmbeddingConfig {
+                    ws_init: nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: INIT_STD,
+                    },
                     ..Default::default()
                 },
             ),
+            blocks,
+            norm: RmsNorm::new(&path / "norm", config.hidden, config.norm_eps),
+            lm_head: linear(&path / "lm_head", config.hidden, config.vocab, false),
             rotary: Rotary::new(config.hidden / config.heads, config.max_len, path.device()),
         }
     }
 
     /// Logits `[batch, seq, vocab]` from input embeddings `[batch, seq, hidden]` (so image
-    /// tokens and perturbed embeddings enter the same way as text).
-    pub fn forward_embeddings(&self, embeddings: &Tensor, padding: Option<&Tensor>) -> Tensor {
+    /// tokens and perturbed embeddings enter the same way as text); `real` (`[batch, seq]`,
+    /// true for real tokens) hides padding and sets the position ids; `None`: no padding.
+    pub fn forward_embeddings(&self, embeddings: &Tensor, real: Option<&Tensor>) -> Tensor {
+        let (b, t, _) = embeddings.size3().expect("[batch, seq, hidden]");
+        let positions = match real {
+            Some(real) => position_ids(real),
+            None => Tensor::arange(t, (Kind::Int64, embeddings.device()))
+                .unsqueeze(0)
+                .expand([b, t], false),
+        };
+        let keys = real.map(|r| r.to_kind(Kind::Bool));
+        let attending = Attending {
+            positions: &positions,
+            keys: keys.as_ref(),
+        };
+        self.forward_cached(embeddings, &attending, None)
+    }
+
+    /// Logits of new tokens given what `cache` holds (which it then also holds), or of a whole
+    /// sequence without a cache.
+    pub fn forward_cached(
+        &self,
+        embeddings: &Tensor,
+        attending: &Attending,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        if let Some(cache) = cache.as_deref_mut() {
+            if cache.layers.is_empty() {
+                let empty = Tensor::zeros([0], (Kind::Float, embeddings.device()));
+                cache.layers = (0..self.blocks.len())
+                    .map(|_| (empty.shallow_clone(), empty.shallow_clone()))
+                    .collect();
+            }
+        }
         let mut x = embeddings.shallow_clone();
-        for block in &self.blocks {
-            x = block.forward(&x, &self.rotary, padding);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let stored = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(&x, &self.rotary, attending, stored);
         }
         x.apply(&self.norm).apply(&self.lm_head)
     }

@@ -6,17 +6,21 @@
 //! | `kl`, `js` | L_sup + λ·consistency(clean, heuristic variants) |
 //! | `rg` | L_sup + L_sup(embeddings + N(0, σ²) on the irrelevant modality) |
 //! | `adv` | L_sup + L_adv (PGD on the irrelevant modality) |
-//! | `ours` | L_sup + L_adv + λ·[consistency(clean, heuristic) + consistency(clean, adversarial)] |
+//! | `ours` | L_sup + L_adv + λ·consistency(clean, each perturbed copy: heuristic, adversarial, adversarial of heuristic) (Eq. 9) |
+//!
+//! Every step also reports the scale it works at: the RMS of the text and image embeddings, and
+//! the size of the perturbation relative to the embeddings it perturbs (‖δ‖/‖e‖ for PGD,
+//! ‖ξ‖/‖e‖ for RG, over the masked positions).
 
 use tch::{Kind, Tensor};
 
 use crate::model::MultimodalModel;
 use crate::objectives::{
-    answer_cross_entropy, consistency, gaussian_noise, modality_mask, Divergence, Pgd, RowTask,
-    TokenRole,
+    answer_cross_entropy, consistency, gaussian_noise, modality_mask, Divergence, PerturbTokens,
+    Pgd, RowTask, TokenRole,
 };
 
-pub use mipipe_stage_torch_types::Method;
+pub use mipipe_stage_torch_types::{Method, OursAnchors};
 
 /// Method hyper-parameters (defaults: paper Table 13; σ from the authors' code).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,6 +39,10 @@ pub struct MethodConfig {
     pub stop_gradient: bool,
     /// PGD settings.
     pub pgd: Pgd,
+    /// Which tokens of image-heavy rows PGD and RG perturb.
+    pub perturb_tokens: PerturbTokens,
+    /// Which clean rows anchor `ours`'s consistency term.
+    pub ours_anchors: OursAnchors,
 }
 
 impl MethodConfig {
@@ -48,6 +56,8 @@ impl MethodConfig {
             ours_divergence: Divergence::Js,
             stop_gradient: true,
             pgd: Pgd::default(),
+            perturb_tokens: PerturbTokens::Question,
+            ours_anchors: OursAnchors::Perturbed,
         }
     }
 }
@@ -81,12 +91,18 @@ impl Rows {
 pub struct StepLoss {
     /// What to backpropagate.
     pub total: Tensor,
-    /// `(term, value)`: `sup`, `adv`, `rg`, `consistency`, `pgd_step_to_epsilon`.
+    /// `(term, value)`: `sup`, `adv`, `rg`, `consistency`, `pgd_step_to_epsilon`, `text_rms`,
+    /// `image_rms`, `delta_to_embedding`, `noise_to_embedding`.
     pub terms: Vec<(&'static str, f64)>,
 }
 
-/// Row-by-position masks over the full sequence (image tokens first).
-fn full_masks(model: &MultimodalModel, rows: &Rows) -> (Tensor, Tensor, Tensor) {
+/// Row-by-position masks over the full sequence (image tokens first): answer tokens, the
+/// positions PGD and RG perturb, and the real text tokens.
+fn full_masks(
+    model: &MultimodalModel,
+    rows: &Rows,
+    tokens: PerturbTokens,
+) -> (Tensor, Tensor, Tensor) {
     let n_image = model.image_token_count() as usize;
     let mut answer = Vec::new();
     let mut irrelevant = Vec::new();
@@ -99,7 +115,7 @@ fn full_masks(model: &MultimodalModel, rows: &Rows) -> (Tensor, Tensor, Tensor) 
             full.iter()
                 .map(|r| if *r == TokenRole::Answer { 1f32 } else { 0.0 }),
         );
-        irrelevant.extend(modality_mask(*task, &full));
+        irrelevant.extend(modality_mask(*task, &full, tokens));
         padding.extend(roles.iter().map(|r| *r != TokenRole::Pad));
     }
     let b = rows.roles.len() as i64;
@@ -116,20 +132,44 @@ fn full_masks(model: &MultimodalModel, rows: &Rows) -> (Tensor, Tensor, Tensor) 
     )
 }
 
-/// Logits of the positions that predict answer tokens, for rows `which`, stacked.
-fn answer_logits(logits: &Tensor, answer: &Tensor, which: &[usize]) -> Tensor {
-    let t = answer.size()[1];
+/// For every row, the positions whose logits predict its answer tokens (position `p` predicts
+/// token `p + 1`).
+fn predicting_positions(answer: &Tensor) -> Vec<Tensor> {
+    let (b, t) = answer.size2().expect("[batch, seq]");
     let mask: Vec<f32> =
         Vec::<f32>::try_from(answer.flatten(0, 1).to_device(tch::Device::Cpu)).expect("float mask");
-    let mut picks = Vec::new();
-    for &row in which {
-        for pos in 0..(t - 1) as usize {
-            if mask[row * t as usize + pos + 1] > 0.5 {
-                picks.push(logits.get(row as i64).get(pos as i64));
-            }
-        }
+    (0..b as usize)
+        .map(|row| {
+            let positions: Vec<i64> = (0..(t - 1) as usize)
+                .filter(|pos| mask[row * t as usize + pos + 1] > 0.5)
+                .map(|pos| pos as i64)
+                .collect();
+            Tensor::from_slice(&positions).to_device(answer.device())
+        })
+        .collect()
+}
+
+/// ‖x⊙M‖ / ‖e⊙M‖ over the masked positions (`mask`: `[batch, seq]`), 0 for an empty mask.
+fn relative_size(x: &Tensor, embeddings: &Tensor, mask: &Tensor) -> f64 {
+    let m = mask.unsqueeze(-1);
+    let base = (embeddings.detach() * &m).norm().double_value(&[]);
+    if base == 0.0 {
+        return 0.0;
     }
-    Tensor::stack(&picks, 0)
+    (x.detach() * &m).norm().double_value(&[]) / base
+}
+
+/// The RMS of the embeddings where `mask` (`[batch, seq]`) is 1.
+fn masked_rms(embeddings: &Tensor, mask: &Tensor) -> f64 {
+    let m = mask.unsqueeze(-1);
+    let count = mask.sum(Kind::Float).double_value(&[]) * embeddings.size()[2] as f64;
+    if count == 0.0 {
+        return 0.0;
+    }
+    let sum = (embeddings.detach().pow_tensor_scalar(2) * &m)
+        .sum(Kind::Float)
+        .double_value(&[]);
+    (sum / count).sqrt()
 }
 
 /// The loss of one training step of `config.method` on `rows`.
@@ -137,59 +177,91 @@ fn answer_logits(logits: &Tensor, answer: &Tensor, which: &[usize]) -> Tensor {
 #[allow(clippy::assign_op_pattern)]
 pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig) -> StepLoss {
     let n_image = model.image_token_count();
-    let (answer, irrelevant, padding) = full_masks(model, rows);
+    let (answer, irrelevant, padding) = full_masks(model, rows, config.perturb_tokens);
     let b = rows.tokens.size()[0];
+    let device = rows.tokens.device();
     let targets = Tensor::cat(
         &[
-            Tensor::zeros([b, n_image], (Kind::Int64, rows.tokens.device())),
+            Tensor::zeros([b, n_image], (Kind::Int64, device)),
             rows.tokens.shallow_clone(),
         ],
         1,
     );
     let embeddings = model.embed(&rows.images, &rows.tokens);
+    let real = model.real_tokens(&padding).to_kind(Kind::Float);
+    let image_positions = real.zeros_like().narrow(1, 0, n_image).fill_(1.0);
+    let image_mask = Tensor::cat(
+        &[
+            image_positions,
+            Tensor::zeros([b, rows.tokens.size()[1]], (Kind::Float, device)),
+        ],
+        1,
+    );
+    let text_mask = &real - &image_mask;
     let supervised =
         |e: &Tensor| answer_cross_entropy(&model.logits(e, Some(&padding)), &targets, &answer);
     let logits = model.logits(&embeddings, Some(&padding));
     let sup = answer_cross_entropy(&logits, &targets, &answer);
-    let mut terms = vec![("sup", sup.double_value(&[]))];
+    let mut terms = vec![
+        ("sup", sup.double_value(&[])),
+        ("text_rms", masked_rms(&embeddings, &text_mask)),
+        ("image_rms", masked_rms(&embeddings, &image_mask)),
+    ];
     let mut total = sup;
+    // (clean row, heuristic variant row) pairs.
     let pairs: Vec<(usize, usize)> = rows
         .anchor
         .iter()
         .enumerate()
         .filter_map(|(r, a)| a.map(|a| (a, r)))
         .collect();
-    let heuristic_consistency = |divergence: Divergence| {
-        let clean: Vec<usize> = pairs.iter().map(|p| p.0).collect();
-        let variant: Vec<usize> = pairs.iter().map(|p| p.1).collect();
-        consistency(
-            &answer_logits(&logits, &answer, &clean),
-            &answer_logits(&logits, &answer, &variant),
-            divergence,
-            config.tau,
-            config.stop_gradient,
-        )
+    let predicting = predicting_positions(&answer);
+    // The answer-token logits of clean rows and of their copies, aligned token by token (a copy
+    // has its anchor's answer).
+    let divergence = |clean: &[usize], clean_logits: &Tensor, copies: &[(usize, &Tensor)]| {
+        let pick = |row: usize, l: &Tensor| l.get(row as i64).index_select(0, &predicting[row]);
+        let anchors: Vec<Tensor> = clean.iter().map(|&row| pick(row, clean_logits)).collect();
+        let perturbed: Vec<Tensor> = copies.iter().map(|&(row, l)| pick(row, l)).collect();
+        (Tensor::cat(&anchors, 0), Tensor::cat(&perturbed, 0))
     };
     match config.method {
         Method::FftVqa | Method::FftMix => {}
         Method::Kl | Method::Js if !pairs.is_empty() => {
-            let divergence = if config.method == Method::Kl {
+            let d = if config.method == Method::Kl {
                 Divergence::Kl
             } else {
                 Divergence::Js
             };
-            let c = heuristic_consistency(divergence);
+            let clean: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+            let copies: Vec<(usize, &Tensor)> = pairs.iter().map(|p| (p.1, &logits)).collect();
+            let (anchor_logits, copy_logits) = divergence(&clean, &logits, &copies);
+            let c = consistency(
+                &anchor_logits,
+                &copy_logits,
+                d,
+                config.tau,
+                config.stop_gradient,
+            );
             terms.push(("consistency", c.double_value(&[])));
             total = total + c * config.lambda;
         }
         Method::Kl | Method::Js => {}
         Method::Rg => {
-            let noisy = supervised(&gaussian_noise(&embeddings, &irrelevant, config.sigma));
+            let noise = gaussian_noise(&embeddings, &irrelevant, config.sigma);
+            terms.push((
+                "noise_to_embedding",
+                relative_size(&noise, &embeddings, &irrelevant),
+            ));
+            let noisy = supervised(&(&embeddings + noise));
             terms.push(("rg", noisy.double_value(&[])));
             total = total + noisy;
         }
         Method::Adv | Method::Ours => {
             let (delta, trace) = config.pgd.perturb(&embeddings, &irrelevant, supervised);
+            terms.push((
+                "delta_to_embedding",
+                relative_size(&delta, &embeddings, &irrelevant),
+            ));
             let adversarial_logits = model.logits(&(&embeddings + &delta), Some(&padding));
             let adv = answer_cross_entropy(&adversarial_logits, &targets, &answer);
             terms.push(("adv", adv.double_value(&[])));
@@ -199,19 +271,44 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
             ));
             total = total + adv;
             if config.method == Method::Ours {
-                let all: Vec<usize> = (0..b as usize).collect();
-                let mut c = consistency(
-                    &answer_logits(&logits, &answer, &all),
-                    &answer_logits(&adversarial_logits, &answer, &all),
-                    config.ours_divergence,
-                    config.tau,
-                    config.stop_gradient,
-                );
-                if !pairs.is_empty() {
-                    c = c + heuristic_consistency(config.ours_divergence);
+                // Paper Eq. 9: each clean row against every perturbed copy of it.
+                let perturbed_rows: Vec<bool> = Vec::<f32>::try_from(
+                    irrelevant
+                        .sum_dim_intlist(1, false, Kind::Float)
+                        .to_device(tch::Device::Cpu),
+                )
+                .expect("one sum per row")
+                .into_iter()
+                .map(|s| s > 0.0)
+                .collect();
+                let mut clean = Vec::new();
+                let mut copies: Vec<(usize, &Tensor)> = Vec::new();
+                for (a, r) in &pairs {
+                    clean.extend([*a, *a]);
+                    copies.extend([(*r, &logits), (*r, &adversarial_logits)]);
                 }
-                terms.push(("consistency", c.double_value(&[])));
-                total = total + c * config.lambda;
+                for row in (0..b as usize).filter(|&r| rows.anchor[r].is_none()) {
+                    let include = match config.ours_anchors {
+                        OursAnchors::Perturbed => perturbed_rows[row],
+                        OursAnchors::All => true,
+                    };
+                    if include {
+                        clean.push(row);
+                        copies.push((row, &adversarial_logits));
+                    }
+                }
+                if !clean.is_empty() {
+                    let (anchor_logits, copy_logits) = divergence(&clean, &logits, &copies);
+                    let c = consistency(
+                        &anchor_logits,
+                        &copy_logits,
+                        config.ours_divergence,
+                        config.tau,
+                        config.stop_gradient,
+                    );
+                    terms.push(("consistency", c.double_value(&[])));
+                    total = total + c * config.lambda;
+                }
             }
         }
     }
@@ -261,8 +358,8 @@ mod tests {
             0, 0, 1, 6, 3, 0, // word 6 -> A
             0, 0, 1, 7, 4, 0, // word 7 -> B
         ];
-        let plain = vec![Pad, Pad, Text, Text, Answer, Pad];
-        let prefixed = vec![Text, Text, Text, Text, Answer, Pad];
+        let plain = vec![Pad, Pad, Template, Question, Answer, Pad];
+        let prefixed = vec![Question, Question, Template, Question, Answer, Pad];
         Rows {
             images,
             tokens: Tensor::from_slice(&tokens).view([6, 6]),
@@ -341,7 +438,58 @@ mod tests {
         let model = MultimodalModel::new(model_vs.root(), &tiny(Family::Qwen));
         let loss = training_loss(&model, &rows(), &MethodConfig::paper(Method::Ours));
         let names: Vec<&str> = loss.terms.iter().map(|t| t.0).collect();
-        assert_eq!(names, ["sup", "adv", "pgd_step_to_epsilon", "consistency"]);
+        assert_eq!(
+            names,
+            [
+                "sup",
+                "text_rms",
+                "image_rms",
+                "delta_to_embedding",
+                "adv",
+                "pgd_step_to_epsilon",
+                "consistency"
+            ]
+        );
         assert!(loss.terms.iter().all(|t| t.1.is_finite()));
+    }
+
+    #[test]
+    fn a_rows_loss_is_the_same_alone_and_inside_a_padded_batch() {
+        let _rng = crate::rng_lock();
+        tch::manual_seed(12);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = MultimodalModel::new(vs.root(), &tiny(Family::Llava));
+        let batch = rows();
+        // Row 0 alone, without its two padding tokens.
+        let alone = Rows {
+            images: batch.images.narrow(0, 0, 1),
+            tokens: batch.tokens.narrow(0, 0, 1).narrow(1, 2, 4),
+            roles: vec![batch.roles[0][2..].to_vec()],
+            tasks: vec![batch.tasks[0]],
+            anchor: vec![None],
+        };
+        let padded = Rows {
+            images: batch.images.narrow(0, 0, 2),
+            tokens: batch.tokens.narrow(0, 0, 2),
+            roles: batch.roles[..2].to_vec(),
+            tasks: batch.tasks[..2].to_vec(),
+            anchor: vec![None, None],
+        };
+        let config = MethodConfig::paper(Method::FftMix);
+        let single = training_loss(&model, &alone, &config).terms[0].1;
+        // Both rows of `padded` have one answer token, so its loss is the mean of theirs.
+        let second = Rows {
+            images: batch.images.narrow(0, 1, 1),
+            tokens: batch.tokens.narrow(0, 1, 1).narrow(1, 2, 4),
+            roles: vec![batch.roles[1][2..].to_vec()],
+            tasks: vec![batch.tasks[1]],
+            anchor: vec![None],
+        };
+        let other = training_loss(&model, &second, &config).terms[0].1;
+        let together = training_loss(&model, &padded, &config).terms[0].1;
+        assert!(
+            (together - (single + other) / 2.0).abs() < 1e-5,
+            "alone {single} and {other}, in a batch {together}"
+        );
     }
 }

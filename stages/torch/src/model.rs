@@ -1,5 +1,8 @@
 //! The multimodal model: a ViT, one of three projector families, and the Llama-style decoder,
 //! with image tokens placed before the text (as LLaVA, InstructBLIP and Qwen-VL do).
+//!
+//! A batch is laid out `[image tokens][left padding][text]`; position ids count real tokens
+//! only, so the text of every row starts at position `n_image` whatever its batch.
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -107,16 +110,46 @@ impl MultimodalModel {
         )
     }
 
+    /// The mask of real tokens over the combined sequence from the text part's (`[batch, seq]`,
+    /// true for real tokens): image tokens are always real.
+    pub fn real_tokens(&self, padding: &Tensor) -> Tensor {
+        let b = padding.size()[0];
+        let image = Tensor::ones(
+            [b, self.image_token_count()],
+            (Kind::Bool, padding.device()),
+        );
+        Tensor::cat(&[image, padding.to_kind(Kind::Bool)], 1)
+    }
+
     /// Logits over the combined sequence; `padding` covers the text part (`[batch, seq]`, true
     /// for real tokens); image tokens are always real.
     pub fn logits(&self, embeddings: &Tensor, padding: Option<&Tensor>) -> Tensor {
-        let padding = padding.map(|p| {
-            let b = p.size()[0];
-            let image = Tensor::ones([b, self.image_token_count()], (Kind::Bool, p.device()));
-            Tensor::cat(&[image, p.to_kind(Kind::Bool)], 1)
-        });
-        self.decoder
-            .forward_embeddings(embeddings, padding.as_ref())
+        let real = padding.map(|p| self.real_tokens(p));
+        self.decoder.forward_embeddings(embeddings, real.as_ref())
+    }
+
+    /// Rescales the projector's output layer so that the image tokens of `images` have the RMS
+    /// of the token embeddings (Llama-style, [`crate::layers::INIT_STD`]): at initialisation
+    /// both modalities enter the language model at one scale, so a perturbation of a given size
+    /// is equally strong on either. Returns the RMS of both before the rescaling.
+    pub fn match_image_scale(&self, images: &Tensor) -> (f64, f64) {
+        tch::no_grad(|| {
+            let text = rms(&self.decoder.embed_tokens.ws);
+            let image = rms(&self.image_tokens(images));
+            let layer = match &self.projector {
+                Projector::Mlp(p) => p.output_layer(),
+                Projector::Merger(p) => p.output_layer(),
+                Projector::QFormer(p) => p.output_layer(),
+            };
+            let scale = text / image.max(1e-12);
+            let mut weight = layer.ws.shallow_clone();
+            let _ = weight.g_mul_scalar_(scale);
+            if let Some(bias) = &layer.bs {
+                let mut bias = bias.shallow_clone();
+                let _ = bias.g_mul_scalar_(scale);
+            }
+            (text, image)
+        })
     }
 
     /// Freezes what fine-tuning leaves alone (paper §5, App. B): the vision encoder, and for
@@ -132,6 +165,16 @@ impl MultimodalModel {
             }
         }
     }
+}
+
+/// Root mean square of every element.
+pub fn rms(x: &Tensor) -> f64 {
+    x.detach()
+        .to_kind(Kind::Float)
+        .pow_tensor_scalar(2)
+        .mean(Kind::Float)
+        .sqrt()
+        .double_value(&[])
 }
 
 #[cfg(test)]
@@ -188,6 +231,27 @@ pub(crate) mod tests {
             let expected =
                 name.starts_with("decoder.") || name.starts_with("projector.language_projection.");
             assert_eq!(trainable, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn image_tokens_start_at_the_text_embeddings_scale() {
+        let _rng = crate::rng_lock();
+        for family in [Family::Llava, Family::Blip, Family::Qwen] {
+            tch::manual_seed(4);
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let model = MultimodalModel::new(vs.root(), &tiny(family));
+            let images = Tensor::rand([4, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+            let (text, _) = model.match_image_scale(&images);
+            assert!(
+                (text - crate::layers::INIT_STD).abs() < 0.005,
+                "{family:?}: Llava-style token embeddings, RMS {text}"
+            );
+            let image = rms(&tch::no_grad(|| model.image_tokens(&images)));
+            assert!(
+                (image / text - 1.0).abs() < 1e-4,
+                "{family:?}: image tokens at RMS {image}, text at {text}"
+            );
         }
     }
 }

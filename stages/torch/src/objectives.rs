@@ -15,13 +15,17 @@
 
 use tch::{Kind, Tensor};
 
-/// Which rows a token of a training sequence belongs to, for the modality mask.
+/// What a token of a training sequence is, for the modality mask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenRole {
     /// An image token (from the projector).
     Image,
-    /// A prompt text token.
-    Text,
+    /// `<bos>` and the prompt template (`Question :`, `Options :`, `A :`, `Answer :`).
+    Template,
+    /// The question's words and any text prepended to it.
+    Question,
+    /// An option's words.
+    Option,
     /// An answer token (supervised; never perturbed).
     Answer,
     /// Padding.
@@ -39,17 +43,24 @@ pub enum RowTask {
     Vqa,
 }
 
+pub use mipipe_stage_torch_types::PerturbTokens;
+
 /// The modality mask of one row: 1.0 where PGD and RG may perturb (the task-irrelevant
-/// modality), 0.0 elsewhere. Image-heavy rows: text tokens other than the answer; text-heavy
-/// rows: image tokens; VQA rows: none.
-pub fn modality_mask(task: RowTask, roles: &[TokenRole]) -> Vec<f32> {
+/// modality), 0.0 elsewhere. Image-heavy rows: the question's words (`PerturbTokens::Question`,
+/// the paper) or every prompt token (`Prompt`, the authors' code); text-heavy rows: image
+/// tokens; VQA rows: none. Answer tokens and padding never.
+pub fn modality_mask(task: RowTask, roles: &[TokenRole], tokens: PerturbTokens) -> Vec<f32> {
     roles
         .iter()
         .map(|role| {
-            let perturb = match task {
-                RowTask::ImageHeavy => *role == TokenRole::Text,
-                RowTask::TextHeavy => *role == TokenRole::Image,
-                RowTask::Vqa => false,
+            let perturb = match (task, tokens) {
+                (RowTask::ImageHeavy, PerturbTokens::Question) => *role == TokenRole::Question,
+                (RowTask::ImageHeavy, PerturbTokens::Prompt) => matches!(
+                    role,
+                    TokenRole::Template | TokenRole::Question | TokenRole::Option
+                ),
+                (RowTask::TextHeavy, _) => *role == TokenRole::Image,
+                (RowTask::Vqa, _) => false,
             };
             if perturb {
                 1.0
@@ -109,9 +120,10 @@ pub fn consistency(
     per_token.mean(Kind::Float)
 }
 
-/// Adds Gaussian noise N(0, σ²) to the masked embeddings (the RG control).
+/// Gaussian noise N(0, σ²) on the masked positions, zero elsewhere (the RG control adds it to
+/// the embeddings).
 pub fn gaussian_noise(embeddings: &Tensor, mask: &Tensor, sigma: f64) -> Tensor {
-    embeddings + embeddings.randn_like() * sigma * mask.unsqueeze(-1)
+    embeddings.randn_like() * sigma * mask.unsqueeze(-1)
 }
 
 pub use mipipe_stage_torch_types::{Norm, PgdInit};
@@ -212,16 +224,26 @@ mod tests {
     fn masks_follow_the_task_token_by_token() {
         let _rng = crate::rng_lock();
         use TokenRole::*;
-        let roles = [Image, Image, Text, Text, Answer, Pad];
+        let roles = [
+            Image, Image, Template, Question, Question, Option, Answer, Pad,
+        ];
+        let paper = PerturbTokens::Question;
         assert_eq!(
-            modality_mask(RowTask::ImageHeavy, &roles),
-            [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+            modality_mask(RowTask::ImageHeavy, &roles, paper),
+            [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
         );
         assert_eq!(
-            modality_mask(RowTask::TextHeavy, &roles),
-            [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+            modality_mask(RowTask::ImageHeavy, &roles, PerturbTokens::Prompt),
+            [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+            "the authors' code: every prompt token"
         );
-        assert_eq!(modality_mask(RowTask::Vqa, &roles), [0.0; 6]);
+        for tokens in [paper, PerturbTokens::Prompt] {
+            assert_eq!(
+                modality_mask(RowTask::TextHeavy, &roles, tokens),
+                [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+            );
+            assert_eq!(modality_mask(RowTask::Vqa, &roles, tokens), [0.0; 8]);
+        }
     }
 
     #[test]

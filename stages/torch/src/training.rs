@@ -49,8 +49,18 @@ impl Schedule {
     }
 }
 
-/// The loss terms a step may log, in column order.
-pub const TERMS: [&str; 5] = ["sup", "consistency", "adv", "rg", "pgd_step_to_epsilon"];
+/// The loss terms and scales a step may log, in column order.
+pub const TERMS: [&str; 9] = [
+    "sup",
+    "consistency",
+    "adv",
+    "rg",
+    "pgd_step_to_epsilon",
+    "text_rms",
+    "image_rms",
+    "delta_to_embedding",
+    "noise_to_embedding",
+];
 
 /// One logged step.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,7 +76,7 @@ pub struct LogRow {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Values of [`TERMS`] (`None` where the method has no such term).
-    pub terms: [Option<f64>; 5],
+    pub terms: [Option<f64>; TERMS.len()],
 }
 
 /// Trains `model` (its trainable variables in `vs`) over `plan` (epoch, batch) with
@@ -116,7 +126,7 @@ pub fn train<B>(
         loss.total.backward();
         let grad_norm = clip_gradients(&trainable, optimizer.clip);
         opt.step();
-        let mut terms = [None; 5];
+        let mut terms = [None; TERMS.len()];
         for (name, value) in &loss.terms {
             if let Some(i) = TERMS.iter().position(|t| t == name) {
                 terms[i] = Some(*value);

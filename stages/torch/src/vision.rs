@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use crate::layers::{Attention, Masking};
+use crate::layers::{linear, Attention};
 
 /// ViT hyper-parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -45,16 +45,14 @@ impl EncoderBlock {
             norm1: nn::layer_norm(&path / "norm1", vec![dim], Default::default()),
             attn: Attention::new(&path / "attn", dim, dim, heads, true),
             norm2: nn::layer_norm(&path / "norm2", vec![dim], Default::default()),
-            fc1: nn::linear(&path / "fc1", dim, 4 * dim, Default::default()),
-            fc2: nn::linear(&path / "fc2", 4 * dim, dim, Default::default()),
+            fc1: linear(&path / "fc1", dim, 4 * dim, true),
+            fc2: linear(&path / "fc2", 4 * dim, dim, true),
         }
     }
 
     /// `x`: `[batch, seq, dim]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x + self
-            .attn
-            .forward(&x.apply(&self.norm1), None, None, Masking::Full);
+        let x = x + self.attn.forward(&x.apply(&self.norm1));
         &x + x
             .apply(&self.norm2)
             .apply(&self.fc1)
@@ -126,9 +124,16 @@ impl MlpProjector {
     /// At `path` (`linear_1`, `linear_2`).
     pub fn new(path: nn::Path, vision: i64, hidden: i64) -> Self {
         Self {
-            linear_1: nn::linear(&path / "linear_1", vision, hidden, Default::default()),
-            linear_2: nn::linear(&path / "linear_2", hidden, hidden, Default::default()),
+            linear_1: linear(&path / "linear_1", vision, hidden, true),
+            linear_2: linear(&path / "linear_2", hidden, hidden, true),
         }
+    }
+}
+
+impl MlpProjector {
+    /// The layer whose output the language model reads.
+    pub fn output_layer(&self) -> &nn::Linear {
+        &self.linear_2
     }
 }
 
@@ -159,6 +164,13 @@ impl PatchMerger {
             mlp: MlpProjector::new(&path / "mlp", 4 * vision, hidden),
             grid,
         }
+    }
+}
+
+impl PatchMerger {
+    /// The layer whose output the language model reads.
+    pub fn output_layer(&self) -> &nn::Linear {
+        self.mlp.output_layer()
     }
 }
 
@@ -213,18 +225,20 @@ impl QFormer {
                         nn::layer_norm(&p / "cross_norm", vec![dim], Default::default()),
                         Attention::new(&p / "cross_attn", dim, vision, heads, true),
                         nn::layer_norm(&p / "ffn_norm", vec![dim], Default::default()),
-                        nn::linear(&p / "fc1", dim, 4 * dim, Default::default()),
-                        nn::linear(&p / "fc2", 4 * dim, dim, Default::default()),
+                        linear(&p / "fc1", dim, 4 * dim, true),
+                        linear(&p / "fc2", 4 * dim, dim, true),
                     )
                 })
                 .collect(),
-            language_projection: nn::linear(
-                &path / "language_projection",
-                dim,
-                hidden,
-                Default::default(),
-            ),
+            language_projection: linear(&path / "language_projection", dim, hidden, true),
         }
+    }
+}
+
+impl QFormer {
+    /// The layer whose output the language model reads.
+    pub fn output_layer(&self) -> &nn::Linear {
+        &self.language_projection
     }
 }
 
@@ -233,8 +247,8 @@ impl Module for QFormer {
         let b = patches.size()[0];
         let mut q = self.queries.expand([b, -1, -1], false);
         for (self_norm, self_attn, cross_norm, cross_attn, ffn_norm, fc1, fc2) in &self.layers {
-            q = &q + self_attn.forward(&q.apply(self_norm), None, None, Masking::Full);
-            q = &q + cross_attn.attend(&q.apply(cross_norm), patches, None, None, Masking::Full);
+            q = &q + self_attn.forward(&q.apply(self_norm));
+            q = &q + cross_attn.attend(&q.apply(cross_norm), patches);
             q = &q + q.apply(ffn_norm).apply(fc1).gelu("none").apply(fc2);
         }
         q.apply(&self.language_projection)
