@@ -633,6 +633,14 @@ fn show(
             entry.duration_ms as f64 / 1000.0,
             entry.created_unix
         );
+        if !entry.facts.is_empty() {
+            let facts: Vec<String> = entry
+                .facts
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(out, "facts    {}", facts.join(", "));
+        }
     }
     if let Some((dir, record)) = &last_run {
         let outcome = record

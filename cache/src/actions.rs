@@ -41,6 +41,9 @@ pub struct ActionEntry {
     pub created_unix: u64,
     /// How long the stage ran.
     pub duration_ms: u64,
+    /// What the stage recorded about its run (`device`: where a torch stage computed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
 }
 
 /// The result of looking a key up.

@@ -643,6 +643,7 @@ fn execute_in_scratch(
         log: log_path.to_path_buf(),
         worker: stage.kind.worker_binary().map(str::to_string),
         progress_file: launcher.is_some().then(|| scratch.join("progress")),
+        facts_file: Some(scratch.join("facts.json")),
     };
     let progress = ProgressForward {
         stage: stage.name.clone(),
@@ -701,6 +702,7 @@ fn execute_in_scratch(
             outputs: stored.clone(),
             created_unix: now_unix_ms() / 1000,
             duration_ms: started.elapsed().as_millis() as u64,
+            facts: crate::stage::read_facts(&scratch.join("facts.json")),
         };
         cache
             .actions()

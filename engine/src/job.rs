@@ -50,6 +50,10 @@ pub struct Job {
     /// ([`read_progress`]); `None`: not reported.
     #[serde(default)]
     pub progress_file: Option<PathBuf>,
+    /// Where the stage records facts about its run (`StageContext::record_fact`); `None`: not
+    /// recorded.
+    #[serde(default)]
+    pub facts_file: Option<PathBuf>,
 }
 
 impl Job {
@@ -69,6 +73,7 @@ impl Job {
             log: Mutex::new(log),
             cancel,
             progress,
+            facts_file: self.facts_file.clone(),
         }
     }
 }

@@ -420,6 +420,7 @@ pub struct StageContext {
     pub(crate) log: Mutex<File>,
     pub(crate) cancel: Arc<AtomicBool>,
     pub(crate) progress: Option<Arc<dyn ProgressSink>>,
+    pub(crate) facts_file: Option<PathBuf>,
 }
 
 impl StageContext {
@@ -497,10 +498,35 @@ impl StageContext {
         self.cancel.load(Ordering::Relaxed)
     }
 
+    /// Records a fact about how the stage ran (`device` = `cuda:0`): kept with its cache entry
+    /// and shown by `mipipe show`. Facts describe a run; they never enter a key. A later value
+    /// of the same name replaces the earlier one.
+    pub fn record_fact(&self, name: &str, value: &str) {
+        let Some(path) = &self.facts_file else {
+            return;
+        };
+        let mut facts = read_facts(path);
+        facts.insert(name.to_string(), value.to_string());
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_vec(&facts).expect("string maps serialise");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+
     /// Reports progress (shown as a per-stage bar on a terminal).
     pub fn progress(&self, done: u64, total: u64, message: &str) {
         if let Some(sink) = &self.progress {
             sink.progress(done, total, message);
         }
     }
+}
+
+/// The facts a stage recorded in `path` ([`StageContext::record_fact`]); none when the file is
+/// missing or unreadable.
+pub fn read_facts(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
 }

@@ -78,6 +78,117 @@ fn torch_stages_run_in_the_worker_and_report_progress() {
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["method"], "ours");
     assert_eq!(config["answer"], "text");
+    assert_eq!(config["trained_on"], "cpu");
+    // The device each stage computed on is kept with its cache entry and shown.
+    let show = project.mipipe(&["show", "predict[family=qwen,method=ours]"]);
+    show.expect_code(0);
+    assert!(
+        show.stdout.contains("facts    device=cpu"),
+        "{}",
+        show.stdout
+    );
+}
+
+#[test]
+fn device_cuda_without_a_cuda_libtorch_fails_naming_the_library() {
+    crate::require_torch_worker();
+    let has_gpu = std::process::Command::new("nvidia-smi")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_gpu {
+        eprintln!("skipped: this machine has a GPU");
+        return;
+    }
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        &TINY.replace(
+            "params: {size: xs, epochs: 1, batch_size: 8, answer: text}",
+            "params: {size: xs, epochs: 1, batch_size: 8, answer: text, device: cuda}",
+        ),
+    );
+    let run = project.mipipe(&["run", "-t", "pretrain"]);
+    run.expect_code(3);
+    // The CPU set-up has `libtorch_cuda.so` but not the CUDA libraries it links: the loader's
+    // message names the first one missing.
+    assert!(
+        run.stderr
+            .contains("`device: cuda:0` but libtorch's CUDA library cannot be loaded: lib")
+            && run.stderr.contains("cannot open shared object file"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A stand-in for `mipipe-torch-worker` that records the `CUDA_VISIBLE_DEVICES` it was started
+/// with and writes the declared outputs of its job.
+const FAKE_WORKER: &str = r#"#!/bin/sh
+set -eu
+echo "${CUDA_VISIBLE_DEVICES:-unset}" >> "$FAKE_WORKER_RECORD"
+sleep 1
+"$FAKE_WORKER_PYTHON" - "$2" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))
+for path in job["outputs"].values():
+    open(path, "w").write(job["stage"])
+PY
+"#;
+
+#[test]
+fn gpu_slots_reach_torch_workers() {
+    let project = Project::new();
+    // `mipipe` next to the fake worker, as the real one sits next to it.
+    let bin = project.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(crate::mipipe_bin(), bin.join("mipipe")).unwrap();
+    let worker = bin.join("mipipe-torch-worker");
+    std::fs::write(&worker, FAKE_WORKER).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  inputs:
+    kind: command
+    params: {cmd: "echo m > ${outs.model} && echo i > ${outs.items}", outs: {model: m, items: i}}
+  predict:
+    kind: predict
+    matrix: {batch_size: [8, 16]}
+    inputs: {model: inputs.model, items: inputs.items}
+    params: {device: auto}
+    resources: {gpus: 1}
+"#,
+    );
+    let record = project.path().join("devices.txt");
+    let python = std::env::var("MIPIPE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(bin.join("mipipe"))
+        .args(["run", "-j", "2", "--gpus", "2"])
+        .current_dir(project.path())
+        .env("NO_COLOR", "1")
+        .env("MIPIPE_NO_PROGRESS", "1")
+        .env_remove("MIPIPE_CACHE_DIR")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .env("FAKE_WORKER_RECORD", &record)
+        .env("FAKE_WORKER_PYTHON", python)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut devices: Vec<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    devices.sort();
+    assert_eq!(
+        devices,
+        ["0", "1"],
+        "each concurrent `gpus: 1` worker gets its own GPU"
+    );
 }
 
 #[test]

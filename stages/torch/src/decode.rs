@@ -262,6 +262,39 @@ pub fn generate_uncached(
     })
 }
 
+/// The log-likelihood of each row's answer tokens given its prompt, by one full forward pass
+/// over prompt and answer (rows of [`crate::encode::encode_sequences`]): what
+/// [`Decoding::score`] computes from a shared prompt pass, kept as its reference.
+pub fn score_uncached(model: &MultimodalModel, rows: &crate::methods::Rows) -> Vec<f64> {
+    use crate::objectives::TokenRole;
+    tch::no_grad(|| {
+        let device = rows.tokens.device();
+        let (b, t) = rows.tokens.size2().expect("[batch, seq]");
+        let mask = |role: fn(&TokenRole) -> bool| {
+            let values: Vec<f32> = rows
+                .roles
+                .iter()
+                .flat_map(|r| r.iter().map(|x| if role(x) { 1.0 } else { 0.0 }))
+                .collect();
+            Tensor::from_slice(&values).view([b, t]).to_device(device)
+        };
+        let padding = mask(|r| *r != TokenRole::Pad).to_kind(Kind::Bool);
+        let answer = mask(|r| *r == TokenRole::Answer);
+        let embeddings = model.embed(&rows.images, &rows.tokens);
+        let n_image = model.image_token_count();
+        let logits = model.logits(&embeddings, Some(&padding));
+        // The text part: position p predicts token p + 1.
+        let text = logits.narrow(1, n_image, t).log_softmax(-1, Kind::Float);
+        let predicted = text
+            .narrow(1, 0, t - 1)
+            .gather(2, &rows.tokens.narrow(1, 1, t - 1).unsqueeze(-1), false)
+            .squeeze_dim(-1);
+        let sums = (predicted * answer.narrow(1, 1, t - 1)).sum_dim_intlist(1, false, Kind::Float);
+        Vec::<f64>::try_from(sums.to_kind(Kind::Double).to_device(tch::Device::Cpu))
+            .expect("one score per row")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

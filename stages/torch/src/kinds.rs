@@ -49,6 +49,9 @@ pub struct Sidecar {
     pub answer: AnswerFormat,
     /// The tokenizer.
     pub tokenizer: Tokenizer,
+    /// Where the training that made it ran (`cpu`, `cuda:0`); informational.
+    #[serde(default)]
+    pub trained_on: Option<String>,
 }
 
 fn failed(e: impl std::fmt::Display) -> StageError {
@@ -64,11 +67,15 @@ fn prepare(
     device: mipipe_stage_torch_types::Device,
 ) -> Result<tch::Device, StageError> {
     device::set_threads(ctx.env());
-    let device = device::resolve(device)?;
+    let (device, note) = device::resolve(device)?;
+    if let Some(note) = note {
+        ctx.log(&note);
+    }
     ctx.log(&format!(
         "libtorch on {device:?} with {} thread(s)",
         tch::get_num_threads()
     ));
+    ctx.record_fact("device", &device::name(device));
     Ok(device)
 }
 
@@ -235,6 +242,7 @@ impl TorchBackend for TchBackend {
             seed: params.seed,
             answer: params.answer,
             tokenizer: tokenizer.clone(),
+            trained_on: Some(device::name(device)),
         };
         let run = TrainingRun {
             vs: &vs,
@@ -300,6 +308,7 @@ impl TorchBackend for TchBackend {
         let format = sidecar.answer;
         sidecar.method = method_name(params.method);
         sidecar.seed = params.seed;
+        sidecar.trained_on = Some(device::name(device));
         let run = TrainingRun {
             vs: &vs,
             model: &model,
@@ -567,6 +576,7 @@ mod tests {
             seed: 0,
             answer: AnswerFormat::Text,
             tokenizer: Tokenizer::train(["a b"], 10),
+            trained_on: None,
         };
         assert!(check_labels(
             &sidecar,
