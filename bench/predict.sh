@@ -29,7 +29,7 @@ echo "== share of stage time per kind (from the cache entries of $pipeline)"
 python3 - "$pipeline" "$mipipe" <<'PY'
 import json, subprocess, sys
 pipeline, mipipe = sys.argv[1], sys.argv[2]
-lock = json.load(open(pipeline.rsplit("/", 1)[0] + "/mipipe.lock"))
+lock = json.load(open(pipeline.rsplit(".", 1)[0] + ".lock"))
 totals = {}
 for stage in lock["stages"]:
     shown = json.loads(subprocess.run([mipipe, "show", stage, pipeline, "--json"],

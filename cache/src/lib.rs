@@ -127,6 +127,24 @@ impl Cache {
         }
     }
 
+    /// Whether `dest` may be replaced by a materialized output: it does not exist, or it is an
+    /// earlier copy of some stored output (a file whose bytes are an object here, or a folder
+    /// whose whole tree is), so replacing it loses nothing. A symlink never is.
+    pub fn is_earlier_copy(&self, dest: &Path) -> bool {
+        let Ok(meta) = fs::symlink_metadata(dest) else {
+            return true;
+        };
+        if meta.is_file() {
+            return self
+                .file_digests
+                .digest(dest)
+                .is_ok_and(|d| self.store.path_of(&d).is_file());
+        }
+        meta.is_dir()
+            && TreeManifest::describe(dest, |p| self.file_digests.digest(p))
+                .is_ok_and(|m| self.store.read_tree(&m.digest()).is_ok())
+    }
+
     /// A fresh scratch folder on the cache's filesystem, named so `gc` can tell whether its
     /// owner is still alive.
     pub fn scratch_dir(&self, label: &str) -> Result<PathBuf, CacheError> {

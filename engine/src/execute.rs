@@ -535,7 +535,8 @@ fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, StageError)> {
             // The other process may have finished the very same work.
             if stage.cache {
                 if let Lookup::Hit(entry) = cache.actions().lookup(&key, cache.store()) {
-                    materialize(pipeline, cache, stage, &entry.outputs, true).map_err(env_error)?;
+                    materialize(pipeline, cache, stage, &entry.outputs, true)
+                        .map_err(|e| (None, e))?;
                     return Ok(Finished {
                         outputs: entry.outputs,
                         found_in_cache: true,
@@ -709,8 +710,7 @@ fn execute_in_scratch(
             .insert(&entry)
             .map_err(|e| StageError::environment(e.to_string()))?;
     }
-    materialize(pipeline, cache, stage, &stored, false)
-        .map_err(|e| StageError::environment(e.to_string()))?;
+    materialize(pipeline, cache, stage, &stored, false)?;
     drop(cleanup);
     Ok(stored)
 }
@@ -770,21 +770,66 @@ fn collect_stray(dir: &Path, declared: &BTreeSet<PathBuf>, out: &mut Vec<PathBuf
 }
 
 /// Copies outputs named in `materialize:` into the workspace; with `only_if_stale`, leaves
-/// copies that already match alone (a cached stage whose copy was deleted or edited gets it
-/// back).
+/// copies that already match alone (a cached stage whose copy was deleted gets it back).
+///
+/// Never loses a user's file: a destination that exists is replaced only when it is an earlier
+/// copy of a stored output (its bytes, or its whole folder, are in the cache), never through a
+/// symlinked folder, and never when it is or holds the pipeline file or the cache.
 pub(crate) fn materialize(
     pipeline: &Pipeline,
     cache: &Cache,
     stage: &ResolvedStage,
     outputs: &BTreeMap<String, StoredOutput>,
     only_if_stale: bool,
-) -> Result<(), mipipe_cache::CacheError> {
-    for (name, dest) in &stage.materialize {
+) -> Result<(), StageError> {
+    for (name, relative) in &stage.materialize {
         if let Some(output) = outputs.get(name) {
-            let dest = pipeline.workspace.join(dest);
-            if !(only_if_stale && cache.is_copy_current(output, &dest)) {
-                cache.store().copy_out(output, &dest)?;
+            let dest = pipeline.workspace.join(relative);
+            if only_if_stale && cache.is_copy_current(output, &dest) {
+                continue;
             }
+            let refuse = |why: String| {
+                StageError::failed(format!(
+                    "Not materializing `{name}` at `{}`: {why}",
+                    relative.display()
+                ))
+            };
+            confined(&pipeline.workspace, relative).map_err(refuse)?;
+            for protected in [&pipeline.path, &cache.root().to_path_buf()] {
+                let protected = fs::canonicalize(protected).unwrap_or_else(|_| protected.clone());
+                let target = fs::canonicalize(&dest).unwrap_or_else(|_| dest.clone());
+                if protected.starts_with(&target) {
+                    return Err(refuse(format!(
+                        "it holds `{}`, which mipipe never replaces; choose a folder of its own for `{name}`",
+                        protected.display()
+                    )));
+                }
+            }
+            if !cache.is_earlier_copy(&dest) {
+                return Err(refuse(format!(
+                    "it holds something mipipe did not put there (or a copy edited since); move it away or give `{name}` another path"
+                )));
+            }
+            cache
+                .store()
+                .copy_out(output, &dest)
+                .map_err(|e| StageError::environment(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether every folder between the workspace and `relative` is a real folder, not a symlink
+/// (a link would let a copy land outside the workspace).
+fn confined(workspace: &Path, relative: &Path) -> Result<(), String> {
+    let mut at = workspace.to_path_buf();
+    for component in relative.components() {
+        at.push(component);
+        if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "`{}` is a symlink, and mipipe writes only inside the workspace",
+                at.display()
+            ));
         }
     }
     Ok(())

@@ -1344,6 +1344,20 @@ impl Resolver<'_> {
             match v.as_str() {
                 Some(path) if !path.is_empty() => {
                     let path = self.expand_path(v, path, vars, &raw_map)?;
+                    if let Err(why) = workspace_relative(&path) {
+                        self.push(
+                            err(
+                                SpecErrorKind::Schema,
+                                format!("`materialize` path `{path}` {why}"),
+                                v.span,
+                                "outside the workspace",
+                            )
+                            .with_help(
+                                "`materialize` copies outputs into the pipeline's folder: give a path relative to it, without `..`, that is not the folder itself",
+                            ),
+                        );
+                        continue;
+                    }
                     materialize.insert(out, PathBuf::from(path));
                 }
                 _ => self.push(err(
@@ -2020,4 +2034,24 @@ fn shift(node: &mut Node, source: SourceId, offset: usize) {
         }),
         _ => {}
     }
+}
+
+/// Checks that a `materialize:` path names a place strictly inside the workspace: relative, no
+/// `..`, not the workspace itself. (Symlinked folders on the way are refused when copying.)
+fn workspace_relative(path: &str) -> Result<(), &'static str> {
+    use std::path::Component;
+    let path = std::path::Path::new(path);
+    let mut depth = 0;
+    for component in path.components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => return Err("goes up with `..`"),
+            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+        }
+    }
+    if depth == 0 {
+        return Err("is the workspace folder itself");
+    }
+    Ok(())
 }

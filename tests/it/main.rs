@@ -14,6 +14,7 @@ mod report_stages;
 mod slurm;
 mod study;
 mod torch_stages;
+mod user_data;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -80,7 +80,7 @@ torch_kind!(
     PretrainStage,
     PretrainParams,
     "pretrain",
-    2,
+    3,
     "Train a base multimodal model (llava | blip | qwen) on a corpus and instruction items (libtorch)",
     pretrain,
     |_| vec![

@@ -380,11 +380,18 @@ mod tests {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let model = crate::model::MultimodalModel::new(vs.root(), &tiny(Family::Llava));
         let batch = prompts(&rows());
-        let cached = generate(&model, &batch, 6, 2);
-        let uncached = generate_uncached(&model, &batch, 6, 2);
+        // No end token: every row generates all six tokens.
+        let cached = generate(&model, &batch, 6, -1);
+        let uncached = generate_uncached(&model, &batch, 6, -1);
         assert_eq!(cached.tokens, uncached.tokens);
-        assert!(cached.tokens.iter().all(|t| !t.is_empty()));
+        assert!(cached.tokens.iter().all(|t| t.len() == 6));
         assert!(max_difference(&cached.first_logprobs, &uncached.first_logprobs) < 1e-5);
+        // A row stops at the end token (dropped from its output), the others go on.
+        let eos = cached.tokens[0][2];
+        let stopped = generate(&model, &batch, 6, eos);
+        assert_eq!(stopped.tokens, generate_uncached(&model, &batch, 6, eos).tokens);
+        let first = cached.tokens[0].iter().position(|&t| t == eos).unwrap();
+        assert_eq!(stopped.tokens[0], cached.tokens[0][..first]);
 
         // Scoring a continuation with the cache equals one full pass over prompt + continuation.
         let decoding = Decoding::prefill(&model, &batch);

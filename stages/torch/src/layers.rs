@@ -7,9 +7,11 @@
 //! row gets from its batch changes nothing it computes. A [`KvCache`] keeps each layer's keys and
 //! values, so decoding a token costs one position, not the whole sequence.
 //!
-//! Initialisation is Llama's (`initializer_range` 0.02): every linear weight and the token
-//! embeddings are N(0, 0.02²), biases zero. The scale matters beyond training speed: the paper's
-//! ε, α and σ are absolute sizes in embedding space, so their strength depends on it.
+//! The language model is initialised as Llama is (`initializer_range` 0.02): its linear weights
+//! and token embeddings are N(0, 0.02²), biases zero. The scale matters beyond training speed:
+//! the paper's ε, α and σ are absolute sizes in embedding space, so their strength depends on
+//! it. The vision side (its own pretrained tower in the paper's models) keeps PyTorch's default
+//! initialisation ([`Init::Torch`]).
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -36,13 +38,19 @@ pub struct DecoderConfig {
 /// Standard deviation of Llama-style initialisation (`initializer_range`).
 pub const INIT_STD: f64 = 0.02;
 
-/// A linear layer at `path` (`path.weight`, `path.bias`) initialised as Llama does.
-pub fn linear(path: nn::Path, input: i64, output: i64, bias: bool) -> nn::Linear {
-    nn::linear(
-        path,
-        input,
-        output,
-        nn::LinearConfig {
+/// How a linear layer starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// N(0, 0.02²) weights, zero biases (the language model).
+    Llama,
+    /// PyTorch's `nn.Linear` default (Kaiming-uniform; the vision side).
+    Torch,
+}
+
+/// A linear layer at `path` (`path.weight`, `path.bias`).
+pub fn linear(path: nn::Path, input: i64, output: i64, bias: bool, init: Init) -> nn::Linear {
+    let config = match init {
+        Init::Llama => nn::LinearConfig {
             ws_init: nn::Init::Randn {
                 mean: 0.0,
                 stdev: INIT_STD,
@@ -50,7 +58,12 @@ pub fn linear(path: nn::Path, input: i64, output: i64, bias: bool) -> nn::Linear
             bs_init: Some(nn::Init::Const(0.0)),
             bias,
         },
-    )
+        Init::Torch => nn::LinearConfig {
+            bias,
+            ..Default::default()
+        },
+    };
+    nn::linear(path, input, output, config)
 }
 
 /// Root-mean-square layer norm.
@@ -174,12 +187,19 @@ pub struct Attention {
 impl Attention {
     /// Projections at `path.{q,k,v,o}_proj`: queries from width `query_dim`, keys and values
     /// from width `key_dim`, output `query_dim`.
-    pub fn new(path: nn::Path, query_dim: i64, key_dim: i64, heads: i64, bias: bool) -> Self {
+    pub fn new(
+        path: nn::Path,
+        query_dim: i64,
+        key_dim: i64,
+        heads: i64,
+        bias: bool,
+        init: Init,
+    ) -> Self {
         Self {
-            q_proj: linear(&path / "q_proj", query_dim, query_dim, bias),
-            k_proj: linear(&path / "k_proj", key_dim, query_dim, bias),
-            v_proj: linear(&path / "v_proj", key_dim, query_dim, bias),
-            o_proj: linear(&path / "o_proj", query_dim, query_dim, bias),
+            q_proj: linear(&path / "q_proj", query_dim, query_dim, bias, init),
+            k_proj: linear(&path / "k_proj", key_dim, query_dim, bias, init),
+            v_proj: linear(&path / "v_proj", key_dim, query_dim, bias, init),
+            o_proj: linear(&path / "o_proj", query_dim, query_dim, bias, init),
             heads,
         }
     }
@@ -271,9 +291,27 @@ impl SwiGlu {
     /// Projections at `path.{gate,up,down}_proj`.
     pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
         Self {
-            gate_proj: linear(&path / "gate_proj", config.hidden, config.ffn, false),
-            up_proj: linear(&path / "up_proj", config.hidden, config.ffn, false),
-            down_proj: linear(&path / "down_proj", config.ffn, config.hidden, false),
+            gate_proj: linear(
+                &path / "gate_proj",
+                config.hidden,
+                config.ffn,
+                false,
+                Init::Llama,
+            ),
+            up_proj: linear(
+                &path / "up_proj",
+                config.hidden,
+                config.ffn,
+                false,
+                Init::Llama,
+            ),
+            down_proj: linear(
+                &path / "down_proj",
+                config.ffn,
+                config.hidden,
+                false,
+                Init::Llama,
+            ),
         }
     }
 }
@@ -304,6 +342,7 @@ impl Block {
                 config.hidden,
                 config.heads,
                 false,
+                Init::Llama,
             ),
             ffn_norm: RmsNorm::new(&path / "ffn_norm", config.hidden, config.norm_eps),
             ffn: SwiGlu::new(&path / "ffn", config),
@@ -357,7 +396,13 @@ impl Decoder {
             ),
             blocks,
             norm: RmsNorm::new(&path / "norm", config.hidden, config.norm_eps),
-            lm_head: linear(&path / "lm_head", config.hidden, config.vocab, false),
+            lm_head: linear(
+                &path / "lm_head",
+                config.hidden,
+                config.vocab,
+                false,
+                Init::Llama,
+            ),
             rotary: Rotary::new(config.hidden / config.heads, config.max_len, path.device()),
         }
     }

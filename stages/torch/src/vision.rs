@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use crate::layers::{linear, Attention};
+use crate::layers::{linear, Attention, Init};
 
 /// ViT hyper-parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -43,10 +43,10 @@ impl EncoderBlock {
     pub fn new(path: nn::Path, dim: i64, heads: i64) -> Self {
         Self {
             norm1: nn::layer_norm(&path / "norm1", vec![dim], Default::default()),
-            attn: Attention::new(&path / "attn", dim, dim, heads, true),
+            attn: Attention::new(&path / "attn", dim, dim, heads, true, Init::Torch),
             norm2: nn::layer_norm(&path / "norm2", vec![dim], Default::default()),
-            fc1: linear(&path / "fc1", dim, 4 * dim, true),
-            fc2: linear(&path / "fc2", 4 * dim, dim, true),
+            fc1: linear(&path / "fc1", dim, 4 * dim, true, Init::Torch),
+            fc2: linear(&path / "fc2", 4 * dim, dim, true, Init::Torch),
         }
     }
 
@@ -124,8 +124,8 @@ impl MlpProjector {
     /// At `path` (`linear_1`, `linear_2`).
     pub fn new(path: nn::Path, vision: i64, hidden: i64) -> Self {
         Self {
-            linear_1: linear(&path / "linear_1", vision, hidden, true),
-            linear_2: linear(&path / "linear_2", hidden, hidden, true),
+            linear_1: linear(&path / "linear_1", vision, hidden, true, Init::Torch),
+            linear_2: linear(&path / "linear_2", hidden, hidden, true, Init::Torch),
         }
     }
 }
@@ -221,16 +221,22 @@ impl QFormer {
                     let p = &path / "layers" / i;
                     (
                         nn::layer_norm(&p / "self_norm", vec![dim], Default::default()),
-                        Attention::new(&p / "self_attn", dim, dim, heads, true),
+                        Attention::new(&p / "self_attn", dim, dim, heads, true, Init::Torch),
                         nn::layer_norm(&p / "cross_norm", vec![dim], Default::default()),
-                        Attention::new(&p / "cross_attn", dim, vision, heads, true),
+                        Attention::new(&p / "cross_attn", dim, vision, heads, true, Init::Torch),
                         nn::layer_norm(&p / "ffn_norm", vec![dim], Default::default()),
-                        linear(&p / "fc1", dim, 4 * dim, true),
-                        linear(&p / "fc2", 4 * dim, dim, true),
+                        linear(&p / "fc1", dim, 4 * dim, true, Init::Torch),
+                        linear(&p / "fc2", 4 * dim, dim, true, Init::Torch),
                     )
                 })
                 .collect(),
-            language_projection: linear(&path / "language_projection", dim, hidden, true),
+            language_projection: linear(
+                &path / "language_projection",
+                dim,
+                hidden,
+                true,
+                Init::Torch,
+            ),
         }
     }
 }

@@ -1,0 +1,76 @@
+"""The numbers docs/results/README.md quotes besides the tables, read from the cache of a run of
+pipelines/ablation.yaml: chance level per set, the scale terms of the training logs (RMS of the
+embeddings, ||delta||/||e||, ||noise||/||e||), L_adv against L_sup, and the consistency term's
+weighted share of the loss.
+
+    python docs/results/facts.py [pipelines/ablation.yaml]   # needs pyarrow
+
+Prints JSON lines. Reads the lockfile beside the pipeline (`ablation.lock`) and the objects it names.
+"""
+
+import json
+import os
+import statistics
+import sys
+
+import pyarrow.parquet as pq
+
+pipeline = sys.argv[1] if len(sys.argv) > 1 else "pipelines/ablation.yaml"
+root = os.path.dirname(pipeline)
+lock = json.load(open(os.path.splitext(pipeline)[0] + ".lock"))["stages"]
+cache = os.path.join(root, ".mipipe")
+
+
+def object_path(stage, output):
+    entry = lock[stage]["outputs"][output]
+    digest = entry["digest"]
+    if entry["kind"] == "dir":
+        return os.path.join(cache, "trees/v1", digest)
+    return os.path.join(cache, "objects/v1", digest[:2], digest[2:])
+
+
+def emit(**fields):
+    print(json.dumps(fields))
+
+
+# Chance level per test set: the mean of 1/options over its clean test items.
+items = pq.read_table(object_path("world", "items")).to_pylist()
+by_set = {}
+for item in items:
+    if item["split"] == "test":
+        by_set.setdefault(item["dataset"], []).append(1 / len(item["options"]))
+for dataset, inverse in sorted(by_set.items()):
+    counts = sorted({round(1 / x) for x in inverse})
+    emit(fact="chance", dataset=dataset, chance=round(statistics.mean(inverse), 4),
+         options=counts, n=len(inverse))
+
+LAMBDA = 0.01
+
+
+def median(rows, column):
+    values = [r[column] for r in rows if r.get(column) is not None]
+    return round(statistics.median(values), 5) if values else None
+
+
+for stage in sorted(lock):
+    if not (stage.startswith("pretrain[") or stage.startswith("finetune[")):
+        continue
+    log = pq.read_table(object_path(stage, "log")).to_pylist()
+    first, last = log[0], log[-1]
+    fact = dict(fact="train_log", stage=stage, steps=len(log),
+                text_rms_first=round(first["text_rms"], 5), text_rms_last=round(last["text_rms"], 5),
+                image_rms_first=round(first["image_rms"], 5), image_rms_last=round(last["image_rms"], 5),
+                sup_median=median(log, "sup"))
+    for column in ["adv", "rg", "delta_to_embedding", "noise_to_embedding", "pgd_step_to_epsilon",
+                   "consistency"]:
+        value = median(log, column)
+        if value is not None:
+            fact[column + "_median"] = value
+    if fact.get("consistency_median") is not None:
+        shares = [LAMBDA * r["consistency"] / r["loss"] for r in log
+                  if r.get("consistency") is not None and r["loss"] > 0]
+        fact["weighted_consistency_share_median"] = round(statistics.median(shares), 6)
+    if fact.get("adv_median") is not None:
+        gaps = [r["adv"] - r["sup"] for r in log if r.get("adv") is not None]
+        fact["adv_minus_sup_median"] = round(statistics.median(gaps), 5)
+    emit(**fact)

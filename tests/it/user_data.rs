@@ -1,0 +1,119 @@
+//! Nothing mipipe does loses or escapes a user's files: `materialize:` copies stay inside the
+//! workspace and replace only earlier copies of outputs (issue 16, "Data loss and escapes").
+
+use crate::Project;
+
+/// A directory output `d` with one file, materialized at `DEST`.
+const DIR_OUTPUT: &str = r#"version: 1
+stages:
+  make:
+    kind: command
+    params:
+      cmd: mkdir -p ${outs.d} && echo VALUE > ${outs.d}/result.txt
+      outs: {d: out/}
+      materialize: {d: DEST}
+"#;
+
+fn pipeline(dest: &str, value: &str) -> String {
+    DIR_OUTPUT.replace("DEST", dest).replace("VALUE", value)
+}
+
+#[test]
+fn materialize_into_the_workspace_folder_itself_is_refused() {
+    let project = Project::new();
+    project.write("mipipe.yaml", &pipeline(".", "1"));
+    project.write("notes.md", "mine");
+    let run = project.mipipe(&["run"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("is the workspace folder itself"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(project.read("notes.md"), "mine");
+    assert!(project.path().join("mipipe.yaml").is_file());
+}
+
+#[test]
+fn materialize_outside_the_workspace_is_refused() {
+    for dest in ["../../escaped", "/tmp/mipipe-escaped-absolute"] {
+        let project = Project::new();
+        project.write("mipipe.yaml", &pipeline(dest, "1"));
+        let run = project.mipipe(&["run"]);
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains("outside the workspace"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/mipipe-escaped-absolute").exists());
+}
+
+#[test]
+fn materialize_through_a_symlinked_folder_is_refused() {
+    let project = Project::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), project.path().join("linked")).unwrap();
+    project.write("mipipe.yaml", &pipeline("linked/copy", "1"));
+    let run = project.mipipe(&["run"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("is a symlink"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing was written through the link"
+    );
+}
+
+#[test]
+fn materialize_does_not_wipe_a_folder_that_holds_other_files() {
+    let project = Project::new();
+    project.write("results/note.txt", "hand-written");
+    project.write("mipipe.yaml", &pipeline("results", "1"));
+    let run = project.mipipe(&["run"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("holds something mipipe did not put there"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(project.read("results/note.txt"), "hand-written");
+}
+
+#[test]
+fn materialize_replaces_its_own_earlier_copy_of_a_folder() {
+    let project = Project::new();
+    project.write("mipipe.yaml", &pipeline("results", "1"));
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(project.read("results/result.txt"), "1\n");
+    project.write("mipipe.yaml", &pipeline("results", "2"));
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(project.read("results/result.txt"), "2\n");
+    // A file added by hand makes the folder the user's: it is no longer replaced.
+    project.write("results/mine.txt", "keep");
+    project.write("mipipe.yaml", &pipeline("results", "3"));
+    let run = project.mipipe(&["run"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert_eq!(project.read("results/mine.txt"), "keep");
+    assert_eq!(project.read("results/result.txt"), "2\n");
+}
+
+#[test]
+fn materialize_does_not_overwrite_a_hand_written_file() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        "version: 1\nstages:\n  make:\n    kind: command\n    params:\n      cmd: echo out > ${outs.o}\n      outs: {o: o.txt}\n      materialize: {o: report.txt}\n",
+    );
+    project.write("report.txt", "my own report");
+    let run = project.mipipe(&["run"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert_eq!(project.read("report.txt"), "my own report");
+    // Moved away, the copy is made; deleted, it comes back; both without rerunning.
+    std::fs::remove_file(project.path().join("report.txt")).unwrap();
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(project.read("report.txt"), "out\n");
+}
