@@ -197,6 +197,7 @@ impl Pipeline {
             sources: &sources,
             errors: Vec::new(),
             executor: Executor::Local,
+            shell: false,
         };
         let stages = resolver.run(file, &overrides);
         if !resolver.errors.is_empty() || stages.is_none() {
@@ -314,6 +315,9 @@ struct Resolver<'a> {
     errors: Vec<SpecError>,
     /// The pipeline's `executor:`.
     executor: Executor,
+    /// Whether the string being interpolated is run by a shell (`Stage::SHELL_PARAMS`), so
+    /// values placed inside it are shell-quoted.
+    shell: bool,
 }
 
 fn err(kind: SpecErrorKind, message: impl Into<String>, span: Span, label: &str) -> SpecError {
@@ -1269,7 +1273,10 @@ impl Resolver<'_> {
         let mut expanded: BTreeMap<String, Node> = BTreeMap::new();
         for (name, node) in &raw_map {
             let mut visiting = vec![name.clone()];
-            if let Some(node) = self.interpolate(node, vars, &raw_map, &mut visiting, false) {
+            self.shell = kind.shell_params().contains(&name.as_str());
+            let node = self.interpolate(node, vars, &raw_map, &mut visiting, false);
+            self.shell = false;
+            if let Some(node) = node {
                 expanded.insert(name.clone(), node);
             }
         }
@@ -1412,6 +1419,36 @@ impl Resolver<'_> {
     /// a longer param string stays a template, checked here and expanded by the stage: the
     /// referenced param is in the key already, and `status` then reports the param that
     /// changed rather than every string built from it.
+    /// `${raw.vars.x}` / `${raw.params.x}` name a value pasted without shell quoting: the
+    /// namespace and name inside, and whether it was `raw.`.
+    fn unwrap_raw<'t>(
+        &mut self,
+        namespace: &'t str,
+        name: &'t str,
+        span: Span,
+    ) -> Option<(&'t str, &'t str, bool)> {
+        if namespace != "raw" {
+            return Some((namespace, name, false));
+        }
+        match name.split_once('.') {
+            Some((inner @ ("vars" | "params"), n)) => Some((inner, n, true)),
+            _ => {
+                self.push(
+                    err(
+                        SpecErrorKind::Interpolation,
+                        format!("`${{raw.{name}}}` must name `vars.NAME` or `params.NAME`"),
+                        span,
+                        "in this value",
+                    )
+                    .with_help(
+                        "Write `${raw.vars.NAME}` or `${raw.params.NAME}` to paste a value unquoted",
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn interpolate(
         &mut self,
         node: &Node,
@@ -1445,8 +1482,12 @@ impl Resolver<'_> {
                         "vars" => match vars.get(name) {
                             Some(v) => {
                                 let mut inner = Vec::new();
-                                this.interpolate(v, vars, &BTreeMap::new(), &mut inner, true)
-                                    .map(Some)
+                                // A value is quoted once, where it is placed, not inside.
+                                let shell = std::mem::replace(&mut this.shell, false);
+                                let out =
+                                    this.interpolate(v, vars, &BTreeMap::new(), &mut inner, true);
+                                this.shell = shell;
+                                out.map(Some)
                             }
                             None => {
                                 this.push(
@@ -1488,8 +1529,10 @@ impl Resolver<'_> {
                             match params.get(name) {
                                 Some(v) => {
                                     visiting.push(name.to_string());
+                                    let shell = std::mem::replace(&mut this.shell, false);
                                     let out =
                                         this.interpolate(v, vars, params, visiting, inline_params);
+                                    this.shell = shell;
                                     visiting.pop();
                                     out.map(Some)
                                 }
@@ -1532,6 +1575,7 @@ impl Resolver<'_> {
                     namespace, name, ..
                 }] = pieces.as_slice()
                 {
+                    let (namespace, name, _) = self.unwrap_raw(namespace, name, node.span)?;
                     return match resolve(self, namespace, name)? {
                         Some(whole) => Some(Node::new(node.span, whole.value)),
                         None => Some(node.clone()),
@@ -1546,14 +1590,21 @@ impl Resolver<'_> {
                             namespace,
                             name,
                             raw,
-                        } => match resolve(self, namespace, name)? {
-                            Some(_) if *namespace == "params" && !inline_params => {
-                                out.push_str(raw)
-                            }
-                            Some(value) => match value.scalar_text() {
-                                Some(text) => out.push_str(&text),
-                                None => {
-                                    self.push(
+                        } => {
+                            let (namespace, name, unquoted) =
+                                self.unwrap_raw(namespace, name, node.span)?;
+                            match resolve(self, namespace, name)? {
+                                // Expanded by the stage, which quotes it unless it is `raw.`.
+                                Some(_) if namespace == "params" && !inline_params => {
+                                    out.push_str(raw)
+                                }
+                                Some(value) => match value.scalar_text() {
+                                    Some(text) if self.shell && !unquoted => {
+                                        out.push_str(&template::shell_quote(&text))
+                                    }
+                                    Some(text) => out.push_str(&text),
+                                    None => {
+                                        self.push(
                                         err(
                                             SpecErrorKind::Interpolation,
                                             format!("`{raw}` is {} and cannot be placed inside a string", value.type_name()),
@@ -1562,11 +1613,12 @@ impl Resolver<'_> {
                                         )
                                         .with_help("Use the reference as the whole value to pass a list or mapping"),
                                     );
-                                    return None;
-                                }
-                            },
-                            None => out.push_str(raw),
-                        },
+                                        return None;
+                                    }
+                                },
+                                None => out.push_str(raw),
+                            }
+                        }
                     }
                 }
                 Some(Node::new(node.span, NodeValue::Str(out)))

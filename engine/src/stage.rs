@@ -147,6 +147,11 @@ pub trait Stage: Send + Sync + 'static {
     /// another binary (the libtorch kinds: `mipipe-torch-worker`) names it here.
     const WORKER_BINARY: Option<&'static str> = None;
 
+    /// Params whose strings a shell runs (`command`'s `cmd`): a `${vars.*}` or `${params.*}`
+    /// placed inside one is shell-quoted, so no value runs as code; `${raw.vars.*}` and
+    /// `${raw.params.*}` paste a value as is.
+    const SHELL_PARAMS: &'static [&'static str] = &[];
+
     /// Does the work. Outputs go to [`StageContext::output_path`].
     fn run(&self, params: &Self::Params, ctx: &StageContext) -> Result<(), StageError>;
 }
@@ -198,6 +203,8 @@ pub trait StageKind: Send + Sync {
     fn wants_worker_process(&self, params: &Value) -> bool;
     /// `Stage::WORKER_BINARY`.
     fn worker_binary(&self) -> Option<&'static str>;
+    /// `Stage::SHELL_PARAMS`.
+    fn shell_params(&self) -> &'static [&'static str];
     /// Runs with canonical params.
     fn run(&self, params: &Value, ctx: &StageContext) -> Result<(), StageError>;
 }
@@ -267,6 +274,9 @@ impl<S: Stage> StageKind for Adapter<S> {
     }
     fn worker_binary(&self) -> Option<&'static str> {
         S::WORKER_BINARY
+    }
+    fn shell_params(&self) -> &'static [&'static str] {
+        S::SHELL_PARAMS
     }
     fn run(&self, params: &Value, ctx: &StageContext) -> Result<(), StageError> {
         self.stage.run(&typed::<S>(params), ctx)

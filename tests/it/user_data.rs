@@ -117,3 +117,58 @@ fn materialize_does_not_overwrite_a_hand_written_file() {
     run.expect_code(0);
     assert_eq!(project.read("report.txt"), "out\n");
 }
+
+/// A command stage echoing a matrix value, a var and a param into its output.
+const ECHO: &str = r#"version: 1
+vars:
+  v: VAR
+stages:
+  echo:
+    kind: command
+    matrix: {m: [MATRIX]}
+    params:
+      p: PARAM
+      cmd: printf '%s|%s|%s' ${params.m} ${vars.v} ${params.p} > ${outs.o}
+      outs: {o: o.txt}
+      materialize: {o: o.txt}
+"#;
+
+#[test]
+fn values_from_yaml_and_set_never_run_as_shell_code() {
+    let project = Project::new();
+    let yaml = ECHO
+        .replace("MATRIX", "'a; touch pwned-matrix'")
+        .replace("VAR", "'$(touch pwned-var)'")
+        .replace("PARAM", "'`touch pwned-param` x'");
+    project.write("mipipe.yaml", &yaml);
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(
+        project.read("o.txt"),
+        "a; touch pwned-matrix|$(touch pwned-var)|`touch pwned-param` x"
+    );
+    project
+        .mipipe(&["run", "--set", "vars.v=\"x'; touch pwned-set; '\""])
+        .expect_code(0);
+    assert!(project.read("o.txt").contains("|x'; touch pwned-set; '|"));
+    for marker in ["pwned-matrix", "pwned-var", "pwned-param", "pwned-set"] {
+        assert!(
+            !project.path().join(marker).exists(),
+            "`{marker}` was created: a value ran as code"
+        );
+    }
+}
+
+#[test]
+fn raw_references_paste_values_for_the_shell() {
+    let project = Project::new();
+    let yaml = ECHO
+        .replace("MATRIX", "plain")
+        .replace("VAR", "'one two'")
+        .replace("PARAM", "'three four'")
+        .replace("${vars.v}", "${raw.vars.v}")
+        .replace("${params.p}", "${raw.params.p}");
+    project.write("mipipe.yaml", &yaml);
+    project.mipipe(&["run"]).expect_code(0);
+    // Unquoted, each value is split into two words: printf's format takes three of them.
+    assert_eq!(project.read("o.txt"), "plain|one|twothree|four|");
+}

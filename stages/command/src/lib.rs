@@ -86,7 +86,8 @@ pub struct CommandStage;
 impl Stage for CommandStage {
     type Params = CommandParams;
     const KIND: &'static str = "command";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
+    const SHELL_PARAMS: &'static [&'static str] = &["cmd"];
     const SUMMARY: &'static str = "Run a shell command with declared file dependencies and outputs";
 
     fn outputs(params: &CommandParams) -> Vec<OutputSpec> {
@@ -112,7 +113,12 @@ impl Stage for CommandStage {
     fn run(&self, params: &CommandParams, ctx: &StageContext) -> Result<(), StageError> {
         let all_params = serde_json::to_value(params).unwrap_or_default();
         let script = template::expand(&params.cmd, true, |namespace, name| match namespace {
-            "params" => param_text(&all_params, name),
+            // Values are quoted so that none runs as shell code; `${raw.params.NAME}` pastes
+            // one as is.
+            "params" => param_text(&all_params, name).map(|v| shell_quote(&v)),
+            "raw" => name
+                .strip_prefix("params.")
+                .and_then(|n| param_text(&all_params, n)),
             "inputs" => ctx.inputs().get(name).map(|paths| {
                 paths
                     .iter()
@@ -149,7 +155,12 @@ impl Stage for CommandStage {
         }
         for (k, v) in &params.env {
             let value = template::expand(v, true, |namespace, name| match namespace {
-                "params" => param_text(&all_params, name),
+                // Values are quoted so that none runs as shell code; `${raw.params.NAME}` pastes
+                // one as is.
+                "params" => param_text(&all_params, name).map(|v| shell_quote(&v)),
+                "raw" => name
+                    .strip_prefix("params.")
+                    .and_then(|n| param_text(&all_params, n)),
                 _ => None,
             })
             .map_err(|e| StageError::failed(e.message))?;

@@ -389,7 +389,10 @@ mod tests {
         // A row stops at the end token (dropped from its output), the others go on.
         let eos = cached.tokens[0][2];
         let stopped = generate(&model, &batch, 6, eos);
-        assert_eq!(stopped.tokens, generate_uncached(&model, &batch, 6, eos).tokens);
+        assert_eq!(
+            stopped.tokens,
+            generate_uncached(&model, &batch, 6, eos).tokens
+        );
         let first = cached.tokens[0].iter().position(|&t| t == eos).unwrap();
         assert_eq!(stopped.tokens[0], cached.tokens[0][..first]);
 
