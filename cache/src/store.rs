@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,15 @@ impl ObjectStore {
 
     /// Moves a file the caller owns (a stage's fresh output) into the store. The source is
     /// consumed: renamed when the object is new, removed when it already exists.
+    ///
+    /// A symlink, or a file with other hard links (a command that did `ln -s "$PWD/data/big.bin"
+    /// ${outs.o}` or `ln`), is someone else's file: its bytes are copied into the store and only
+    /// the link is removed, so the user's file is never moved, made read-only or tied to the
+    /// cached object.
     pub fn ingest_file(&self, source: &Path) -> Result<(ObjectDigest, u64), CacheError> {
+        let link =
+            fs::symlink_metadata(source).map_err(|e| CacheError::io("reading", source, e))?;
+        let borrowed = link.file_type().is_symlink() || link.nlink() > 1;
         let size = fs::metadata(source)
             .map_err(|e| CacheError::io("reading", source, e))?
             .len();
@@ -170,6 +178,22 @@ impl ObjectStore {
         }
         let dir = fsutil::parent_of(&dest);
         fs::create_dir_all(&dir).map_err(|e| CacheError::io("creating", &dir, e))?;
+        if borrowed {
+            let tmp = dir.join(unique_temp_name("object"));
+            let copy = (|| {
+                fs::copy(source, &tmp)?;
+                fs::File::open(&tmp)?.sync_all()?;
+                make_read_only(&tmp)?;
+                fs::rename(&tmp, &dest)?;
+                sync_dir(&dir)
+            })();
+            if let Err(e) = copy {
+                let _ = fs::remove_file(&tmp);
+                return Err(CacheError::io("storing an object at", &dest, e));
+            }
+            let _ = fs::remove_file(source);
+            return Ok((digest, size));
+        }
         let commit = (|| {
             fs::File::open(source)?.sync_all()?;
             make_read_only(source)?;
@@ -192,8 +216,18 @@ impl ObjectStore {
         Ok((digest, size))
     }
 
-    /// Stores every file under `dir` and a tree manifest describing them; consumes `dir`.
+    /// Stores every file under `dir` and a tree manifest describing them; consumes `dir`. A
+    /// directory output that is a symlink is refused: its files are someone else's.
     pub fn ingest_dir(&self, dir: &Path) -> Result<(ObjectDigest, u64), CacheError> {
+        if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(CacheError::io(
+                "storing",
+                dir,
+                io::Error::other(
+                    "the directory output is a symlink; write (or copy) the files into it instead",
+                ),
+            ));
+        }
         let mut files = Vec::new();
         collect_files(dir, dir, &mut files).map_err(|e| CacheError::io("listing", dir, e))?;
         files.sort();
@@ -221,6 +255,45 @@ impl ObjectStore {
         let digest = self.put_bytes(&manifest.to_bytes())?;
         let _ = fsutil::remove_all(dir);
         Ok((digest, total))
+    }
+
+    /// After a stage changed a file it was given to read (`path`: an object, or a file of a tree
+    /// checkout), removes what no longer holds the bytes its name promises: the checkout
+    /// (rebuilt on demand) and any object whose content changed, so the entries that name it
+    /// become misses and their stages run again. Returns the objects removed.
+    pub fn discard_damaged(&self, path: &Path) -> Vec<PathBuf> {
+        let mut objects = Vec::new();
+        if let Ok(relative) = path.strip_prefix(&self.trees_root) {
+            let mut parts = relative.components();
+            let tree = parts
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            let inner = parts.as_path().to_string_lossy().replace('\\', "/");
+            if let Some(tree) = tree {
+                let _ = fsutil::remove_all(&self.trees_root.join(&tree));
+                let entry = tree
+                    .parse::<ObjectDigest>()
+                    .ok()
+                    .and_then(|d| self.read_tree(&d).ok())
+                    .and_then(|m| m.entries.into_iter().find(|e| e.path == inner));
+                if let Some(entry) = entry {
+                    objects.push(self.path_of(&entry.digest));
+                }
+            }
+        } else if path.starts_with(&self.root) {
+            objects.push(path.to_path_buf());
+        }
+        objects.retain(|object| {
+            let named = object
+                .strip_prefix(&self.root)
+                .ok()
+                .map(|r| r.to_string_lossy().replace(['/', '\\'], ""));
+            let intact = hash_file(object)
+                .ok()
+                .is_some_and(|d| Some(d.to_hex()) == named);
+            !intact && fs::remove_file(object).is_ok()
+        });
+        objects
     }
 
     /// Reads a tree manifest object.

@@ -650,7 +650,8 @@ fn execute_in_scratch(
         stage: stage.name.clone(),
         reporter,
     };
-    match launcher {
+    let watched = InputSnapshot::of(&job.inputs);
+    let ran = match launcher {
         Some(launcher) => {
             let job_file = scratch.join("job.json");
             fs::write(
@@ -660,16 +661,34 @@ fn execute_in_scratch(
             .map_err(|e| {
                 StageError::environment(format!("Cannot write `{}`: {e}", job_file.display()))
             })?;
-            launcher.launch(&job, &job_file, cancel, &progress)?;
+            launcher.launch(&job, &job_file, cancel, &progress)
         }
         None => {
             let log = open_log(log_path).map_err(|e| {
                 StageError::environment(format!("Cannot open log `{}`: {e}", log_path.display()))
             })?;
             let ctx = job.context(log, cancel.clone(), Some(Arc::new(progress)));
-            stage.kind.run(&stage.params, &ctx)?;
+            stage.kind.run(&stage.params, &ctx)
         }
+    };
+    // Inputs are cached objects shared with every other stage: one the stage wrote into (as
+    // root the read-only bits protect nothing) must not stay cached as if intact.
+    if let Some((input, path)) = watched.first_changed() {
+        let removed = cache.store().discard_damaged(&path);
+        return Err(StageError::failed(format!(
+            "The stage changed its input `{input}` (`{}`); stages must only read their inputs. {}",
+            path.display(),
+            if removed.is_empty() {
+                "The cached copy it was given is discarded and will be rebuilt".to_string()
+            } else {
+                format!(
+                    "The damaged cached object is removed, so the stage that made it runs again ({})",
+                    removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )
+            }
+        )));
     }
+    ran?;
     if cancel.load(Ordering::Relaxed) {
         return Err(StageError::failed("Cancelled"));
     }
@@ -833,6 +852,57 @@ fn confined(workspace: &Path, relative: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What every file a stage reads looked like before it ran (inode, size, modification time,
+/// permissions), to notice a stage that wrote into one.
+struct InputSnapshot(Vec<(String, PathBuf, Option<(u64, u64, i64, i64, u32)>)>);
+
+impl InputSnapshot {
+    fn of(inputs: &BTreeMap<String, Vec<PathBuf>>) -> Self {
+        let mut files = Vec::new();
+        for (name, paths) in inputs {
+            for path in paths {
+                collect_input_files(name, path, &mut files);
+            }
+        }
+        Self(
+            files
+                .into_iter()
+                .map(|(name, path)| {
+                    let state = file_state(&path);
+                    (name, path, state)
+                })
+                .collect(),
+        )
+    }
+
+    /// The first input file that is not as it was: `(input name, path)`.
+    fn first_changed(&self) -> Option<(String, PathBuf)> {
+        self.0
+            .iter()
+            .find(|(_, path, before)| file_state(path) != *before)
+            .map(|(name, path, _)| (name.clone(), path.clone()))
+    }
+}
+
+fn file_state(path: &Path) -> Option<(u64, u64, i64, i64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.mode()))
+}
+
+fn collect_input_files(name: &str, path: &Path, out: &mut Vec<(String, PathBuf)>) {
+    if path.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                collect_input_files(name, &entry.path(), out);
+            }
+        }
+    } else {
+        out.push((name.to_string(), path.to_path_buf()));
+    }
 }
 
 struct ScratchGuard(PathBuf);

@@ -172,3 +172,56 @@ fn raw_references_paste_values_for_the_shell() {
     // Unquoted, each value is split into two words: printf's format takes three of them.
     assert_eq!(project.read("o.txt"), "plain|one|twothree|four|");
 }
+
+#[test]
+fn a_linked_output_stores_the_bytes_and_leaves_the_users_file_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    for link in ["ln -s \"$PWD/data/big.bin\"", "ln data/big.bin"] {
+        let project = Project::new();
+        project.write("data/big.bin", "original");
+        project.write(
+            "mipipe.yaml",
+            &format!(
+                "version: 1\nstages:\n  link:\n    kind: command\n    params:\n      cmd: {link} ${{outs.o}}\n      outs: {{o: o.bin}}\n"
+            ),
+        );
+        project.mipipe(&["run"]).expect_code(0);
+        let user_file = project.path().join("data/big.bin");
+        let mode = std::fs::metadata(&user_file).unwrap().permissions().mode();
+        assert_ne!(mode & 0o200, 0, "{link}: the user's file was made read-only");
+        // Editing the user's file does not change what the cache holds.
+        std::fs::write(&user_file, "edited").unwrap();
+        let object = project.output_object("link", "o");
+        assert_eq!(std::fs::read_to_string(&object).unwrap(), "original", "{link}");
+        project.mipipe(&["cache", "verify"]).expect_code(0);
+        assert_eq!(project.read("data/big.bin"), "edited");
+    }
+}
+
+#[test]
+fn a_stage_that_writes_into_its_input_fails_and_the_damage_is_not_kept() {
+    let project = Project::new();
+    let yaml = |consumer: &str| {
+        format!(
+            "version: 1\nstages:\n  make:\n    kind: command\n    params:\n      cmd: echo clean > ${{outs.o}}\n      outs: {{o: o.txt}}\n  use:\n    kind: command\n    inputs: {{x: make.o}}\n    params:\n      cmd: {consumer}\n      outs: {{r: r.txt}}\n      materialize: {{r: r.txt}}\n"
+        )
+    };
+    project.write(
+        "mipipe.yaml",
+        &yaml("echo dirty >> ${inputs.x}; chmod u+w ${inputs.x} 2>/dev/null; echo dirty >> ${inputs.x}; cp ${inputs.x} ${outs.r}"),
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("The stage changed its input `x`"),
+        "{}",
+        run.stderr
+    );
+    // A well-behaved consumer then reads what `make` really wrote: `make` runs again, since
+    // the object it had made was damaged and removed.
+    project.write("mipipe.yaml", &yaml("cp ${inputs.x} ${outs.r}"));
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran"), ["make", "use"], "{}", run.stderr);
+    assert_eq!(project.read("r.txt"), "clean\n");
+}
