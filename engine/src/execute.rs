@@ -856,7 +856,10 @@ fn confined(workspace: &Path, relative: &Path) -> Result<(), String> {
 
 /// What every file a stage reads looked like before it ran (inode, size, modification time,
 /// permissions), to notice a stage that wrote into one.
-struct InputSnapshot(Vec<(String, PathBuf, Option<(u64, u64, i64, i64, u32)>)>);
+struct InputSnapshot(Vec<(String, PathBuf, Option<FileState>)>);
+
+/// Inode, size, modification time (seconds, nanoseconds) and mode of a file.
+type FileState = (u64, u64, i64, i64, u32);
 
 impl InputSnapshot {
     fn of(inputs: &BTreeMap<String, Vec<PathBuf>>) -> Self {
@@ -886,7 +889,7 @@ impl InputSnapshot {
     }
 }
 
-fn file_state(path: &Path) -> Option<(u64, u64, i64, i64, u32)> {
+fn file_state(path: &Path) -> Option<FileState> {
     use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(path)
         .ok()

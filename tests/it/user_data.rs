@@ -188,11 +188,19 @@ fn a_linked_output_stores_the_bytes_and_leaves_the_users_file_alone() {
         project.mipipe(&["run"]).expect_code(0);
         let user_file = project.path().join("data/big.bin");
         let mode = std::fs::metadata(&user_file).unwrap().permissions().mode();
-        assert_ne!(mode & 0o200, 0, "{link}: the user's file was made read-only");
+        assert_ne!(
+            mode & 0o200,
+            0,
+            "{link}: the user's file was made read-only"
+        );
         // Editing the user's file does not change what the cache holds.
         std::fs::write(&user_file, "edited").unwrap();
         let object = project.output_object("link", "o");
-        assert_eq!(std::fs::read_to_string(&object).unwrap(), "original", "{link}");
+        assert_eq!(
+            std::fs::read_to_string(&object).unwrap(),
+            "original",
+            "{link}"
+        );
         project.mipipe(&["cache", "verify"]).expect_code(0);
         assert_eq!(project.read("data/big.bin"), "edited");
     }

@@ -213,7 +213,9 @@ fn find_words(text: &str, needle: &str) -> Option<usize> {
         let after = text[at + needle.len()..].chars().next();
         let starts_word = needle.chars().next().is_some_and(is_word);
         let ends_word = needle.chars().next_back().is_some_and(is_word);
-        !(starts_word && before.is_some_and(is_word)) && !(ends_word && after.is_some_and(is_word))
+        let glued_before = starts_word && before.is_some_and(is_word);
+        let glued_after = ends_word && after.is_some_and(is_word);
+        !(glued_before || glued_after)
     })
 }
 
