@@ -140,18 +140,7 @@ impl ObjectStore {
         if !dest.is_file() {
             let dir = fsutil::parent_of(&dest);
             fs::create_dir_all(&dir).map_err(|e| CacheError::io("creating", &dir, e))?;
-            let tmp = dir.join(unique_temp_name("object"));
-            let write = (|| {
-                fs::write(&tmp, bytes)?;
-                fs::File::open(&tmp)?.sync_all()?;
-                make_read_only(&tmp)?;
-                fs::rename(&tmp, &dest)?;
-                sync_dir(&dir)
-            })();
-            if let Err(e) = write {
-                let _ = fs::remove_file(&tmp);
-                return Err(CacheError::io("storing an object at", &dest, e));
-            }
+            write_object(&dest, |tmp| fs::write(tmp, bytes))?;
         }
         Ok(digest)
     }
@@ -179,18 +168,7 @@ impl ObjectStore {
         let dir = fsutil::parent_of(&dest);
         fs::create_dir_all(&dir).map_err(|e| CacheError::io("creating", &dir, e))?;
         if borrowed {
-            let tmp = dir.join(unique_temp_name("object"));
-            let copy = (|| {
-                fs::copy(source, &tmp)?;
-                fs::File::open(&tmp)?.sync_all()?;
-                make_read_only(&tmp)?;
-                fs::rename(&tmp, &dest)?;
-                sync_dir(&dir)
-            })();
-            if let Err(e) = copy {
-                let _ = fs::remove_file(&tmp);
-                return Err(CacheError::io("storing an object at", &dest, e));
-            }
+            write_object(&dest, |tmp| fs::copy(source, tmp).map(|_| ()))?;
             let _ = fs::remove_file(source);
             return Ok((digest, size));
         }
@@ -389,6 +367,25 @@ impl ObjectStore {
         }
         Ok(())
     }
+}
+
+/// Writes an object at `dest` through a temp file beside it (`fill` writes the bytes): synced,
+/// read-only, renamed into place, the folder synced.
+fn write_object(dest: &Path, fill: impl FnOnce(&Path) -> io::Result<()>) -> Result<(), CacheError> {
+    let dir = fsutil::parent_of(dest);
+    let tmp = dir.join(unique_temp_name("object"));
+    let write = (|| {
+        fill(&tmp)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        make_read_only(&tmp)?;
+        fs::rename(&tmp, dest)?;
+        sync_dir(&dir)
+    })();
+    if let Err(e) = write {
+        let _ = fs::remove_file(&tmp);
+        return Err(CacheError::io("storing an object at", dest, e));
+    }
+    Ok(())
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {

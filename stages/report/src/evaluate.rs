@@ -443,6 +443,16 @@ mod tests {
         }
     }
 
+    fn label() -> Label {
+        Label {
+            family: "llava".into(),
+            size: "s".into(),
+            method: "vanilla".into(),
+            seed: "0".into(),
+            stage: "eval".into(),
+        }
+    }
+
     fn metric<'a>(
         rows: &'a [MetricRow],
         dataset: &str,
@@ -470,13 +480,7 @@ mod tests {
         let params: EvaluateParams =
             serde_json::from_value(serde_json::json!({"family": "llava", "method": "vanilla"}))
                 .unwrap();
-        let label = Label {
-            family: "llava".into(),
-            size: "s".into(),
-            method: "vanilla".into(),
-            seed: "0".into(),
-            stage: "eval".into(),
-        };
+        let label = label();
         let (rows, unparseable) = evaluate(&preds, &params, &label);
         assert_eq!(metric(&rows, "shapes", "none", "accuracy").value, 1.0);
         assert_eq!(metric(&rows, "shapes", "md", "accuracy").value, 0.5);
@@ -506,13 +510,7 @@ mod tests {
             {"family": "llava", "method": "vanilla", "answer_from": "likelihood"}
         ))
         .unwrap();
-        let label = Label {
-            family: "llava".into(),
-            size: "s".into(),
-            method: "vanilla".into(),
-            seed: "0".into(),
-            stage: "evaluate".into(),
-        };
+        let label = label();
         let predictions = [scored, unscored];
         let (rows, unparseable) = evaluate(&predictions, &params, &label);
         assert_eq!(metric(&rows, "shapes", "none", "accuracy").value, 0.5);

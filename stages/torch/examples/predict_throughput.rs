@@ -15,7 +15,7 @@ use std::time::Instant;
 use mipipe_stage_schema::{read_items, Item};
 use mipipe_stage_torch::decode::{generate_uncached, score_uncached, Decoding, Prompts};
 use mipipe_stage_torch::encode::{answer_ids, encode_sequences, prompt_tokens, row_task, Sequence};
-use mipipe_stage_torch::kinds::Sidecar;
+use mipipe_stage_torch::kinds::{option_text_scores, Sidecar};
 use mipipe_stage_torch::model::MultimodalModel;
 use mipipe_stage_torch::tokenizer::{Tokenizer, EOS, PAD};
 use mipipe_stage_torch_types::AnswerFormat;
@@ -72,25 +72,7 @@ fn cached(
     max_new: usize,
 ) -> Answers {
     let decoding = Decoding::prefill(model, &prompts(chunk, tokenizer, size));
-    let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
-    let mut scores = vec![Vec::new(); chunk.len()];
-    for option in 0..most {
-        let continuations: Vec<Vec<i64>> = chunk
-            .iter()
-            .map(|item| {
-                if option < item.options.len() {
-                    answer_ids(item, option, AnswerFormat::Text, tokenizer)
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        for (row, score) in decoding.score(&continuations).into_iter().enumerate() {
-            if option < chunk[row].options.len() {
-                scores[row].push(score);
-            }
-        }
-    }
+    let scores = option_text_scores(&decoding, chunk, tokenizer);
     let generated = decoding.generate(max_new, tokenizer.id(EOS));
     generated.into_iter().zip(scores).collect()
 }

@@ -136,20 +136,11 @@ impl<'m> Decoding<'m> {
     pub fn generate(mut self, max_new: usize, eos: i64) -> Vec<Vec<i64>> {
         tch::no_grad(|| {
             let b = self.last_logits.size()[0] as usize;
-            let mut out: Vec<Vec<i64>> = vec![Vec::new(); b];
-            let mut done = vec![false; b];
+            let mut answers = Answers::new(b, eos);
             let mut logits = self.last_logits.shallow_clone();
             for step in 0..max_new.max(1) {
                 let next = logits.argmax(-1, false);
-                let ids: Vec<i64> =
-                    Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).expect("token ids");
-                for (row, &id) in ids.iter().enumerate() {
-                    if !done[row] {
-                        out[row].push(id);
-                        done[row] = id == eos;
-                    }
-                }
-                if done.iter().all(|d| *d) || step + 1 >= max_new {
+                if answers.push(&next) || step + 1 >= max_new {
                     break;
                 }
                 let mut cache = std::mem::take(&mut self.cache);
@@ -170,13 +161,48 @@ impl<'m> Decoding<'m> {
                 self.next_position = &self.next_position + 1;
                 logits = new.select(1, 0);
             }
-            for row in &mut out {
-                if row.last() == Some(&eos) {
-                    row.pop();
-                }
-            }
-            out
+            answers.finish()
         })
+    }
+}
+
+/// The tokens greedy decoding has produced per row, and which rows have ended.
+struct Answers {
+    tokens: Vec<Vec<i64>>,
+    done: Vec<bool>,
+    eos: i64,
+}
+
+impl Answers {
+    fn new(rows: usize, eos: i64) -> Self {
+        Self {
+            tokens: vec![Vec::new(); rows],
+            done: vec![false; rows],
+            eos,
+        }
+    }
+
+    /// Appends the next token of every row still going; returns whether all rows have ended.
+    fn push(&mut self, next: &Tensor) -> bool {
+        let ids: Vec<i64> =
+            Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).expect("token ids");
+        for (row, &id) in ids.iter().enumerate() {
+            if !self.done[row] {
+                self.tokens[row].push(id);
+                self.done[row] = id == self.eos;
+            }
+        }
+        self.done.iter().all(|d| *d)
+    }
+
+    /// Each row's tokens without the end token.
+    fn finish(mut self) -> Vec<Vec<i64>> {
+        for row in &mut self.tokens {
+            if row.last() == Some(&self.eos) {
+                row.pop();
+            }
+        }
+        self.tokens
     }
 }
 
@@ -218,8 +244,7 @@ pub fn generate_uncached(
         let mut tokens = prompts.tokens.shallow_clone();
         let mut padding = prompts.padding.shallow_clone();
         let image_tokens = model.image_tokens(&prompts.images);
-        let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
-        let mut done = vec![false; b as usize];
+        let mut answers = Answers::new(b as usize, eos);
         let mut first_logprobs = None;
         for step in 0..max_new.max(1) {
             let text = tokens.apply(&model.decoder.embed_tokens);
@@ -233,15 +258,7 @@ pub fn generate_uncached(
                 );
             }
             let next = last.argmax(-1, false);
-            let ids: Vec<i64> =
-                Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).expect("token ids");
-            for (row, &id) in ids.iter().enumerate() {
-                if !done[row] {
-                    out[row].push(id);
-                    done[row] = id == eos;
-                }
-            }
-            if done.iter().all(|d| *d) || step + 1 >= max_new {
+            if answers.push(&next) || step + 1 >= max_new {
                 break;
             }
             tokens = Tensor::cat(&[tokens, next.unsqueeze(1)], 1);
@@ -250,13 +267,8 @@ pub fn generate_uncached(
                 1,
             );
         }
-        for row in &mut out {
-            if row.last() == Some(&eos) {
-                row.pop();
-            }
-        }
         Generation {
-            tokens: out,
+            tokens: answers.finish(),
             first_logprobs: first_logprobs.expect("at least one step"),
         }
     })

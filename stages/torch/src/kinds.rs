@@ -465,7 +465,11 @@ fn check_labels(
 
 /// The log-likelihood of every option's words (and `<eos>`) after each item's prompt (`text`
 /// answers), continuing the prompts' one pass.
-fn option_text_scores(decoding: &Decoding, chunk: &[Item], tokenizer: &Tokenizer) -> Vec<Vec<f64>> {
+pub fn option_text_scores(
+    decoding: &Decoding,
+    chunk: &[Item],
+    tokenizer: &Tokenizer,
+) -> Vec<Vec<f64>> {
     let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
     let mut scores = vec![Vec::new(); chunk.len()];
     for option in 0..most {

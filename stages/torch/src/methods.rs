@@ -216,13 +216,19 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
         .filter_map(|(r, a)| a.map(|a| (a, r)))
         .collect();
     let predicting = predicting_positions(&answer);
-    // The answer-token logits of clean rows and of their copies, aligned token by token (a copy
-    // has its anchor's answer).
-    let divergence = |clean: &[usize], clean_logits: &Tensor, copies: &[(usize, &Tensor)]| {
+    // Consistency between clean rows and copies of them (`(row, logits it comes from)`), over
+    // their answer tokens aligned one by one (a copy has its anchor's answer).
+    let consistency_of = |clean: &[usize], copies: &[(usize, &Tensor)], d: Divergence| {
         let pick = |row: usize, l: &Tensor| l.get(row as i64).index_select(0, &predicting[row]);
-        let anchors: Vec<Tensor> = clean.iter().map(|&row| pick(row, clean_logits)).collect();
+        let anchors: Vec<Tensor> = clean.iter().map(|&row| pick(row, &logits)).collect();
         let perturbed: Vec<Tensor> = copies.iter().map(|&(row, l)| pick(row, l)).collect();
-        (Tensor::cat(&anchors, 0), Tensor::cat(&perturbed, 0))
+        consistency(
+            &Tensor::cat(&anchors, 0),
+            &Tensor::cat(&perturbed, 0),
+            d,
+            config.tau,
+            config.stop_gradient,
+        )
     };
     match config.method {
         Method::FftVqa | Method::FftMix => {}
@@ -234,14 +240,7 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
             };
             let clean: Vec<usize> = pairs.iter().map(|p| p.0).collect();
             let copies: Vec<(usize, &Tensor)> = pairs.iter().map(|p| (p.1, &logits)).collect();
-            let (anchor_logits, copy_logits) = divergence(&clean, &logits, &copies);
-            let c = consistency(
-                &anchor_logits,
-                &copy_logits,
-                d,
-                config.tau,
-                config.stop_gradient,
-            );
+            let c = consistency_of(&clean, &copies, d);
             terms.push(("consistency", c.double_value(&[])));
             total = total + c * config.lambda;
         }
@@ -298,14 +297,7 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
                     }
                 }
                 if !clean.is_empty() {
-                    let (anchor_logits, copy_logits) = divergence(&clean, &logits, &copies);
-                    let c = consistency(
-                        &anchor_logits,
-                        &copy_logits,
-                        config.ours_divergence,
-                        config.tau,
-                        config.stop_gradient,
-                    );
+                    let c = consistency_of(&clean, &copies, config.ours_divergence);
                     terms.push(("consistency", c.double_value(&[])));
                     total = total + c * config.lambda;
                 }
@@ -460,12 +452,12 @@ mod tests {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let model = MultimodalModel::new(vs.root(), &tiny(Family::Llava));
         let batch = rows();
-        // Row 0 alone, without its two padding tokens.
-        let alone = Rows {
-            images: batch.images.narrow(0, 0, 1),
-            tokens: batch.tokens.narrow(0, 0, 1).narrow(1, 2, 4),
-            roles: vec![batch.roles[0][2..].to_vec()],
-            tasks: vec![batch.tasks[0]],
+        // A row alone, without its two padding tokens.
+        let alone = |row: i64| Rows {
+            images: batch.images.narrow(0, row, 1),
+            tokens: batch.tokens.narrow(0, row, 1).narrow(1, 2, 4),
+            roles: vec![batch.roles[row as usize][2..].to_vec()],
+            tasks: vec![batch.tasks[row as usize]],
             anchor: vec![None],
         };
         let padded = Rows {
@@ -476,16 +468,9 @@ mod tests {
             anchor: vec![None, None],
         };
         let config = MethodConfig::paper(Method::FftMix);
-        let single = training_loss(&model, &alone, &config).terms[0].1;
+        let single = training_loss(&model, &alone(0), &config).terms[0].1;
         // Both rows of `padded` have one answer token, so its loss is the mean of theirs.
-        let second = Rows {
-            images: batch.images.narrow(0, 1, 1),
-            tokens: batch.tokens.narrow(0, 1, 1).narrow(1, 2, 4),
-            roles: vec![batch.roles[1][2..].to_vec()],
-            tasks: vec![batch.tasks[1]],
-            anchor: vec![None],
-        };
-        let other = training_loss(&model, &second, &config).terms[0].1;
+        let other = training_loss(&model, &alone(1), &config).terms[0].1;
         let together = training_loss(&model, &padded, &config).terms[0].1;
         assert!(
             (together - (single + other) / 2.0).abs() < 1e-5,
