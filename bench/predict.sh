@@ -25,18 +25,17 @@ items=$("$mipipe" show conditions "$pipeline" --json | python3 -c 'import json,s
 items="$dir/.mipipe/objects/v1/$items"
 echo "== predict throughput: uncached vs cached ($family, ${ITEMS:-512} test rows)"
 target/release/examples/predict_throughput "$model_dir" "$items" "${ITEMS:-512}" 64 8
-echo "== share of stage time per kind (from the cache entries of $pipeline)"
-python3 - "$pipeline" "$mipipe" <<'PY'
-import json, subprocess, sys
-pipeline, mipipe = sys.argv[1], sys.argv[2]
-lock = json.load(open(pipeline.rsplit(".", 1)[0] + ".lock"))
+echo "== share of stage time per kind (the cache entries the lockfile of $pipeline names)"
+python3 - "$pipeline" <<'PY'
+import json, os, sys
+pipeline = sys.argv[1]
+lock = json.load(open(os.path.splitext(pipeline)[0] + ".lock"))["stages"]
+actions = os.path.join(os.path.dirname(pipeline), ".mipipe", "actions", "v1")
 totals = {}
-for stage in lock["stages"]:
-    shown = json.loads(subprocess.run([mipipe, "show", stage, pipeline, "--json"],
-                                      capture_output=True, text=True, check=True).stdout)
-    entry = shown.get("entry") or {}
-    kind = shown["kind"]
-    totals[kind] = totals.get(kind, 0) + entry.get("duration_ms", 0) / 1000
+for stage, record in lock.items():
+    key = record["key"]
+    entry = json.load(open(os.path.join(actions, key[:2], key + ".json")))
+    totals[entry["kind"]] = totals.get(entry["kind"], 0) + entry["duration_ms"] / 1000
 all_seconds = sum(totals.values())
 for kind, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
     print(json.dumps({"kind": kind, "seconds": round(seconds, 1), "share": round(seconds / all_seconds, 3)}))

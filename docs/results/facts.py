@@ -61,8 +61,8 @@ for stage in sorted(lock):
                 text_rms_first=round(first["text_rms"], 5), text_rms_last=round(last["text_rms"], 5),
                 image_rms_first=round(first["image_rms"], 5), image_rms_last=round(last["image_rms"], 5),
                 sup_median=median(log, "sup"))
-    for column in ["adv", "rg", "delta_to_embedding", "noise_to_embedding", "pgd_step_to_epsilon",
-                   "consistency"]:
+    for column in ["adv", "rg", "delta_to_text", "delta_to_image", "noise_to_text",
+                   "noise_to_image", "pgd_step_to_epsilon", "consistency"]:
         value = median(log, column)
         if value is not None:
             fact[column + "_median"] = value

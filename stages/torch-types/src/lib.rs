@@ -94,7 +94,7 @@ torch_kind!(
     FinetuneStage,
     FinetuneParams,
     "finetune",
-    2,
+    3,
     "Fine-tune a checkpoint with one ablation method: fft_vqa | fft_mix | kl | js | rg | adv | ours (libtorch)",
     finetune,
     |_| vec![

@@ -10,7 +10,8 @@
 //!
 //! Every step also reports the scale it works at: the RMS of the text and image embeddings, and
 //! the size of the perturbation relative to the embeddings it perturbs (‖δ‖/‖e‖ for PGD,
-//! ‖ξ‖/‖e‖ for RG, over the masked positions).
+//! ‖ξ‖/‖e‖ for RG), over the masked text positions (image-heavy rows) and the masked image
+//! positions (text-heavy rows) separately, since the two modalities' scales differ.
 
 use tch::{Kind, Tensor};
 
@@ -92,7 +93,7 @@ pub struct StepLoss {
     /// What to backpropagate.
     pub total: Tensor,
     /// `(term, value)`: `sup`, `adv`, `rg`, `consistency`, `pgd_step_to_epsilon`, `text_rms`,
-    /// `image_rms`, `delta_to_embedding`, `noise_to_embedding`.
+    /// `image_rms`, `delta_to_text`, `delta_to_image`, `noise_to_text`, `noise_to_image`.
     pub terms: Vec<(&'static str, f64)>,
 }
 
@@ -248,8 +249,12 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
         Method::Rg => {
             let noise = gaussian_noise(&embeddings, &irrelevant, config.sigma);
             terms.push((
-                "noise_to_embedding",
-                relative_size(&noise, &embeddings, &irrelevant),
+                "noise_to_text",
+                relative_size(&noise, &embeddings, &(&irrelevant * &text_mask)),
+            ));
+            terms.push((
+                "noise_to_image",
+                relative_size(&noise, &embeddings, &(&irrelevant * &image_mask)),
             ));
             let noisy = supervised(&(&embeddings + noise));
             terms.push(("rg", noisy.double_value(&[])));
@@ -258,8 +263,12 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
         Method::Adv | Method::Ours => {
             let (delta, trace) = config.pgd.perturb(&embeddings, &irrelevant, supervised);
             terms.push((
-                "delta_to_embedding",
-                relative_size(&delta, &embeddings, &irrelevant),
+                "delta_to_text",
+                relative_size(&delta, &embeddings, &(&irrelevant * &text_mask)),
+            ));
+            terms.push((
+                "delta_to_image",
+                relative_size(&delta, &embeddings, &(&irrelevant * &image_mask)),
             ));
             let adversarial_logits = model.logits(&(&embeddings + &delta), Some(&padding));
             let adv = answer_cross_entropy(&adversarial_logits, &targets, &answer);
@@ -436,7 +445,8 @@ mod tests {
                 "sup",
                 "text_rms",
                 "image_rms",
-                "delta_to_embedding",
+                "delta_to_text",
+                "delta_to_image",
                 "adv",
                 "pgd_step_to_epsilon",
                 "consistency"

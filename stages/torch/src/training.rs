@@ -50,7 +50,7 @@ impl Schedule {
 }
 
 /// The loss terms and scales a step may log, in column order.
-pub const TERMS: [&str; 9] = [
+pub const TERMS: [&str; 11] = [
     "sup",
     "consistency",
     "adv",
@@ -58,8 +58,10 @@ pub const TERMS: [&str; 9] = [
     "pgd_step_to_epsilon",
     "text_rms",
     "image_rms",
-    "delta_to_embedding",
-    "noise_to_embedding",
+    "delta_to_text",
+    "delta_to_image",
+    "noise_to_text",
+    "noise_to_image",
 ];
 
 /// One logged step.
