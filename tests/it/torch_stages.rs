@@ -209,3 +209,40 @@ fn a_checkpoint_of_another_family_is_refused_by_name() {
         run.stderr
     );
 }
+
+#[test]
+fn predict_gives_the_same_answers_with_batch_size_1_and_64() {
+    crate::require_torch_worker();
+    let project = Project::new();
+    // Two predictions of one vanilla checkpoint, batch sizes 1 and 64, over every condition of
+    // the test rows: each item's conditions sit side by side, so a batch mixes prompt lengths.
+    let yaml = TINY.replace(
+        "  predict:\n    kind: predict\n    matrix: {family: [qwen], method: [ours]}\n    inputs: {model: finetune.model, items: conditions.items}\n    params: {batch_size: 8}",
+        "  predict:\n    kind: predict\n    matrix: {batch_size: [1, 64]}\n    inputs: {model: \"pretrain[family=qwen].model\", items: conditions.items}",
+    );
+    assert_ne!(yaml, TINY);
+    project.write("mipipe.yaml", &yaml);
+    project
+        .mipipe(&["run", "-t", "predict", "-j", "2"])
+        .expect_code(0);
+    let read = |batch: u32| {
+        mipipe_stage_schema::read_predictions(
+            &project.output_object(&format!("predict[batch_size={batch}]"), "predictions"),
+        )
+        .unwrap()
+    };
+    let (alone, batched) = (read(1), read(64));
+    assert_eq!(alone.len(), batched.len());
+    assert!(alone.len() > 64, "more rows than one batch");
+    for (a, b) in alone.iter().zip(&batched) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.raw_text, b.raw_text, "{}", a.id);
+        let (x, y) = (
+            a.option_logprobs.as_ref().unwrap(),
+            b.option_logprobs.as_ref().unwrap(),
+        );
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() < 1e-5, "{}: {x:?} vs {y:?}", a.id);
+        }
+    }
+}
