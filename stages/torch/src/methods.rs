@@ -189,16 +189,15 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
         1,
     );
     let embeddings = model.embed(&rows.images, &rows.tokens);
-    let real = model.real_tokens(&padding).to_kind(Kind::Float);
-    let image_positions = real.zeros_like().narrow(1, 0, n_image).fill_(1.0);
+    // Where the image tokens are, and the real text tokens.
     let image_mask = Tensor::cat(
         &[
-            image_positions,
+            Tensor::ones([b, n_image], (Kind::Float, device)),
             Tensor::zeros([b, rows.tokens.size()[1]], (Kind::Float, device)),
         ],
         1,
     );
-    let text_mask = &real - &image_mask;
+    let text_mask = model.real_tokens(&padding).to_kind(Kind::Float) - &image_mask;
     let supervised =
         |e: &Tensor| answer_cross_entropy(&model.logits(e, Some(&padding)), &targets, &answer);
     let logits = model.logits(&embeddings, Some(&padding));
