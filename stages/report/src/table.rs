@@ -74,7 +74,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -317,22 +317,29 @@ impl Table {
         self.names.get(key).map(String::as_str).unwrap_or(key)
     }
 
-    /// Whether row `row` is best in column `c` of its group: ties are all bold, and a column
-    /// where every row ties has no bold at all.
+    /// Whether row `row` is the single best in column `c` of its group, compared as printed
+    /// (at `decimals`): a tie for best is no one's, so no cell is bold then.
     fn is_best(&self, group: &Group, row: usize, c: usize) -> bool {
-        let values: Vec<f64> = group
+        let shown = |v: f64| {
+            let scale = 10f64.powi(self.decimals as i32 + 2);
+            (v * scale).round() as i64
+        };
+        let values: Vec<i64> = group
             .rows
             .iter()
             .filter_map(|(_, cells)| cells[c].mean())
+            .map(shown)
             .collect();
         let best = if self.columns[c].higher_is_better {
-            values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            values.iter().max()
         } else {
-            values.iter().copied().fold(f64::INFINITY, f64::min)
+            values.iter().min()
         };
-        let ties = |v: f64| (v - best).abs() < 1e-12;
-        let all_tie = values.iter().all(|v| ties(*v));
-        !all_tie && group.rows[row].1[c].mean().is_some_and(ties)
+        let Some(&best) = best else {
+            return false;
+        };
+        values.iter().filter(|v| **v == best).count() == 1
+            && group.rows[row].1[c].mean().map(shown) == Some(best)
     }
 
     fn cell_text(&self, group: &Group, row: usize, c: usize, markup: &Markup) -> String {
@@ -357,11 +364,17 @@ impl Table {
             if let Some(base) = base.filter(|b| *b > 0.0) {
                 let change = (mean / base - 1.0) * 100.0;
                 let magnitude = format!("{:.d$}", change.abs());
-                text = match (markup, change >= 0.0) {
-                    (Markup::Latex, true) => format!("{text} ($\\uparrow${magnitude}\\%)"),
-                    (Markup::Latex, false) => format!("{text} ($\\downarrow${magnitude}\\%)"),
-                    (_, true) => format!("{text} (↑{magnitude}%)"),
-                    (_, false) => format!("{text} (↓{magnitude}%)"),
+                // A change that prints as zero has no direction.
+                let zero = magnitude.chars().all(|c| c == '0' || c == '.');
+                text = match (markup, zero, change >= 0.0) {
+                    (Markup::Latex, true, _) => format!("{text} ({magnitude}\\%)"),
+                    (_, true, _) => format!("{text} ({magnitude}%)"),
+                    (Markup::Latex, false, true) => format!("{text} ($\\uparrow${magnitude}\\%)"),
+                    (Markup::Latex, false, false) => {
+                        format!("{text} ($\\downarrow${magnitude}\\%)")
+                    }
+                    (_, false, true) => format!("{text} (↑{magnitude}%)"),
+                    (_, false, false) => format!("{text} (↓{magnitude}%)"),
                 };
             }
         }
@@ -629,5 +642,28 @@ mod tests {
         p.datasets = vec!["shapez".into()];
         let err = build(&rows(), &p).unwrap_err();
         assert!(err.contains("`shapez` is not in the metrics"), "{err}");
+    }
+
+    #[test]
+    fn a_tie_for_best_is_not_bold_and_no_change_has_no_arrow() {
+        let tied = vec![
+            metric("vanilla", "1", "shapes", "image_heavy", "none", 0.90),
+            metric("ours", "1", "shapes", "image_heavy", "none", 0.90),
+            metric("vanilla", "1", "shapes", "image_heavy", "perturbed", 0.40),
+            metric("ours", "1", "shapes", "image_heavy", "perturbed", 0.50),
+            metric("vanilla", "1", "vqa_overall", "vqa", "none", 0.50),
+            metric("ours", "1", "vqa_overall", "vqa", "none", 0.50),
+        ];
+        let table = build(&tied, &params(Layout::OrigPerturbed)).unwrap();
+        let md = table.markdown(&params(Layout::OrigPerturbed));
+        assert!(
+            md.contains("| llava-s | vanilla | 90.0 | 40.0 | 50.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("|  | ours | 90.0 | **50.0** | 50.0 |"), "{md}");
+        let table = build(&tied, &params(Layout::Vqa)).unwrap();
+        let md = table.markdown(&params(Layout::Vqa));
+        assert!(md.contains("50.0 (0.0%)"), "{md}");
+        assert!(!md.contains('↑') && !md.contains('↓'), "{md}");
     }
 }
