@@ -522,7 +522,22 @@ impl Resolver<'_> {
             let path = key.as_str().unwrap_or_default();
             let (target, param) = path.split_once('.').unwrap_or((path, ""));
             let key_node = Node::new(key.span, NodeValue::Str(param.to_string()));
-            if target == "vars" {
+            if target == "vars" && !vars.contains_key(param) {
+                // A var nothing defines would be silently unused.
+                self.push(
+                    err(
+                        SpecErrorKind::Override,
+                        format!("`--set vars.{param}` names a var this pipeline does not define"),
+                        key.span,
+                        "no such var",
+                    )
+                    .with_help(suggestion_help(
+                        param,
+                        "vars",
+                        vars.keys().map(String::as_str),
+                    )),
+                );
+            } else if target == "vars" {
                 vars.insert(param.to_string(), value);
             } else if raw_stages.iter().any(|s| s.name == target) {
                 stage_overrides
@@ -664,6 +679,38 @@ impl Resolver<'_> {
                 // `--set train.lr=0.5` on a matrix axis narrows the axis to that one value.
                 if let Some(axis) = matrix.as_mut().and_then(|m| matrix_axis_mut(m, &name)) {
                     *axis = Node::new(value.span, NodeValue::Seq(vec![value.clone()]));
+                    continue;
+                }
+                let set_here = params
+                    .iter()
+                    .any(|(k, _)| k.scalar_text().as_deref() == Some(&name));
+                // On a kind with free params (`command`) a misspelled `--set` would add a new
+                // param and rerun the stage: only params the stage sets or the kind declares.
+                if kind.accepts_extra_params()
+                    && !set_here
+                    && !kind.params().iter().any(|p| p.name == name)
+                {
+                    let known: Vec<String> = params
+                        .iter()
+                        .filter_map(|(k, _)| k.scalar_text())
+                        .chain(kind.params().iter().map(|p| p.name.clone()))
+                        .collect();
+                    self.push(
+                        err(
+                            SpecErrorKind::Override,
+                            format!(
+                                "`--set {}.{name}` names a param stage `{}` does not set",
+                                raw.name, raw.name
+                            ),
+                            key.span,
+                            "no such param",
+                        )
+                        .with_help(suggestion_help(
+                            &name,
+                            "params",
+                            known.iter().map(String::as_str),
+                        )),
+                    );
                     continue;
                 }
                 params.retain(|(k, _)| k.scalar_text().as_deref() != Some(&name));

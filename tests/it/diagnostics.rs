@@ -62,3 +62,42 @@ fn bad_overrides_point_into_the_flag() {
     run.expect_code(0);
     assert!(run.stdout.contains("will run"), "{}", run.stdout);
 }
+
+#[test]
+fn a_misspelled_set_of_a_var_or_a_free_param_is_refused() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        "version: 1
+vars:
+  rows: 3
+stages:
+  train:
+    kind: command
+    params:
+      cmd: echo ${params.lr} ${vars.rows} > ${outs.m}
+      lr: 0.1
+      outs: {m: m.txt}
+",
+    );
+    // Before, the first was silently ignored and the second added a param `lrr` that reran
+    // the stage.
+    let run = project.mipipe(&["status", "--set", "vars.row=5"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("`--set vars.row` names a var this pipeline does not define")
+            && run.stderr.contains("rows"),
+        "{}",
+        run.stderr
+    );
+    let run = project.mipipe(&["status", "--set", "train.lrr=0.5"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("`--set train.lrr` names a param stage `train` does not set")
+            && run.stderr.contains("`lr`"),
+        "{}",
+        run.stderr
+    );
+}
