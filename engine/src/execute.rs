@@ -425,7 +425,7 @@ pub fn execute(
             }
         }
         let names = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-        match Lockfile::update(lock_path, cache, &names, &entries, &lock) {
+        match Lockfile::update(lock_path, &names, &entries, &lock) {
             Ok(changed) => lockfile_updated = changed,
             Err(e) => reporter.on_warning(&format!("Cannot write `{}`: {e}", lock_path.display())),
         }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use mipipe_cache::{write_atomic, Cache, ObjectDigest, StageKey, StoredOutput};
+use mipipe_cache::{write_atomic, ObjectDigest, StageKey, StoredOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -115,11 +115,11 @@ impl Lockfile {
     /// Records `entries` (stage name -> current record) in the lockfile at `path`, dropping
     /// stages not in `names`. `known` is the lockfile as read at the start of the run: when
     /// applying the records to it changes nothing, nothing is read or written again (the no-op
-    /// path); otherwise the file is re-read and rewritten under a cache lock, so concurrent runs
-    /// merge their records. Returns whether the file changed.
+    /// path); otherwise the file is re-read and rewritten under a lock on the lockfile's folder,
+    /// so concurrent runs merge their records, whichever cache each uses. Returns whether the
+    /// file changed.
     pub fn update(
         path: &Path,
-        cache: &Cache,
         names: &BTreeSet<&str>,
         entries: &BTreeMap<String, LockEntry>,
         known: &Lockfile,
@@ -135,25 +135,17 @@ impl Lockfile {
         if updated == *known && path.exists() {
             return Ok(false);
         }
-        let _guard = cache
-            .locks()
-            .lock(&lock_name(path))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // The folder, not a file in it: the lockfile itself is replaced by each write (a lock on
+        // it would be a lock on the old inode), and a lock in the cache folder would not be seen
+        // by runs with another `--cache-dir`.
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let guard = std::fs::File::open(folder)?;
+        guard.lock()?;
         let (mut fresh, _) = Lockfile::read(path);
         apply(&mut fresh);
         fresh.write(path)
     }
-}
-
-/// The cache lock that serialises writers of one lockfile.
-fn lock_name(path: &Path) -> String {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let absolute = std::fs::canonicalize(parent)
-        .unwrap_or_else(|_| parent.to_path_buf())
-        .join(path.file_name().unwrap_or_default());
-    let digest = ObjectDigest::of_bytes(absolute.to_string_lossy().as_bytes()).to_hex();
-    format!("lockfile-{}", &digest[..16])
 }

@@ -57,3 +57,38 @@ fn concurrent_runs_on_one_cache_compute_each_stage_once() {
         verify.stdout
     );
 }
+
+#[test]
+fn lockfile_writers_exclude_each_other_whatever_their_cache_dir() {
+    // Before, the lock that serialises writers of a lockfile lived in the cache folder, so runs
+    // of one pipeline with different `--cache-dir` did not exclude each other and lost records.
+    // Now it is a lock on the lockfile's folder: while another writer (here, this test) holds
+    // it, a run waits before recording its stages, and then records them.
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        "version: 1\nstages:\n  one:\n    kind: command\n    params:\n      cmd: echo 1 > ${outs.o}\n      outs: {o: o.txt}\n",
+    );
+    let folder = std::fs::File::open(project.path()).unwrap();
+    folder.lock().unwrap();
+    let mut child = project
+        .command(&["run", "--cache-dir", "elsewhere"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run wrote its lockfile while another writer held the lock"
+    );
+    assert!(!project.path().join("mipipe.lock").exists());
+    drop(folder);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(project.lock()["stages"]["one"].is_object());
+}

@@ -382,7 +382,7 @@ pub fn run(
         &BTreeSet::new(),
     );
     let names = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
-    let lockfile_updated = Lockfile::update(lock_path, cache, &names, &after.entries, &lock_now)
+    let lockfile_updated = Lockfile::update(lock_path, &names, &after.entries, &lock_now)
         .unwrap_or_else(|e| {
             reporter.on_warning(&format!("Cannot write `{}`: {e}", lock_path.display()));
             false
