@@ -73,6 +73,19 @@ impl CliError {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Commands that only print (`show`, `status`, `dag`, `log`, `stages`, `cache`) end quietly
+    // when their reader goes away (`mipipe show --json x | head -1`), as other tools do,
+    // instead of panicking on the broken pipe. `run` and `exec-stage` keep ignoring SIGPIPE:
+    // a closed terminal must not kill a run halfway through committing.
+    if !matches!(
+        cli.command,
+        cli::Command::Run(_) | cli::Command::ExecStage(_)
+    ) {
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let colour = style::Style::detect();
     miette::set_hook(Box::new(move |_| {
         Box::new(

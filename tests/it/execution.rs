@@ -129,3 +129,33 @@ stages:
     assert!(run.stderr.contains("killed by signal 9"), "{}", run.stderr);
     assert_eq!(run.stages_with("ran"), ["fine"], "{}", run.stderr);
 }
+
+#[test]
+fn a_closed_pipe_ends_a_printing_command_without_a_panic() {
+    use std::io::{BufRead, BufReader};
+    let project = crate::Project::new();
+    let mut yaml = String::from("version: 1\nstages:\n");
+    for i in 0..6000 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    kind: command\n    params: {{cmd: \"echo {i} > ${{outs.o}}\", outs: {{o: o.txt}}}}\n"
+        ));
+    }
+    project.write("mipipe.yaml", &yaml);
+    // `mipipe dag --format dot | head -1` (more than a pipe buffer): the reader goes away
+    // after one line.
+    let mut child = project
+        .command(&["dag", "--format", "dot"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "{stderr}");
+}
