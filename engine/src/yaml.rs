@@ -288,8 +288,21 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
             Event::Scalar(text, style, anchor, _tag) => {
                 let value = match style {
                     ScalarStyle::Plain => plain_scalar(&text),
-                    _ => NodeValue::Str(text.into_owned()),
+                    _ => NodeValue::Str(text.to_string()),
                 };
+                // Keys hash values exactly: a number JSON cannot hold exactly would become a
+                // rounded float (two integers, one key) or null (`.inf`, `1e999`).
+                if let Some(why) = inexact_number(&text, &value) {
+                    return Err(SpecError::new(
+                        SpecErrorKind::Schema,
+                        format!("`{text}` {why}"),
+                        span,
+                        "not an exact number",
+                    )
+                    .with_help(
+                        "Quote it to pass it as a string (`\"...\"`), or use a smaller value",
+                    ));
+                }
                 finished = Some((Node { span, value }, anchor));
             }
             Event::SequenceStart(anchor, _) => stack.push(Frame::Seq(span, anchor, Vec::new())),
@@ -366,6 +379,22 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
     }))
 }
 
+/// Why a plain scalar cannot be a param value exactly: an integer beyond 64 bits, or a float
+/// that is not finite.
+fn inexact_number(text: &str, value: &NodeValue) -> Option<&'static str> {
+    match value {
+        NodeValue::Float(f) if !f.is_finite() => {
+            Some("is not a finite number, which a stage key cannot hold")
+        }
+        NodeValue::Float(_) => {
+            let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then_some("is an integer beyond 64 bits, which would be rounded to a float")
+        }
+        _ => None,
+    }
+}
+
 /// Parses a plain scalar the way YAML 1.2's core schema does.
 pub fn plain_scalar(text: &str) -> NodeValue {
     match text {
@@ -428,6 +457,28 @@ mod tests {
         assert_eq!(plain_scalar("1.2.3"), NodeValue::Str("1.2.3".into()));
         assert_eq!(plain_scalar("e5"), NodeValue::Str("e5".into()));
         assert_eq!(plain_scalar("yes"), NodeValue::Str("yes".into()));
+    }
+
+    #[test]
+    fn numbers_a_key_cannot_hold_exactly_are_refused() {
+        for text in [
+            "a: 9223372036854775808\n",
+            "a: -9223372036854775809\n",
+            "a: .inf\n",
+            "a: -.inf\n",
+            "a: .nan\n",
+            "a: 1e999\n",
+        ] {
+            let err = parse_text(text).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains("not a finite number") || message.contains("beyond 64 bits"),
+                "{text}: {message}"
+            );
+        }
+        let fine = parse_text("a: 9223372036854775807\nb: '1e999'\nc: 1e300\n").unwrap();
+        assert_eq!(fine.get("a").unwrap().value, NodeValue::Int(i64::MAX));
+        assert_eq!(fine.get("b").unwrap().value, NodeValue::Str("1e999".into()));
     }
 
     #[test]
