@@ -169,11 +169,65 @@ pub struct PipelineError {
     problems: Vec<Located>,
 }
 
+/// A message with matrix instance names (`train[lr=0.1,seed=1]`) reduced to their stage
+/// (`train`), so that one problem of every instance reads as one.
+fn without_instances(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('[') {
+        let close = rest[open..].find(']').map(|c| open + c);
+        match close {
+            Some(close) if rest[open..close].contains('=') => {
+                out.push_str(&rest[..open]);
+                rest = &rest[close + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..=open]);
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl PipelineError {
-    /// Pairs problems with the texts they point into.
+    /// Pairs problems with the texts they point into. The same problem found in several matrix
+    /// instances (same message and help, in the same file) is reported once, with the count and
+    /// every distinct place it points at.
     pub fn new(pipeline: &str, sources: &Sources, errors: Vec<SpecError>) -> Self {
-        let problems = errors
+        let source_of = |e: &SpecError| e.labels.first().map(|(s, _)| s.source);
+        let mut distinct: Vec<(SpecError, usize)> = Vec::new();
+        for error in errors {
+            let same = distinct.iter_mut().find(|(e, _)| {
+                e.kind == error.kind
+                    && without_instances(&e.message) == without_instances(&error.message)
+                    && e.help == error.help
+                    && source_of(e) == source_of(&error)
+            });
+            match same {
+                Some((e, count)) => {
+                    *count += 1;
+                    for label in error.labels {
+                        if !e.labels.contains(&label) {
+                            e.labels.push(label);
+                        }
+                    }
+                }
+                None => distinct.push((error, 1)),
+            }
+        }
+        let problems = distinct
             .into_iter()
+            .map(|(mut error, count)| {
+                if count > 1 {
+                    error.message = format!(
+                        "{} (found {count} times)",
+                        without_instances(&error.message)
+                    );
+                }
+                error
+            })
             .map(|error| {
                 let source_id = error.labels.first().map_or(0, |(s, _)| s.source);
                 let source = sources.get(source_id);

@@ -101,3 +101,26 @@ stages:
         run.stderr
     );
 }
+
+#[test]
+fn one_bad_value_in_a_large_matrix_is_reported_once_with_its_count() {
+    let project = Project::new();
+    let values: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    project.write(
+        "mipipe.yaml",
+        &format!(
+            "version: 1\nstages:\n  world:\n    kind: synth\n    matrix: {{train_per_set: [{0}], test_per_set: [{0}]}}\n    params: {{instruct_items: many}}\n",
+            values.join(", ")
+        ),
+    );
+    let run = project.mipipe(&["status"]);
+    run.expect_code(2);
+    // Before: 900 identical reports of the bad value, one per instance.
+    assert_eq!(
+        run.stderr.matches("Invalid param").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("(found 900 times)"), "{}", run.stderr);
+}
