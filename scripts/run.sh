@@ -4,6 +4,7 @@
 # (e.g. `bash scripts/run.sh -j 1`, or `PIPELINE=pipelines/quick.yaml bash scripts/run.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/prerequisites.sh
 bash scripts/setup-libtorch.sh
 cargo build --release --locked
 pipeline="${PIPELINE:-pipelines/ablation.yaml}"

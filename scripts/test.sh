@@ -9,6 +9,7 @@
 # Ends with one line totalling every test binary: `tests: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/prerequisites.sh
 
 bash scripts/setup-libtorch.sh
 
