@@ -37,6 +37,30 @@ pub fn unique_temp_name(prefix: &str) -> String {
     format!(".{prefix}.tmp-{}-{n}", std::process::id())
 }
 
+/// Whether `path` is a temp file of [`unique_temp_name`] with `prefix` left by a writer that
+/// was killed: its process no longer exists here and it has not changed for ten minutes (the
+/// age guards a writer on another machine of a shared filesystem, whose process id means
+/// nothing here). Such a file can be removed.
+pub fn is_orphaned_temp(path: &Path, prefix: &str) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let Some(rest) = name.strip_prefix(&format!(".{prefix}.tmp-")) else {
+        return false;
+    };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    let idle = fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(600));
+    idle && pid.is_some_and(|p| !process_is_alive(p))
+}
+
+/// Whether a process with this id exists.
+pub fn process_is_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 checks for existence without sending anything.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
 /// Flushes a directory entry to disk so a rename inside it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

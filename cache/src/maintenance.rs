@@ -83,11 +83,6 @@ fn age(path: &Path) -> Duration {
         .unwrap_or_default()
 }
 
-fn pid_is_alive(pid: u32) -> bool {
-    // Signal 0 checks for existence without sending anything.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-}
-
 impl Cache {
     /// Sizes of every area of the cache.
     pub fn disk_usage(&self) -> DiskUsage {
@@ -178,7 +173,7 @@ impl Cache {
                     .split(['-', '.'])
                     .filter_map(|p| p.parse::<u32>().ok())
                     .next();
-                let dead = pid.is_some_and(|p| !pid_is_alive(p));
+                let dead = pid.is_some_and(|p| !crate::fsutil::process_is_alive(p));
                 if (dead || age(&tmp.path()) > OBJECT_GRACE) && !policy.dry_run {
                     let _ = remove_all(&tmp.path());
                 }
@@ -238,6 +233,14 @@ fn list_objects(root: &Path) -> Vec<(PathBuf, Option<ObjectDigest>)> {
         };
         for file in files.flatten() {
             let name = file.file_name().to_string_lossy().into_owned();
+            // An object being written (or left by a writer that was killed, removed here) is
+            // not an object yet: never reported as corrupt.
+            if name.starts_with(".object.tmp-") {
+                if crate::fsutil::is_orphaned_temp(&file.path(), "object") {
+                    let _ = fs::remove_file(file.path());
+                }
+                continue;
+            }
             let digest = format!("{prefix}{name}").parse::<ObjectDigest>().ok();
             out.push((file.path(), digest));
         }

@@ -333,6 +333,12 @@ impl ObjectStore {
     pub fn copy_out(&self, output: &StoredOutput, dest: &Path) -> Result<(), CacheError> {
         let dir = fsutil::parent_of(dest);
         fs::create_dir_all(&dir).map_err(|e| CacheError::io("creating", &dir, e))?;
+        // Copies of earlier runs that were killed mid-copy (their process is gone).
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if fsutil::is_orphaned_temp(&entry.path(), "materialize") {
+                let _ = fsutil::remove_all(&entry.path());
+            }
+        }
         let tmp = dir.join(unique_temp_name("materialize"));
         let copy = (|| -> io::Result<()> {
             match output.kind {

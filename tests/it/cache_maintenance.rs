@@ -89,3 +89,55 @@ fn gc_keeps_what_the_lockfile_references_and_removes_the_rest() {
     let du = project.mipipe(&["cache", "du"]);
     assert!(du.stdout.contains("objects"), "{}", du.stdout);
 }
+
+/// A process id that no longer exists: a child that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Backdates a file's modification time by an hour (`touch -d`).
+fn backdate(path: &std::path::Path) {
+    let status = std::process::Command::new("touch")
+        .arg("-d")
+        .arg("1 hour ago")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn temp_files_of_a_killed_writer_are_cleaned_up_not_reported_as_corrupt() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    let object = project.output_object("report", "md");
+    let pid = dead_pid();
+    // A complete object copy a killed commit left beside the objects, and a copy a killed
+    // `materialize:` left beside the workspace copy.
+    let object_temp = object.with_file_name(format!(".object.tmp-{pid}-0"));
+    std::fs::copy(&object, &object_temp).unwrap();
+    backdate(&object_temp);
+    let materialize_temp = project
+        .path()
+        .join(format!("results/.materialize.tmp-{pid}-3"));
+    std::fs::write(&materialize_temp, "half a copy").unwrap();
+    backdate(&materialize_temp);
+    let verify = project.mipipe(&["cache", "verify"]);
+    verify.expect_code(0);
+    assert!(
+        verify.stdout.contains("cache is clean"),
+        "{}",
+        verify.stdout
+    );
+    assert!(!object_temp.exists(), "the orphaned object temp is removed");
+    // The next copy into that folder removes the orphaned materialize temp.
+    std::fs::remove_file(project.path().join("results/report.md")).unwrap();
+    project.mipipe(&["run"]).expect_code(0);
+    assert!(
+        !materialize_temp.exists(),
+        "the orphaned materialize temp is removed"
+    );
+}
