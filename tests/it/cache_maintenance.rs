@@ -125,13 +125,7 @@ fn temp_files_of_a_killed_writer_are_cleaned_up_not_reported_as_corrupt() {
         .join(format!("results/.materialize.tmp-{pid}-3"));
     std::fs::write(&materialize_temp, "half a copy").unwrap();
     backdate(&materialize_temp);
-    let verify = project.mipipe(&["cache", "verify"]);
-    verify.expect_code(0);
-    assert!(
-        verify.stdout.contains("cache is clean"),
-        "{}",
-        verify.stdout
-    );
+    project.assert_cache_clean();
     assert!(!object_temp.exists(), "the orphaned object temp is removed");
     // The next copy into that folder removes the orphaned materialize temp.
     std::fs::remove_file(project.path().join("results/report.md")).unwrap();

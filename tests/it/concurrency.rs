@@ -49,13 +49,7 @@ fn concurrent_runs_on_one_cache_compute_each_stage_once() {
         );
     }
     assert_eq!(project.count_lines("runs.log", "total"), 1);
-    let verify = project.mipipe(&["cache", "verify"]);
-    verify.expect_code(0);
-    assert!(
-        verify.stdout.contains("cache is clean"),
-        "{}",
-        verify.stdout
-    );
+    project.assert_cache_clean();
 }
 
 #[test]

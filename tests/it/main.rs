@@ -161,6 +161,18 @@ impl Project {
         ))
     }
 
+    /// Runs `mipipe cache verify` and panics unless it finds the cache clean.
+    #[track_caller]
+    pub fn assert_cache_clean(&self) {
+        let verify = self.mipipe(&["cache", "verify"]);
+        verify.expect_code(0);
+        assert!(
+            verify.stdout.contains("cache is clean"),
+            "{}",
+            verify.stdout
+        );
+    }
+
     /// Lines of a file that stages append to, to count executions.
     pub fn count_lines(&self, relative: &str, needle: &str) -> usize {
         std::fs::read_to_string(self.path().join(relative))
