@@ -517,11 +517,8 @@ impl StageContext {
         };
         let mut facts = read_facts(path);
         facts.insert(name.to_string(), value.to_string());
-        let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(&facts).expect("string maps serialise");
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+        let _ = mipipe_cache::write_atomic(path, &text);
     }
 
     /// Reports progress (shown as a per-stage bar on a terminal).

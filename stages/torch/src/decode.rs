@@ -18,14 +18,53 @@ pub struct Prompts {
     pub padding: Tensor,
 }
 
-/// A batch of prompts after one forward pass: the cache of every layer, which keys are real,
-/// the next position id of each row, and the next-token logits.
+/// A batch of prompts after one forward pass: what the decoder has seen of each row, and the
+/// next-token logits.
 pub struct Decoding<'m> {
     model: &'m MultimodalModel,
+    seen: Seen,
+    last_logits: Tensor,
+}
+
+/// What the decoder has seen of each row: every layer's keys and values, which keys are real,
+/// and the next position id.
+struct Seen {
     cache: KvCache,
     keys: Tensor,
     next_position: Tensor,
-    last_logits: Tensor,
+}
+
+impl Seen {
+    /// A copy to extend while this one stays as it is (the stored tensors are shared).
+    fn fork(&self) -> Seen {
+        Seen {
+            cache: self.cache.fork(),
+            keys: self.keys.shallow_clone(),
+            next_position: self.next_position.shallow_clone(),
+        }
+    }
+
+    /// Logits `[batch, k, vocab]` of `tokens` (`[batch, k]`) appended to every row, which are
+    /// then seen too.
+    fn extend(&mut self, model: &MultimodalModel, tokens: &Tensor) -> Tensor {
+        let (b, k) = tokens.size2().expect("[batch, new]");
+        let device = tokens.device();
+        let positions =
+            self.next_position.unsqueeze(1) + Tensor::arange(k, (Kind::Int64, device)).unsqueeze(0);
+        self.keys = Tensor::cat(
+            &[&self.keys, &Tensor::ones([b, k], (Kind::Bool, device))],
+            1,
+        );
+        self.next_position = &self.next_position + k;
+        let attending = Attending {
+            positions: &positions,
+            keys: Some(&self.keys),
+        };
+        let embeddings = tokens.apply(&model.decoder.embed_tokens);
+        model
+            .decoder
+            .forward_cached(&embeddings, &attending, Some(&mut self.cache))
+    }
 }
 
 impl<'m> Decoding<'m> {
@@ -49,9 +88,11 @@ impl<'m> Decoding<'m> {
                 .sum_dim_intlist(1, false, Kind::Int64);
             Self {
                 model,
-                cache,
-                keys,
-                next_position,
+                seen: Seen {
+                    cache,
+                    keys,
+                    next_position,
+                },
                 last_logits,
             }
         })
@@ -62,23 +103,6 @@ impl<'m> Decoding<'m> {
         self.last_logits
             .log_softmax(-1, Kind::Float)
             .to_device(tch::Device::Cpu)
-    }
-
-    /// Logits `[batch, k, vocab]` of `tokens` (`[batch, k]`) appended to every row; the cache
-    /// given grows by them.
-    fn extend(&self, cache: &mut KvCache, keys: &Tensor, next: &Tensor, tokens: &Tensor) -> Tensor {
-        let (b, k) = tokens.size2().expect("[batch, new]");
-        let device = tokens.device();
-        let positions = next.unsqueeze(1) + Tensor::arange(k, (Kind::Int64, device)).unsqueeze(0);
-        let keys = Tensor::cat(&[keys, &Tensor::ones([b, k], (Kind::Bool, device))], 1);
-        let attending = Attending {
-            positions: &positions,
-            keys: Some(&keys),
-        };
-        let embeddings = tokens.apply(&self.model.decoder.embed_tokens);
-        self.model
-            .decoder
-            .forward_cached(&embeddings, &attending, Some(cache))
     }
 
     /// The log-likelihood of each row's continuation (`continuations[row]`, token ids) after its
@@ -108,15 +132,12 @@ impl<'m> Decoding<'m> {
             let counted = Tensor::from_slice(&counted)
                 .view([b as i64, longest as i64])
                 .to_device(device);
-            let mut fork = self.cache.fork();
             // Token i is predicted by the prompt's last position (i = 0) or by token i - 1.
             let predicting = if longest > 1 {
-                let after = self.extend(
-                    &mut fork,
-                    &self.keys,
-                    &self.next_position,
-                    &tokens.narrow(1, 0, longest as i64 - 1),
-                );
+                let after = self
+                    .seen
+                    .fork()
+                    .extend(self.model, &tokens.narrow(1, 0, longest as i64 - 1));
                 Tensor::cat(&[self.last_logits.unsqueeze(1), after], 1)
             } else {
                 self.last_logits.unsqueeze(1)
@@ -143,23 +164,10 @@ impl<'m> Decoding<'m> {
                 if answers.push(&next) || step + 1 >= max_new {
                     break;
                 }
-                let mut cache = std::mem::take(&mut self.cache);
-                let new = self.extend(
-                    &mut cache,
-                    &self.keys,
-                    &self.next_position,
-                    &next.unsqueeze(1),
-                );
-                self.cache = cache;
-                self.keys = Tensor::cat(
-                    &[
-                        &self.keys,
-                        &Tensor::ones([b as i64, 1], (Kind::Bool, next.device())),
-                    ],
-                    1,
-                );
-                self.next_position = &self.next_position + 1;
-                logits = new.select(1, 0);
+                logits = self
+                    .seen
+                    .extend(self.model, &next.unsqueeze(1))
+                    .select(1, 0);
             }
             answers.finish()
         })
