@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
-use mipipe_engine::{read_progress, Job, ProgressSink, StageError, WorkerLauncher};
+use mipipe_engine::{
+    describe_exit, read_progress, run_child, ErrorClass, Exit, Job, ProgressSink, StageError,
+    WorkerLauncher,
+};
 
 /// Spawns `mipipe exec-stage` for each job.
 pub struct SubprocessLauncher {
@@ -16,11 +17,9 @@ pub struct SubprocessLauncher {
 }
 
 impl SubprocessLauncher {
-    /// Uses the running executable.
-    pub fn current() -> std::io::Result<Self> {
-        Ok(Self {
-            program: std::env::current_exe()?,
-        })
+    /// Runs jobs with `program` (the running `mipipe`), or a kind's worker next to it.
+    pub fn new(program: PathBuf) -> Self {
+        Self { program }
     }
 }
 
@@ -32,8 +31,7 @@ impl WorkerLauncher for SubprocessLauncher {
         cancel: &AtomicBool,
         progress: &dyn ProgressSink,
     ) -> Result<(), StageError> {
-        use std::os::unix::process::{CommandExt, ExitStatusExt};
-        let log = mipipe_open_append(&job.log)?;
+        let log = open_append(&job.log)?;
         let program = match &job.worker {
             None => self.program.clone(),
             Some(name) => {
@@ -48,29 +46,16 @@ impl WorkerLauncher for SubprocessLauncher {
                 path
             }
         };
-        // The job's environment (`CUDA_VISIBLE_DEVICES` of its GPU slots) reaches every worker,
-        // so two `gpus: 1` stages never share a device.
-        let mut child = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .arg("exec-stage")
             .arg(job_file)
-            .envs(job.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(env)?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                StageError::environment(format!("Cannot start worker `{}`: {e}", program.display()))
-            })?;
-        let pid = child.id() as libc::pid_t;
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = sender.send(child.wait());
-        });
-        let mut signalled = false;
-        let mut reported = None;
+            .stderr(log);
         // Forwards the worker's latest progress report when it is new.
-        let mut forward = || {
+        let mut reported = None;
+        let forward = || {
             let now = job.progress_file.as_deref().and_then(read_progress);
             if let Some((done, total, message)) =
                 now.as_ref().filter(|n| reported.as_ref() != Some(*n))
@@ -79,38 +64,28 @@ impl WorkerLauncher for SubprocessLauncher {
                 reported = now;
             }
         };
-        let status = loop {
-            match receiver.recv_timeout(Duration::from_millis(50)) {
-                Ok(status) => {
-                    // The last report may have come after the previous poll.
-                    forward();
-                    break status.map_err(env)?;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    forward();
-                    if cancel.load(Ordering::Relaxed) && !signalled {
-                        // SAFETY: signalling our own child's process group.
-                        unsafe { libc::kill(-pid, libc::SIGTERM) };
-                        signalled = true;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(StageError::environment("Lost track of the worker process"))
-                }
-            }
+        // The job's environment (`CUDA_VISIBLE_DEVICES` of its GPU slots) reaches every worker,
+        // so two `gpus: 1` stages never share a device.
+        let status = run_child(&mut command, &job.env, cancel, forward)
+            .map_err(|e| StageError::environment(format!("Worker `{}`: {e}", program.display())))?;
+        let Some(code) = status.code() else {
+            return Err(StageError::failed(format!(
+                "Worker {} (crash or out of memory); see the log",
+                describe_exit(status)
+            )));
         };
-        match (status.code(), status.signal()) {
-            (Some(0), _) => Ok(()),
-            (Some(3), _) => Err(StageError::environment(
+        match Exit::class_of_worker(code) {
+            None => Ok(()),
+            Some(ErrorClass::Environment) => Err(StageError::environment(
                 "The worker hit an environment error; see the log",
             )),
-            (Some(code), _) => Err(StageError::failed(format!(
+            Some(ErrorClass::Internal) => Err(StageError::with_class(
+                format!("The worker exited with status {code}, a bug in mipipe; see the log"),
+                ErrorClass::Internal,
+            )),
+            Some(ErrorClass::Stage) => Err(StageError::failed(format!(
                 "Worker exited with status {code}; see the log"
             ))),
-            (None, Some(signal)) => Err(StageError::failed(format!(
-                "Worker was killed by signal {signal} (crash or out of memory); see the log"
-            ))),
-            _ => Err(StageError::failed("Worker failed")),
         }
     }
 }
@@ -119,7 +94,7 @@ fn env(e: std::io::Error) -> StageError {
     StageError::environment(e.to_string())
 }
 
-fn mipipe_open_append(path: &Path) -> Result<std::fs::File, StageError> {
+fn open_append(path: &Path) -> Result<std::fs::File, StageError> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -1,6 +1,7 @@
-//! The `mipipe` binary: wires stage kinds, the terminal reporter and the worker launcher to the
-//! engine, and turns outcomes into exit codes (0 ok, 1 a stage failed, 2 invalid pipeline or
-//! usage, 3 environment, 70 internal bug, 130 interrupted).
+//! The `mipipe` binary: wires stage kinds, the terminal reporter, the worker launcher and the
+//! Slurm executor to the engine (`commands/`, one file per subcommand), and exits with the
+//! codes of the engine's one table, [`mipipe_engine::Exit`] (0 ok, 1 a stage failed, 2 invalid
+//! pipeline or usage, 3 environment, 70 a bug in mipipe, 130 interrupted).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use miette::Diagnostic;
+use mipipe_engine::Exit;
 
 /// Every stage kind this binary was built with.
 pub fn registry() -> mipipe_engine::Registry {
@@ -55,18 +57,18 @@ pub enum CliError {
     #[error("{0}")]
     #[diagnostic(code(mipipe::environment))]
     Environment(String),
-    /// The run ended with failed stages (already reported).
+    /// The run ended with failed stages (already reported), or interrupted.
     #[error("{0}")]
     #[diagnostic(code(mipipe::stage_failed))]
-    StagesFailed(String, u8),
+    StagesFailed(String, Exit),
 }
 
 impl CliError {
-    fn exit_code(&self) -> u8 {
+    fn exit(&self) -> Exit {
         match self {
-            Self::Pipeline(_) | Self::Usage { .. } => 2,
-            Self::Environment(_) => 3,
-            Self::StagesFailed(_, code) => *code,
+            Self::Pipeline(_) | Self::Usage { .. } => Exit::Usage,
+            Self::Environment(_) => Exit::Environment,
+            Self::StagesFailed(_, exit) => *exit,
         }
     }
 }
@@ -97,10 +99,16 @@ fn main() -> ExitCode {
         )
     }))
     .ok();
-    match commands::dispatch(cli, colour) {
+    // A panic is a bug in mipipe: exit 70 (the default hook has printed it), never Rust's 101.
+    let result = std::panic::catch_unwind(|| commands::dispatch(cli, colour));
+    let Ok(result) = result else {
+        eprintln!("This is a bug in mipipe; please report it with the message above");
+        return ExitCode::from(Exit::Internal.code());
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let code = error.exit_code();
+            let code = error.exit().code();
             if !matches!(error, CliError::StagesFailed(..)) {
                 eprintln!("{:?}", miette::Report::new(error));
             } else {

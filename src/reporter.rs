@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mipipe_engine::{Outcome, Reason, Reporter};
+use mipipe_engine::{Outcome, Reason, Reporter, RunSummary};
 use serde_json::json;
 
 use crate::style::Style;
@@ -26,6 +26,8 @@ pub struct TerminalReporter {
     mode: Mode,
     style: Style,
     done: Mutex<(usize, usize)>,
+    /// The scheduler stages were submitted to (`Slurm`), for the summary of a detached run.
+    scheduler: Mutex<Option<String>>,
 }
 
 impl TerminalReporter {
@@ -58,6 +60,7 @@ impl TerminalReporter {
             mode,
             style,
             done: Mutex::new((0, 0)),
+            scheduler: Mutex::new(None),
         }
     }
 
@@ -94,7 +97,7 @@ impl TerminalReporter {
     }
 
     /// Removes the bars before the summary is printed.
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Mode::Bars {
             overall, running, ..
         } = &self.mode
@@ -230,6 +233,7 @@ impl Reporter for TerminalReporter {
     }
 
     fn on_submitted(&self, stage: &str, executor: &str, job: &str, log: &std::path::Path) {
+        *self.scheduler.lock().expect("poisoned") = Some(executor.to_string());
         self.event(json!({"event": "submitted", "stage": stage, "executor": executor, "job": job, "log": log}));
         self.line(&format!(
             "{} submitted {stage} as {executor} job {job} (log {})",
@@ -241,5 +245,71 @@ impl Reporter for TerminalReporter {
     fn on_warning(&self, message: &str) {
         self.event(json!({"event": "warning", "message": message}));
         self.line(&format!("{}: {message}", self.style.yellow("warning")));
+    }
+
+    fn on_run_end(&self, summary: &RunSummary) {
+        self.finish();
+        let (executed, cached, failed, skipped) = summary.counts();
+        let mut err = std::io::stderr().lock();
+        if !summary.submitted.is_empty() {
+            let scheduler = self.scheduler.lock().expect("poisoned").clone();
+            let scheduler = scheduler.unwrap_or_else(|| "the scheduler".into());
+            if let Mode::Json = self.mode {
+                let submitted: serde_json::Map<String, serde_json::Value> = summary
+                    .submitted
+                    .iter()
+                    .map(|(stage, job)| (stage.clone(), json!({"job": job.id, "log": job.log})))
+                    .collect();
+                self.event(
+                    json!({"event": "detached", "executor": scheduler, "submitted": submitted}),
+                );
+            } else {
+                let _ = writeln!(
+                    err,
+                    "{} stage(s) submitted to {scheduler}; `mipipe status` follows them, `mipipe run` records their results",
+                    summary.submitted.len()
+                );
+            }
+        }
+        if let Mode::Json = self.mode {
+            self.event(json!({"event": "summary", "ran": executed, "cached": cached, "failed": failed, "not_run": skipped}));
+            return;
+        }
+        if summary.submitted.is_empty() {
+            let mut line = format!("{executed} ran, {cached} cached");
+            if failed > 0 {
+                line.push_str(&format!(", {failed} failed"));
+            }
+            if skipped > 0 {
+                line.push_str(&format!(", {skipped} not run"));
+            }
+            let _ = writeln!(err, "{line}");
+        }
+        for (name, outcome) in &summary.outcomes {
+            if let Outcome::Failed {
+                error,
+                log: Some(log),
+                ..
+            } = outcome
+            {
+                let _ = writeln!(err, "\n{} {name}: {error}", self.style.red("FAILED"));
+                write_log_tail(&mut err, log, 20);
+            }
+        }
+    }
+}
+
+/// The last `lines` lines of a log, indented.
+fn write_log_tail(out: &mut impl Write, log: &std::path::Path, lines: usize) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    if start > 0 {
+        let _ = writeln!(out, "  ... ({start} earlier lines in {})", log.display());
+    }
+    for line in &all[start..] {
+        let _ = writeln!(out, "  | {line}");
     }
 }

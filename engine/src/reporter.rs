@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::execute::Outcome;
-use crate::plan::Reason;
+use crate::outcome::{Outcome, RunSummary};
+use crate::reason::Reason;
 
 /// Receives engine events. Every method has a no-op default.
 pub trait Reporter: Send + Sync {
@@ -24,6 +24,8 @@ pub trait Reporter: Send + Sync {
     fn on_submitted(&self, _stage: &str, _executor: &str, _job: &str, _log: &Path) {}
     /// Something worth knowing that is not an error.
     fn on_warning(&self, _message: &str) {}
+    /// The run ended (every selected stage has an outcome; the lockfile is written).
+    fn on_run_end(&self, _summary: &RunSummary) {}
 }
 
 /// A reporter that ignores everything.

@@ -96,6 +96,19 @@ impl StageError {
         }))
     }
 
+    /// A panic caught while running a stage: a bug in mipipe.
+    pub fn internal_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        Self::with_class(
+            format!("mipipe panicked while running the stage: {what}; this is a bug in mipipe, please report it"),
+            ErrorClass::Internal,
+        )
+    }
+
     /// The message.
     pub fn message(&self) -> &str {
         &self.0.message
@@ -105,6 +118,16 @@ impl StageError {
     pub fn class(&self) -> ErrorClass {
         self.0.class
     }
+}
+
+/// How many devices a `CUDA_VISIBLE_DEVICES` value makes visible (`""` and `-1`: none).
+pub fn visible_devices(value: &str) -> usize {
+    value
+        .split(',')
+        .map(str::trim)
+        .take_while(|id| *id != "-1")
+        .filter(|id| !id.is_empty())
+        .count()
 }
 
 impl fmt::Display for StageError {
@@ -506,6 +529,11 @@ impl StageContext {
     /// Whether the run was cancelled (Ctrl-C); long work should check and return early.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The flag [`StageContext::is_cancelled`] reads, for [`crate::run_child`].
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancel
     }
 
     /// Records a fact about how the stage ran (`device` = `cuda:0`): kept with its cache entry

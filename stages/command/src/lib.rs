@@ -19,11 +19,11 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use mipipe_engine::template::{self, shell_quote};
-use mipipe_engine::{OutputKind, OutputSpec, Stage, StageContext, StageError};
+use mipipe_engine::{
+    describe_exit, run_child, OutputKind, OutputSpec, Stage, StageContext, StageError,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -150,9 +150,6 @@ impl Stage for CommandStage {
             .stderr(log_err)
             .env("MIPIPE_STAGE", ctx.stage_name())
             .env("MIPIPE_SEED", ctx.seed().to_string());
-        for (k, v) in ctx.env() {
-            command.env(k, v);
-        }
         for (k, v) in &params.env {
             let value = template::expand(v, true, |namespace, name| match namespace {
                 // Values are quoted so that none runs as shell code; `${raw.params.NAME}` pastes
@@ -166,52 +163,15 @@ impl Stage for CommandStage {
             .map_err(|e| StageError::failed(e.message))?;
             command.env(k, value);
         }
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-        let mut child = command
-            .spawn()
-            .map_err(|e| StageError::environment(format!("Cannot start `sh`: {e}")))?;
-        let pid = child.id() as libc::pid_t;
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = sender.send(child.wait());
-        });
-        let mut terminated_at: Option<std::time::Instant> = None;
-        let status = loop {
-            match receiver.recv_timeout(Duration::from_millis(50)) {
-                Ok(status) => break status,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if ctx.is_cancelled() {
-                        match terminated_at {
-                            None => {
-                                // SAFETY: signalling our own child's process group.
-                                unsafe { libc::kill(-pid, libc::SIGTERM) };
-                                terminated_at = Some(std::time::Instant::now());
-                            }
-                            Some(at) if at.elapsed() > Duration::from_secs(5) => {
-                                unsafe { libc::kill(-pid, libc::SIGKILL) };
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(StageError::environment(
-                        "Lost track of the command's process",
-                    ))
-                }
-            }
-        };
-        let status = status
-            .map_err(|e| StageError::environment(format!("Waiting for the command failed: {e}")))?;
+        let status = run_child(&mut command, ctx.env(), ctx.cancel_flag(), || {}).map_err(|e| {
+            StageError::environment(format!("Running `sh` for the command failed: {e}"))
+        })?;
         if status.success() {
             return Ok(());
         }
-        use std::os::unix::process::ExitStatusExt;
-        Err(StageError::failed(match (status.code(), status.signal()) {
-            (Some(code), _) => format!("Command exited with status {code}"),
-            (None, Some(signal)) => format!("Command was killed by signal {signal}"),
-            _ => "Command failed".to_string(),
-        }))
+        Err(StageError::failed(format!(
+            "Command {}",
+            describe_exit(status)
+        )))
     }
 }

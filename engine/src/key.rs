@@ -1,0 +1,172 @@
+//! The key recipe: what a stage's key is made of, and the one place that digests a stage's
+//! inputs, derives its key and looks it up ([`key_inputs`], [`lookup_stage`]), shared by
+//! [`crate::plan`] and [`crate::execute`].
+//!
+//! `key = blake3-derive-key("mipipe stage-key v1"; kind, kind version, canonical params,
+//! sorted (input name, content digests))`. Workspace dependencies enter as inputs named
+//! `dep:PATH`. Inputs enter by *content*, so an upstream rerun that writes identical bytes
+//! leaves every downstream key unchanged (early cutoff). The stage name does not enter: renaming
+//! a stage keeps its cache.
+
+use std::collections::BTreeMap;
+
+use mipipe_cache::{
+    Cache, Lookup, ObjectDigest, StableHasher, StageKey, StoredOutput, TreeManifest,
+};
+
+use crate::lockfile::Lockfile;
+use crate::pipeline::{Pipeline, ResolvedStage};
+use crate::reason::{explain_miss, Reason};
+
+/// Domain of stage keys; bump the suffix if the key recipe ever changes.
+const STAGE_KEY_CONTEXT: &str = "mipipe stage-key v1";
+/// Domain of derived seeds.
+const SEED_CONTEXT: &str = "mipipe stage-seed v1";
+
+/// Input and dependency digests of one stage, by name.
+pub type InputDigests = BTreeMap<String, Vec<ObjectDigest>>;
+
+/// Computes a stage key.
+pub fn stage_key(stage: &ResolvedStage, inputs: &InputDigests) -> StageKey {
+    let mut hasher = StableHasher::new(STAGE_KEY_CONTEXT);
+    hasher
+        .write(stage.kind.kind())
+        .write(&stage.kind.version())
+        .write(&stage.params)
+        .write(inputs);
+    StageKey::from_bytes(hasher.finish())
+}
+
+/// A seed derived from a stage key.
+pub fn stage_seed(key: &StageKey) -> u64 {
+    let mut hasher = StableHasher::new(SEED_CONTEXT);
+    hasher.write(key);
+    let bytes = hasher.finish();
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+/// The name under which a workspace dependency enters the key.
+pub fn dependency_input_name(path: &str) -> String {
+    format!("dep:{path}")
+}
+
+/// Hashes a stage's workspace dependencies (through the stat cache).
+pub fn dependency_digests(
+    stage: &ResolvedStage,
+    pipeline: &Pipeline,
+    cache: &Cache,
+) -> Result<InputDigests, Reason> {
+    let mut out = InputDigests::new();
+    for dep in &stage.workspace_deps {
+        let path = pipeline.workspace.join(dep);
+        let digest = if path.is_dir() {
+            dir_digest(&path, cache)
+        } else {
+            cache.file_digests().digest(&path)
+        }
+        .map_err(|e| Reason::DependencyMissing {
+            path: dep.clone(),
+            error: e.to_string(),
+        })?;
+        out.insert(dependency_input_name(dep), vec![digest]);
+    }
+    Ok(out)
+}
+
+/// A directory dependency's digest: that of its tree manifest, as if it were an output.
+fn dir_digest(dir: &std::path::Path, cache: &Cache) -> std::io::Result<ObjectDigest> {
+    TreeManifest::describe(dir, |p| cache.file_digests().digest(p)).map(|m| m.digest())
+}
+
+/// The cache lookup of one stage whose inputs are known.
+pub(crate) enum KeyedLookup {
+    /// The outputs of the cached run.
+    Hit(BTreeMap<String, StoredOutput>),
+    Miss(Vec<Reason>),
+}
+
+/// Looks a stage up, explaining a miss.
+pub(crate) fn lookup_stage(
+    stage: &ResolvedStage,
+    keyed: &Keyed,
+    cache: &Cache,
+    lock: &Lockfile,
+    forced: bool,
+    warnings: &mut Vec<String>,
+) -> KeyedLookup {
+    if forced {
+        return KeyedLookup::Miss(vec![Reason::Forced]);
+    }
+    if !stage.cache {
+        return KeyedLookup::Miss(vec![Reason::CachingDisabled]);
+    }
+    let Keyed { inputs, key } = keyed;
+    // Fast path for no-op runs: the lockfile already holds this key's outputs, so checking
+    // that the entry and its objects still exist is enough (no entry file is parsed).
+    if let Some(previous) = lock.stages.get(&stage.name).filter(|p| p.key == *key) {
+        let present = cache.actions().path_of(key).is_file()
+            && previous
+                .outputs
+                .values()
+                .all(|o| cache.store().contains(&o.digest));
+        if present {
+            return KeyedLookup::Hit(previous.outputs.clone());
+        }
+    }
+    match cache.actions().lookup(key, cache.store()) {
+        Lookup::Hit(entry) => KeyedLookup::Hit(entry.outputs),
+        Lookup::Miss => KeyedLookup::Miss(explain_miss(
+            stage,
+            inputs,
+            key,
+            lock.stages.get(&stage.name),
+        )),
+        Lookup::Corrupt(problem) => {
+            warnings.push(format!(
+                "Stage `{}`: {problem}; it will run again",
+                stage.name
+            ));
+            KeyedLookup::Miss(vec![Reason::CorruptEntry { problem }])
+        }
+    }
+}
+
+/// Input digests of a stage from its producers' outputs (None when a producer's are unknown).
+pub(crate) fn upstream_digests(
+    stage: &ResolvedStage,
+    outputs: &[Option<BTreeMap<String, StoredOutput>>],
+) -> Option<InputDigests> {
+    let mut digests = InputDigests::new();
+    for (name, ups) in &stage.inputs {
+        let mut list = Vec::with_capacity(ups.len());
+        for up in ups {
+            list.push(outputs[up.stage].as_ref()?.get(&up.output)?.digest);
+        }
+        digests.insert(name.clone(), list);
+    }
+    Some(digests)
+}
+
+/// A stage's key with the digests it was derived from.
+pub(crate) struct Keyed {
+    /// Input and dependency digests, by name.
+    pub inputs: InputDigests,
+    /// The key.
+    pub key: StageKey,
+}
+
+/// Digests a stage's inputs (its producers' outputs, then its workspace dependencies) and
+/// derives its key. `Ok(None)`: some producer's outputs are not known yet.
+pub(crate) fn key_inputs(
+    stage: &ResolvedStage,
+    pipeline: &Pipeline,
+    cache: &Cache,
+    outputs: &[Option<BTreeMap<String, StoredOutput>>],
+) -> Result<Option<Keyed>, Reason> {
+    let Some(mut inputs) = upstream_digests(stage, outputs) else {
+        return Ok(None);
+    };
+    inputs.extend(dependency_digests(stage, pipeline, cache)?);
+    let key = stage_key(stage, &inputs);
+    Ok(Some(Keyed { inputs, key }))
+}

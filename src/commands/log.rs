@@ -1,0 +1,36 @@
+//! `mipipe log STAGE`: the log of the stage's latest run.
+
+use std::path::PathBuf;
+
+use mipipe_engine::Lockfile;
+
+use super::{current_key, load, one_stage, open_cache};
+use crate::cli::PipelineArgs;
+use crate::CliError;
+
+pub(super) fn log(
+    name: &str,
+    args: &PipelineArgs,
+    cache_dir: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let pipeline = load(args)?;
+    let index = one_stage(&pipeline, name)?;
+    let cache = open_cache(&args.pipeline, cache_dir)?;
+    let (lock, _) = Lockfile::read(&Lockfile::path_for(&args.pipeline));
+    let (key, _) = current_key(&pipeline, &cache, &lock, index);
+    let stage_name = &pipeline.stages[index].name;
+    let candidates = key
+        .into_iter()
+        .chain(lock.stages.get(stage_name).map(|e| e.key));
+    for key in candidates {
+        if let Some((dir, _)) = cache.runs().latest(&key) {
+            let text = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            print!("{text}");
+            return Ok(());
+        }
+    }
+    Err(CliError::Usage {
+        message: format!("No run of `{stage_name}` is recorded in this cache"),
+        help: Some("Stages served from another cache folder keep their logs there; run the stage with `mipipe run --force`".into()),
+    })
+}
