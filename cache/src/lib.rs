@@ -87,6 +87,21 @@ impl Cache {
         &self.root
     }
 
+    /// The folder of one area of the cache at its format version, `<root>/<name>/v1`: where
+    /// the other crates keep what they store here (`state` for the up-to-date memo, `slurm`
+    /// for the Slurm executor), so that every path under the root is decided in this crate.
+    pub fn area(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("v1")
+    }
+
+    /// The file in `dir` that holds a record about one pipeline: named by the first 32 hex
+    /// digits of the blake3 of the pipeline file's canonical path, `.json`.
+    pub fn pipeline_file(dir: &Path, pipeline: &Path) -> PathBuf {
+        let absolute = fs::canonicalize(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
+        let hex = ObjectDigest::of_bytes(absolute.to_string_lossy().as_bytes()).to_hex();
+        dir.join(format!("{}.json", &hex[..32]))
+    }
+
     /// The object store.
     pub fn store(&self) -> &ObjectStore {
         &self.store

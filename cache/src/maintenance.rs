@@ -95,6 +95,7 @@ impl Cache {
             "tmp",
             "state",
             "quarantine",
+            "slurm",
         ] {
             let (files, bytes) = walk_usage(&self.root().join(area));
             usage.areas.push((area.to_string(), files, bytes));

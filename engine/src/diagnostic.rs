@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use miette::{Diagnostic, LabeledSpan, NamedSource, SourceCode};
 
-use crate::yaml::{Sources, Span};
+use crate::span::{Sources, Span};
 
 /// The class of a pipeline error; its code appears in the rendered report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

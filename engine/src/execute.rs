@@ -23,11 +23,11 @@ use crate::job::WorkerLauncher;
 use crate::key::{key_inputs, lookup_stage, Keyed, KeyedLookup};
 use crate::lockfile::{LockEntry, Lockfile};
 use crate::outcome::{Outcome, RunSummary};
-use crate::pipeline::Pipeline;
 use crate::reason::Reason;
 use crate::remote::{RemoteExecutor, RemoteJob, RemoteState};
 use crate::reporter::Reporter;
 use crate::run_stage::{input_paths, materialize, run_one, Finished, RunOne};
+use crate::spec::Pipeline;
 use crate::stage::{ErrorClass, StageError};
 
 /// Options of one run.

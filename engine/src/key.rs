@@ -15,8 +15,8 @@ use mipipe_cache::{
 };
 
 use crate::lockfile::Lockfile;
-use crate::pipeline::{Pipeline, ResolvedStage};
 use crate::reason::{explain_miss, Reason};
+use crate::spec::{Pipeline, ResolvedStage};
 
 /// Domain of stage keys; bump the suffix if the key recipe ever changes.
 const STAGE_KEY_CONTEXT: &str = "mipipe stage-key v1";

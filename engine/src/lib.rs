@@ -22,36 +22,37 @@ mod job;
 mod key;
 mod lockfile;
 mod outcome;
-mod pipeline;
 mod pipeline_job;
 mod plan;
 mod reason;
 mod remote;
 mod reporter;
 mod run_stage;
+mod span;
+mod spec;
 mod stage;
 pub mod template;
 mod uptodate;
 mod yaml;
 
-pub use child::{describe_exit, run_child, ChildError, KILL_GRACE};
+pub use child::{describe_exit, run_child, ChildError};
 pub use cluster::{ClusterOptions, Executor};
 pub use diagnostic::{did_you_mean, PipelineError, SpecError, SpecErrorKind};
 pub use execute::{execute, RunOptions};
 pub use exit::Exit;
 pub use job::{read_progress, run_job, Job, WorkerLauncher};
-pub use key::{dependency_input_name, stage_key, stage_seed, InputDigests};
+pub use key::dependency_input_name;
 pub use lockfile::{LockEntry, Lockfile};
 pub use outcome::{Outcome, RunSummary};
-pub use pipeline::{LoadError, LoadOptions, Pipeline, ResolvedStage, Upstream};
 pub use pipeline_job::{run_pipeline_stage, PipelineStageJob, PipelineStageJobError};
 pub use plan::{plan, Plan, StageStatus};
 pub use reason::Reason;
 pub use remote::{RemoteExecutor, RemoteJob, RemoteState};
 pub use reporter::{Reporter, SilentReporter};
+pub use span::{Source, Sources, Span};
+pub use spec::{LoadError, LoadOptions, Pipeline, ResolvedStage, Upstream};
 pub use stage::{
     visible_devices, ErrorClass, OutputKind, OutputSpec, ParamDoc, ParamError, ProgressSink,
     Registry, Resources, Stage, StageContext, StageError, StageKind,
 };
 pub use uptodate::{check_up_to_date, record_up_to_date, Fingerprint};
-pub use yaml::{Node, NodeValue, Source, Sources, Span};

@@ -13,7 +13,7 @@ use mipipe_cache::{write_atomic, ObjectDigest, StageKey, StoredOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::pipeline::ResolvedStage;
+use crate::spec::ResolvedStage;
 
 /// One stage's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use crate::execute::{execute, RunOptions};
 use crate::job::WorkerLauncher;
 use crate::lockfile::Lockfile;
 use crate::outcome::Outcome;
-use crate::pipeline::{LoadError, LoadOptions, Pipeline};
 use crate::reporter::Reporter;
+use crate::spec::{LoadError, LoadOptions, Pipeline};
 use crate::stage::{visible_devices, Registry};
 
 /// A job that names one stage of a pipeline file rather than resolved paths: what a cluster

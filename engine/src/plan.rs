@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::key::{key_inputs, lookup_stage, KeyedLookup};
 use crate::lockfile::{LockEntry, Lockfile};
-use crate::pipeline::Pipeline;
 use crate::reason::Reason;
+use crate::spec::Pipeline;
 
 /// What `status` and `run --dry-run` show for one stage.
 #[derive(Clone, Debug, Serialize)]

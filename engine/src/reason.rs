@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::key::InputDigests;
 use crate::lockfile::LockEntry;
-use crate::pipeline::ResolvedStage;
+use crate::spec::ResolvedStage;
 
 /// Why a stage must run, in words a person reads.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use mipipe_cache::Cache;
 use serde::Serialize;
 
-use crate::pipeline::Pipeline;
+use crate::spec::Pipeline;
 use crate::stage::StageError;
 
 /// A stage handed to a remote scheduler.

@@ -16,8 +16,8 @@ use mipipe_cache::{
 
 use crate::job::{open_log, Job, WorkerLauncher};
 use crate::key::{stage_seed, InputDigests};
-use crate::pipeline::{Pipeline, ResolvedStage};
 use crate::reporter::Reporter;
+use crate::spec::{Pipeline, ResolvedStage};
 use crate::stage::{ProgressSink, StageError};
 
 /// What a stage that ran (or that another process completed meanwhile) left in the cache.

@@ -19,7 +19,7 @@ use mipipe_cache::{now_unix_ms, write_atomic, Cache, ObjectDigest, StableHasher}
 use serde::{Deserialize, Serialize};
 
 use crate::lockfile::Lockfile;
-use crate::pipeline::Pipeline;
+use crate::spec::Pipeline;
 
 /// What identifies one resolution of a pipeline.
 pub struct Fingerprint(ObjectDigest);
@@ -73,14 +73,7 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 }
 
 fn memo_path(cache: &Cache, pipeline_path: &Path) -> PathBuf {
-    let absolute = fs::canonicalize(pipeline_path).unwrap_or_else(|_| pipeline_path.to_path_buf());
-    let name = ObjectDigest::of_bytes(absolute.to_string_lossy().as_bytes()).to_hex();
-    cache
-        .root()
-        .join("state")
-        .join("v1")
-        .join("up-to-date")
-        .join(format!("{}.json", &name[..32]))
+    Cache::pipeline_file(&cache.area("state").join("up-to-date"), pipeline_path)
 }
 
 /// The names of the selected stages, if the memo proves every one of them cached.

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mipipe_cache::{now_unix_ms, write_atomic, Cache, ObjectDigest};
+use mipipe_cache::{now_unix_ms, write_atomic, Cache};
 use mipipe_engine::{
     Pipeline, PipelineStageJob, RemoteExecutor, RemoteJob, RemoteState, StageError,
 };
@@ -63,15 +63,11 @@ struct SubmissionRecord {
 }
 
 fn slurm_dir(cache: &Cache) -> PathBuf {
-    cache.root().join("slurm").join("v1")
+    cache.area("slurm")
 }
 
 fn record_path(cache: &Cache, pipeline: &Path) -> PathBuf {
-    let absolute = fs::canonicalize(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
-    let hex = ObjectDigest::of_bytes(absolute.to_string_lossy().as_bytes()).to_hex();
-    slurm_dir(cache)
-        .join("submissions")
-        .join(format!("{}.json", &hex[..32]))
+    Cache::pipeline_file(&slurm_dir(cache).join("submissions"), pipeline)
 }
 
 /// The jobs last submitted for a pipeline (stage name -> submission).
