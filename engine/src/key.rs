@@ -8,14 +8,15 @@
 //! leaves every downstream key unchanged (early cutoff). The stage name does not enter: renaming
 //! a stage keeps its cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mipipe_cache::{
     Cache, Lookup, ObjectDigest, StableHasher, StageKey, StoredOutput, TreeManifest,
 };
+use serde_json::Value;
 
-use crate::lockfile::Lockfile;
-use crate::reason::{explain_miss, Reason};
+use crate::lockfile::{LockEntry, Lockfile};
+use crate::reason::Reason;
 use crate::spec::{Pipeline, ResolvedStage};
 
 /// Domain of stage keys; bump the suffix if the key recipe ever changes.
@@ -169,4 +170,89 @@ pub(crate) fn key_inputs(
     inputs.extend(dependency_digests(stage, pipeline, cache)?);
     let key = stage_key(stage, &inputs);
     Ok(Some(Keyed { inputs, key }))
+}
+
+/// Explains a cache miss by comparing with the stage's lockfile record.
+fn explain_miss(
+    stage: &ResolvedStage,
+    inputs: &InputDigests,
+    key: &StageKey,
+    previous: Option<&LockEntry>,
+) -> Vec<Reason> {
+    let Some(previous) = previous else {
+        return vec![Reason::NeverRun];
+    };
+    if previous.key == *key {
+        return vec![Reason::CacheEntryMissing];
+    }
+    let mut reasons = Vec::new();
+    if previous.kind_version != stage.kind.version() || previous.kind != stage.kind.kind() {
+        reasons.push(Reason::KindVersionChanged {
+            old: previous.kind_version,
+            new: stage.kind.version(),
+        });
+    }
+    let mut old_flat = BTreeMap::new();
+    let mut new_flat = BTreeMap::new();
+    flatten("", &previous.params, &mut old_flat);
+    flatten("", &stage.params, &mut new_flat);
+    let names: BTreeSet<&String> = old_flat.keys().chain(new_flat.keys()).collect();
+    for name in names {
+        let old = old_flat.get(name);
+        let new = new_flat.get(name);
+        if old != new {
+            reasons.push(Reason::ParamChanged {
+                name: name.clone(),
+                old: old.cloned().unwrap_or_else(|| "unset".into()),
+                new: new.cloned().unwrap_or_else(|| "unset".into()),
+            });
+        }
+    }
+    let names: BTreeSet<&String> = previous.inputs.keys().chain(inputs.keys()).collect();
+    for name in names {
+        if previous.inputs.get(name) != inputs.get(name) {
+            reasons.push(match name.strip_prefix("dep:") {
+                Some(path) => Reason::DependencyChanged {
+                    path: path.to_string(),
+                },
+                None => Reason::InputChanged { name: name.clone() },
+            });
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push(Reason::CacheEntryMissing);
+    }
+    reasons
+}
+
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        other => {
+            let text = match other {
+                Value::String(s) if s.len() > 60 => {
+                    format!("\"{}…\"", &s[..s.floor_char_boundary(57)])
+                }
+                Value::String(s) => format!("\"{s}\""),
+                v => {
+                    let t = v.to_string();
+                    if t.len() > 60 {
+                        format!("{}…", &t[..t.floor_char_boundary(57)])
+                    } else {
+                        t
+                    }
+                }
+            };
+            out.insert(prefix.to_string(), text);
+        }
+    }
 }

@@ -1,16 +1,9 @@
-//! Why a stage must run ([`Reason`]), and how a cache miss is explained against the
-//! lockfile's record of the stage's last run.
+//! Why a stage must run ([`Reason`]), in words a person reads. [`crate::key`] explains a cache
+//! miss with these against the lockfile's record of the stage's last run.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use mipipe_cache::StageKey;
 use serde::Serialize;
-use serde_json::Value;
-
-use crate::key::InputDigests;
-use crate::lockfile::LockEntry;
-use crate::spec::ResolvedStage;
 
 /// Why a stage must run, in words a person reads.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -100,91 +93,6 @@ impl fmt::Display for Reason {
                 }
                 Ok(())
             }
-        }
-    }
-}
-
-/// Explains a cache miss by comparing with the stage's lockfile record.
-pub fn explain_miss(
-    stage: &ResolvedStage,
-    inputs: &InputDigests,
-    key: &StageKey,
-    previous: Option<&LockEntry>,
-) -> Vec<Reason> {
-    let Some(previous) = previous else {
-        return vec![Reason::NeverRun];
-    };
-    if previous.key == *key {
-        return vec![Reason::CacheEntryMissing];
-    }
-    let mut reasons = Vec::new();
-    if previous.kind_version != stage.kind.version() || previous.kind != stage.kind.kind() {
-        reasons.push(Reason::KindVersionChanged {
-            old: previous.kind_version,
-            new: stage.kind.version(),
-        });
-    }
-    let mut old_flat = BTreeMap::new();
-    let mut new_flat = BTreeMap::new();
-    flatten("", &previous.params, &mut old_flat);
-    flatten("", &stage.params, &mut new_flat);
-    let names: BTreeSet<&String> = old_flat.keys().chain(new_flat.keys()).collect();
-    for name in names {
-        let old = old_flat.get(name);
-        let new = new_flat.get(name);
-        if old != new {
-            reasons.push(Reason::ParamChanged {
-                name: name.clone(),
-                old: old.cloned().unwrap_or_else(|| "unset".into()),
-                new: new.cloned().unwrap_or_else(|| "unset".into()),
-            });
-        }
-    }
-    let names: BTreeSet<&String> = previous.inputs.keys().chain(inputs.keys()).collect();
-    for name in names {
-        if previous.inputs.get(name) != inputs.get(name) {
-            reasons.push(match name.strip_prefix("dep:") {
-                Some(path) => Reason::DependencyChanged {
-                    path: path.to_string(),
-                },
-                None => Reason::InputChanged { name: name.clone() },
-            });
-        }
-    }
-    if reasons.is_empty() {
-        reasons.push(Reason::CacheEntryMissing);
-    }
-    reasons
-}
-
-fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&name, v, out);
-            }
-        }
-        other => {
-            let text = match other {
-                Value::String(s) if s.len() > 60 => {
-                    format!("\"{}…\"", &s[..s.floor_char_boundary(57)])
-                }
-                Value::String(s) => format!("\"{s}\""),
-                v => {
-                    let t = v.to_string();
-                    if t.len() > 60 {
-                        format!("{}…", &t[..t.floor_char_boundary(57)])
-                    } else {
-                        t
-                    }
-                }
-            };
-            out.insert(prefix.to_string(), text);
         }
     }
 }

@@ -116,6 +116,15 @@ pub fn shell_quote(value: &str) -> String {
     }
 }
 
+/// A JSON value as the text a template pastes: strings bare, anything else as JSON
+/// (`0.1`, `true`, `[1,2]`).
+pub fn value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,31 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+/// The workspace's crates: `(direct, reached)`, each crate name -> the names of the crates it
+/// depends on directly, and of every crate it reaches through any path of normal
+/// dependencies (from `cargo metadata`'s resolved graph).
+#[allow(clippy::type_complexity)]
+fn workspace_dependencies() -> (
+    BTreeMap<String, BTreeSet<String>>,
+    BTreeMap<String, BTreeSet<String>>,
+) {
+    // The graph for the machine we build on (other platforms' crates may not be downloaded).
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc runs");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc -vV names the host");
     let output = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &host,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
@@ -14,27 +36,49 @@ fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
         String::from_utf8_lossy(&output.stderr)
     );
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let members: BTreeSet<String> = metadata["workspace_members"]
+    let name_of: BTreeMap<&str, &str> = metadata["packages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|id| id.as_str().unwrap().to_string())
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
         .collect();
-    let mut deps = BTreeMap::new();
-    for package in metadata["packages"].as_array().unwrap() {
-        if !members.contains(package["id"].as_str().unwrap()) {
-            continue;
-        }
-        let names = package["dependencies"]
+    // id -> ids of its normal (not dev, not build) dependencies.
+    let mut normal: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for node in metadata["resolve"]["nodes"].as_array().unwrap() {
+        let deps = node["deps"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|d| d["kind"].is_null())
-            .map(|d| d["name"].as_str().unwrap().to_string())
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k["kind"].is_null())
+            })
+            .map(|d| d["pkg"].as_str().unwrap())
             .collect();
-        deps.insert(package["name"].as_str().unwrap().to_string(), names);
+        normal.insert(node["id"].as_str().unwrap(), deps);
     }
-    deps
+    let mut direct = BTreeMap::new();
+    let mut reached = BTreeMap::new();
+    for member in metadata["workspace_members"].as_array().unwrap() {
+        let id = member.as_str().unwrap();
+        let name = name_of[id].to_string();
+        direct.insert(
+            name.clone(),
+            normal[id].iter().map(|d| name_of[d].to_string()).collect(),
+        );
+        let mut seen = BTreeSet::new();
+        let mut stack = normal[id].clone();
+        while let Some(next) = stack.pop() {
+            if seen.insert(next) {
+                stack.extend(normal[next].iter().copied());
+            }
+        }
+        reached.insert(name, seen.iter().map(|d| name_of[d].to_string()).collect());
+    }
+    (direct, reached)
 }
 
 /// Crates that implement stage kinds.
@@ -50,10 +94,10 @@ fn is_stage_library(name: &str) -> bool {
 
 #[test]
 fn crate_dependency_rules_hold() {
-    let deps = workspace_dependencies();
+    let (deps, reached) = workspace_dependencies();
     assert!(deps.contains_key("mipipe-cache") && deps.contains_key("mipipe-engine"));
     // 1. cache depends on no other mipipe crate.
-    let cache_deps: Vec<_> = deps["mipipe-cache"]
+    let cache_deps: Vec<_> = reached["mipipe-cache"]
         .iter()
         .filter(|d| d.starts_with("mipipe"))
         .collect();
@@ -62,7 +106,7 @@ fn crate_dependency_rules_hold() {
         "mipipe-cache depends on {cache_deps:?}"
     );
     // 2. engine depends only on cache among mipipe crates, and never on tch, clap or a terminal.
-    for dep in &deps["mipipe-engine"] {
+    for dep in &reached["mipipe-engine"] {
         assert!(
             !dep.starts_with("mipipe") || dep == "mipipe-cache",
             "mipipe-engine depends on {dep}"
@@ -90,7 +134,7 @@ fn crate_dependency_rules_hold() {
             deps[*name].contains("mipipe-engine"),
             "{name} must implement the engine's Stage"
         );
-        for dep in &deps[*name] {
+        for dep in &reached[*name] {
             let library = dep.ends_with("-schema") || dep.ends_with("-types");
             assert!(
                 !is_stage_crate(dep) || library,
@@ -108,8 +152,8 @@ fn crate_dependency_rules_hold() {
             "{name} must build on the engine"
         );
         assert!(
-            !list.iter().any(|d| is_stage_crate(d)),
-            "{name} depends on a stage crate"
+            !reached[name].iter().any(|d| is_stage_crate(d)),
+            "{name} reaches a stage crate"
         );
     }
     // 4. only the binary names every stage crate, except the torch one: the binary registers
@@ -119,7 +163,10 @@ fn crate_dependency_rules_hold() {
         if name == "mipipe" {
             for stage in &stage_crates {
                 if *stage == "mipipe-stage-torch" {
-                    assert!(!list.contains(*stage), "the binary must not link libtorch");
+                    assert!(
+                        !reached[name].contains(*stage),
+                        "the binary must not link libtorch"
+                    );
                     assert!(list.contains("mipipe-stage-torch-types"));
                     continue;
                 }
@@ -131,13 +178,13 @@ fn crate_dependency_rules_hold() {
         }
     }
     assert!(
-        !deps["mipipe-stage-torch-types"]
+        !reached["mipipe-stage-torch-types"]
             .iter()
             .any(|d| d == "tch" || d == "torch-sys"),
         "the kinds' declarations must not reach libtorch"
     );
-    // 5. tch only from the torch stage crate.
-    for (name, list) in &deps {
+    // 5. tch only from the torch stage crate: no other crate reaches it by any path.
+    for (name, list) in &reached {
         if list.contains("tch") || list.contains("torch-sys") {
             assert_eq!(name, "mipipe-stage-torch", "{name} reaches libtorch");
         }

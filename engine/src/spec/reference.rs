@@ -8,7 +8,7 @@ use super::check::{err, Checker};
 use super::model::{ResolvedStage, Upstream};
 use super::raw::RawInputs;
 use super::raw::RawStage;
-use super::resolve::{json_text, StageInstances};
+use super::resolve::StageInstances;
 use crate::diagnostic::{suggestion_help, SpecErrorKind};
 use crate::span::Span;
 use crate::template;
@@ -146,7 +146,7 @@ pub(super) fn parse_reference(
                             .flatten()
                             .or_else(|| {
                                 (ns == "params")
-                                    .then(|| consumer.params.get(name).map(json_text))
+                                    .then(|| consumer.params.get(name).map(template::value_text))
                                     .flatten()
                             })
                     })
@@ -202,7 +202,7 @@ pub(super) fn bind(
                     .iter()
                     .find(|(a, _)| a == axis)
                     .map(|(_, v)| v.clone())
-                    .or_else(|| consumer_stage.params.get(axis).map(json_text))
+                    .or_else(|| consumer_stage.params.get(axis).map(template::value_text))
             };
             let joinable = candidates.iter().all(|&i| {
                 stages[i]

@@ -702,14 +702,6 @@ pub(super) fn check_runtime_refs(
     }
 }
 
-/// A scalar JSON value as text (strings without quotes).
-pub(super) fn json_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn first_sentence(doc: &str) -> &str {
     doc.split(". ").next().unwrap_or(doc).trim_end_matches('.')
 }

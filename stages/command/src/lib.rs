@@ -73,10 +73,7 @@ pub struct CommandParams {
 
 /// A param as command-line text: strings bare, anything else as JSON.
 fn param_text(params: &Value, name: &str) -> Option<String> {
-    params.get(name).map(|v| match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    })
+    params.get(name).map(template::value_text)
 }
 
 /// The `command` stage kind.

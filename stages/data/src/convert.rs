@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use mipipe_engine::template::value_text;
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -817,10 +818,7 @@ fn seedbench(sink: &mut Sink) -> Result<(), StageError> {
         .into_iter()
         .filter(|q| q.data_type == "image")
     {
-        let id = match &question.question_id {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let id = value_text(&question.question_id);
         let record = format!("question {id}");
         let Some(answer) = letter_index(&question.answer, 4) else {
             sink.bad(
@@ -895,10 +893,7 @@ fn llava_instruct(sink: &mut Sink) -> Result<(), StageError> {
     let records: Vec<Record> = parse_json(&path)?;
     let images = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     for record in records {
-        let id = match &record.id {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let id = value_text(&record.id);
         let Some(image_name) = &record.image else {
             continue;
         };

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use mipipe_engine::template::value_text;
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use mipipe_stage_schema::{
     parse_option, read_predictions, read_tables, standalone_letters, write_metrics, MetricRow,
@@ -130,10 +131,10 @@ impl Stage for EvaluateStage {
         let predictions = read_tables(ctx.input_paths("predictions")?, read_predictions)
             .map_err(|e| StageError::failed(e.to_string()))?;
         let label = Label {
-            family: text(&params.family),
-            size: text(&params.size),
-            method: text(&params.method),
-            seed: text(&params.seed),
+            family: value_text(&params.family),
+            size: value_text(&params.size),
+            method: value_text(&params.method),
+            seed: value_text(&params.seed),
             stage: ctx.stage_name().to_string(),
         };
         let (rows, unparseable) = evaluate(&predictions, params, &label);
@@ -156,13 +157,6 @@ impl Stage for EvaluateStage {
             serde_json::to_vec_pretty(&report).expect("json"),
         )
         .map_err(|e| StageError::environment(e.to_string()))
-    }
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 

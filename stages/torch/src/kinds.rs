@@ -22,7 +22,7 @@ use crate::encode::{
 use crate::methods::MethodConfig;
 use crate::mixture::{batches, Mixture};
 use crate::model::{ModelConfig, MultimodalModel};
-use crate::objectives::{Pgd, RowTask, TokenRole};
+use crate::objectives::{RowTask, TokenRole};
 use crate::presets::model_config;
 use crate::tokenizer::{Tokenizer, EOS, PAD};
 use crate::training::{train, write_log};
@@ -292,7 +292,7 @@ impl TorchBackend for TchBackend {
             sigma: params.sigma,
             ours_divergence: params.consistency.ours_divergence,
             stop_gradient: params.consistency.stop_gradient,
-            pgd: Pgd::from(params.pgd),
+            pgd: params.pgd,
             perturb_tokens: params.perturb_tokens,
             ours_anchors: params.consistency.ours_anchors,
         };

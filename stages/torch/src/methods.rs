@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 use crate::model::MultimodalModel;
 use crate::objectives::{
     answer_cross_entropy, consistency, gaussian_noise, modality_mask, Divergence, PerturbTokens,
-    Pgd, RowTask, TokenRole,
+    Pgd, PgdParams, RowTask, TokenRole,
 };
 
 pub use mipipe_stage_torch_types::{Method, OursAnchors};
@@ -39,7 +39,7 @@ pub struct MethodConfig {
     /// Stop-gradient on the clean branch.
     pub stop_gradient: bool,
     /// PGD settings.
-    pub pgd: Pgd,
+    pub pgd: PgdParams,
     /// Which tokens of image-heavy rows PGD and RG perturb.
     pub perturb_tokens: PerturbTokens,
     /// Which clean rows anchor `ours`'s consistency term.
@@ -56,7 +56,7 @@ impl MethodConfig {
             sigma: 0.05,
             ours_divergence: Divergence::Js,
             stop_gradient: true,
-            pgd: Pgd::default(),
+            pgd: PgdParams::default(),
             perturb_tokens: PerturbTokens::Question,
             ours_anchors: OursAnchors::Perturbed,
         }

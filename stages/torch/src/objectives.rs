@@ -126,41 +126,7 @@ pub fn gaussian_noise(embeddings: &Tensor, mask: &Tensor, sigma: f64) -> Tensor 
     embeddings.randn_like() * sigma * mask.unsqueeze(-1)
 }
 
-pub use mipipe_stage_torch_types::{Norm, PgdInit};
-
-/// PGD settings (paper Table 13 defaults: α 0.1, ε 1e-3, K 2).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Pgd {
-    /// Step size α.
-    pub alpha: f64,
-    /// Radius ε.
-    pub epsilon: f64,
-    /// Steps K.
-    pub steps: usize,
-    /// Ball.
-    pub norm: Norm,
-    /// Initialisation.
-    pub init: PgdInit,
-}
-
-impl From<mipipe_stage_torch_types::PgdParams> for Pgd {
-    fn from(p: mipipe_stage_torch_types::PgdParams) -> Self {
-        Self {
-            alpha: p.alpha,
-            epsilon: p.epsilon,
-            steps: p.steps,
-            norm: p.norm,
-            init: p.init,
-        }
-    }
-}
-
-impl Default for Pgd {
-    /// The paper's (and the `finetune` kind's) defaults.
-    fn default() -> Self {
-        mipipe_stage_torch_types::PgdParams::default().into()
-    }
-}
+pub use mipipe_stage_torch_types::{Norm, PgdInit, PgdParams};
 
 /// What PGD reports besides δ: the largest step relative to ε, per step (the paper's step may
 /// well be negligible next to ε; this makes it visible).
@@ -170,23 +136,35 @@ pub struct PgdTrace {
     pub step_to_epsilon: Vec<f64>,
 }
 
-impl Pgd {
-    fn project(&self, delta: &Tensor, mask: &Tensor) -> Tensor {
-        let projected = match self.norm {
-            Norm::Linf => delta.clamp(-self.epsilon, self.epsilon),
-            Norm::L2 => {
-                let norms = delta.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
-                let scale = (norms.reciprocal() * self.epsilon).clamp_max(1.0);
-                delta * scale
-            }
-        };
-        projected * mask.unsqueeze(-1)
-    }
-
+/// PGD on embeddings with the settings of [`PgdParams`] (paper Table 13 defaults: α 0.1,
+/// ε 1e-3, K 2).
+pub trait Pgd {
     /// Finds δ that increases `loss_of(embeddings + δ)`, within the ball and zero outside the
     /// mask (`[batch, seq]`). Gradients are taken with respect to δ only (`run_backward` with δ
     /// as the sole input), so the model's parameters accumulate nothing. Returns δ (detached).
-    pub fn perturb(
+    fn perturb(
+        &self,
+        embeddings: &Tensor,
+        mask: &Tensor,
+        loss_of: impl Fn(&Tensor) -> Tensor,
+    ) -> (Tensor, PgdTrace);
+}
+
+/// δ projected back onto the ball of radius ε, zero outside the mask.
+fn project(pgd: &PgdParams, delta: &Tensor, mask: &Tensor) -> Tensor {
+    let projected = match pgd.norm {
+        Norm::Linf => delta.clamp(-pgd.epsilon, pgd.epsilon),
+        Norm::L2 => {
+            let norms = delta.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
+            let scale = (norms.reciprocal() * pgd.epsilon).clamp_max(1.0);
+            delta * scale
+        }
+    };
+    projected * mask.unsqueeze(-1)
+}
+
+impl Pgd for PgdParams {
+    fn perturb(
         &self,
         embeddings: &Tensor,
         mask: &Tensor,
@@ -197,7 +175,7 @@ impl Pgd {
             PgdInit::Gaussian => embeddings.randn_like() * self.epsilon,
             PgdInit::Uniform => (embeddings.rand_like() * 2.0 - 1.0) * self.epsilon,
         };
-        let mut delta = self.project(&start, mask).detach();
+        let mut delta = project(self, &start, mask).detach();
         let mut trace = PgdTrace::default();
         for _ in 0..self.steps {
             let d = delta.set_requires_grad(true);
@@ -209,7 +187,7 @@ impl Pgd {
             trace
                 .step_to_epsilon
                 .push((&step * mask.unsqueeze(-1)).abs().max().double_value(&[]) / self.epsilon);
-            delta = self.project(&(d.detach() + step), mask).detach();
+            delta = project(self, &(d.detach() + step), mask).detach();
         }
         (delta, trace)
     }
@@ -301,7 +279,7 @@ mod tests {
         let mask = Tensor::from_slice(&[1f32, 1., 0., 0., 0., 1., 1., 0.]).view([2, 4]);
         let targets = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0, 1, 2]);
         for norm in [Norm::Linf, Norm::L2] {
-            let pgd = Pgd {
+            let pgd = PgdParams {
                 alpha: 10.0,
                 epsilon: 0.05,
                 steps: 3,
