@@ -134,17 +134,60 @@ for path in job["outputs"].values():
 PY
 "#;
 
-#[test]
-fn gpu_slots_reach_torch_workers() {
+/// A project whose `mipipe` (a copy in `bin/`) sits next to `script` as its torch worker.
+fn with_fake_worker(script: &str) -> (Project, std::path::PathBuf) {
     let project = Project::new();
-    // `mipipe` next to the fake worker, as the real one sits next to it.
     let bin = project.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(crate::mipipe_bin(), bin.join("mipipe")).unwrap();
     let worker = bin.join("mipipe-torch-worker");
-    std::fs::write(&worker, FAKE_WORKER).unwrap();
+    std::fs::write(&worker, script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (project, bin)
+}
+
+#[test]
+fn a_workers_exit_code_reads_back_through_the_one_table() {
+    // 101 is a Rust panic: a bug in mipipe, like 70; 3 is the environment; anything else is
+    // the stage's own failure.
+    for (worker_exit, run_exit) in [(101, 70), (70, 70), (3, 3), (1, 1), (9, 1)] {
+        let (project, bin) = with_fake_worker(&format!("#!/bin/sh\nexit {worker_exit}\n"));
+        project.write(
+            "mipipe.yaml",
+            r#"version: 1
+stages:
+  inputs:
+    kind: command
+    params: {cmd: "echo m > ${outs.model} && echo i > ${outs.items}", outs: {model: m, items: i}}
+  predict:
+    kind: predict
+    inputs: {model: inputs.model, items: inputs.items}
+"#,
+        );
+        let output = std::process::Command::new(bin.join("mipipe"))
+            .arg("run")
+            .current_dir(project.path())
+            .env("NO_COLOR", "1")
+            .env("MIPIPE_NO_PROGRESS", "1")
+            .env_remove("MIPIPE_CACHE_DIR")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(run_exit),
+            "worker exit {worker_exit}: {stderr}"
+        );
+        if run_exit == 70 {
+            assert!(stderr.contains("a bug in mipipe"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn gpu_slots_reach_torch_workers() {
+    let (project, bin) = with_fake_worker(FAKE_WORKER);
     project.write(
         "mipipe.yaml",
         r#"version: 1
