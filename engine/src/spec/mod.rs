@@ -7,8 +7,9 @@
 //!  raw        yaml::parse -> RawPipeline: the file as written, key by key; `--set` grouped;
 //!             `defaults` checked against the kinds in use
 //!  matrix     each `matrix:` -> instances `train[lr=0.1,seed=1]` (include/exclude)
-//!  resolve    per instance: defaults, `--set`, `${vars.*}`/`${params.*}`, typed params (the
-//!             canonical form is what is hashed), resources, executor, materialize paths
+//!  resolve    per instance: defaults, `--set`, typed params (the canonical form is what is
+//!             hashed), resources, executor, materialize paths; `interpolate` substitutes
+//!             `${vars.*}`/`${params.*}` and checks what is left for the stage
 //!  reference  inputs bound to producer instances (selectors, fan-in, matrix joins)
 //!  graph      cycle check (Tarjan, reported as a path); Kahn order preferring file order
 //!  model      the result: ResolvedStage, Pipeline
@@ -16,6 +17,7 @@
 
 mod check;
 mod graph;
+mod interpolate;
 mod load;
 mod matrix;
 mod model;
