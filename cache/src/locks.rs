@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use crate::digest::StageKey;
 use crate::error::CacheError;
 
-/// A held exclusive lock; released on drop.
+/// The lock every run holds shared and `gc` exclusively.
+const IN_USE: &str = "in-use";
+
+/// A held lock; released on drop.
 #[derive(Debug)]
 pub struct LockGuard {
     file: File,
@@ -72,6 +75,26 @@ impl Locks {
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(CacheError::io("locking", &path, e)),
         }
+    }
+
+    /// Waits for the shared "in use" lock that every run holds for its whole duration (any
+    /// number of runs at once); only [`Locks::lock_for_gc`] excludes it.
+    pub fn lock_in_use(&self) -> Result<LockGuard, CacheError> {
+        let (file, path) = self.open(IN_USE)?;
+        file.lock_shared()
+            .map_err(|e| CacheError::io("locking", &path, e))?;
+        Ok(LockGuard { file, path })
+    }
+
+    /// Takes the "in use" lock exclusively if no run holds it: `gc` collects only then, so it
+    /// never removes what a live run reads or has just written.
+    pub fn try_lock_for_gc(&self) -> Result<Option<LockGuard>, CacheError> {
+        self.try_lock(IN_USE)
+    }
+
+    /// Waits until no run holds the "in use" lock, and takes it exclusively.
+    pub fn lock_for_gc(&self) -> Result<LockGuard, CacheError> {
+        self.lock(IN_USE)
     }
 
     /// Waits for a named lock.

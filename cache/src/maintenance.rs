@@ -75,12 +75,21 @@ pub struct VerifyReport {
 /// not yet written its action entry.
 const OBJECT_GRACE: Duration = Duration::from_secs(3600);
 
+/// How long ago a file or folder came into the cache: measured from the later of its mtime
+/// and its ctime. A stage's output may carry an old mtime (`tar x`, `cp -p`), but ingesting it
+/// (rename, chmod) sets the ctime to now, and no tool can set a ctime back.
 fn age(path: &Path) -> Duration {
-    fs::symlink_metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .unwrap_or_default()
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Duration::ZERO;
+    };
+    let changed = SystemTime::UNIX_EPOCH
+        + Duration::new(
+            meta.ctime().max(0) as u64,
+            meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+        );
+    let latest = meta.modified().map_or(changed, |m| m.max(changed));
+    SystemTime::now().duration_since(latest).unwrap_or_default()
 }
 
 impl Cache {
@@ -103,8 +112,15 @@ impl Cache {
         usage
     }
 
-    /// Removes what no root and no recent run references.
+    /// Removes what no root and no recent run references. Waits until no run uses the cache
+    /// (runs hold [`crate::Locks::lock_in_use`]), so nothing a live run reads or has just
+    /// written is collected; a dry run does not wait.
     pub fn gc(&self, policy: &GcPolicy) -> GcReport {
+        let _exclusive = if policy.dry_run {
+            None
+        } else {
+            self.locks().lock_for_gc().ok()
+        };
         let mut report = GcReport::default();
         let mut live_keys = BTreeSet::new();
         let mut live_objects: BTreeSet<ObjectDigest> = BTreeSet::new();
@@ -146,7 +162,8 @@ impl Cache {
         if let Ok(trees) = fs::read_dir(self.root().join("trees").join("v1")) {
             for tree in trees.flatten() {
                 let digest = tree.file_name().to_string_lossy().parse::<ObjectDigest>();
-                if !digest.is_ok_and(|d| live_objects.contains(&d)) && !policy.dry_run {
+                let live = digest.is_ok_and(|d| live_objects.contains(&d));
+                if !live && age(&tree.path()) > OBJECT_GRACE && !policy.dry_run {
                     let _ = remove_all(&tree.path());
                 }
             }

@@ -2,6 +2,12 @@
 //! job's environment, waited for in short polls so that cancellation reaches it: SIGTERM to the
 //! whole group, then SIGKILL once [`KILL_GRACE`] has passed. The worker launcher and the
 //! `command` kind both run their children through [`run_child`].
+//!
+//! A child also dies with its parent: it gets SIGTERM when the process that started it dies,
+//! even by SIGKILL (Linux's parent-death signal). A worker (`mipipe exec-stage`) treats that as
+//! Ctrl-C and stops its own children the same way; the `command` kind runs its shell under
+//! [`SUPERVISOR`], which passes the signal on to the whole group, so no stage command outlives
+//! the run that started it.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
@@ -11,6 +17,16 @@ use std::time::{Duration, Instant};
 
 /// How long a cancelled child's group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// A `sh` script that runs `"$@"` in the background of its process group and waits for it; on
+/// SIGTERM (cancellation, or the parent-death signal of [`run_child`]) it sends SIGTERM to the
+/// whole group, gives it [`KILL_GRACE`] to end, then SIGKILLs the group. Exits with the
+/// command's status. Usage: `sh -c SUPERVISOR sh COMMAND ARGS...`.
+pub const SUPERVISOR: &str = r#"trap 'trap "" TERM; kill -TERM 0 2>/dev/null; n=0; while kill -0 "$c" 2>/dev/null && [ "$n" -lt 50 ]; do sleep 0.1; n=$((n+1)); done; kill -KILL 0' TERM
+"$@" &
+c=$!
+wait "$c"
+"#;
 
 /// How often the child is polled (and `on_poll` called).
 const POLL: Duration = Duration::from_millis(50);
@@ -41,6 +57,19 @@ pub fn run_child(
         if !own.iter().any(|o| o == k.as_str()) {
             command.env(k, v);
         }
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            // The parent may have died before the signal was armed.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
     let mut child = command
         .process_group(0)

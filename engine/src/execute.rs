@@ -123,6 +123,17 @@ pub fn execute(
     if let Some(w) = warning {
         reporter.on_warning(&w);
     }
+    // Held for the whole run: `cache gc` waits for it, so it never collects what this run
+    // reads or has just written.
+    let _in_use = match cache.locks().lock_in_use() {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            reporter.on_warning(&format!(
+                "{e}; a `cache gc` now could remove what this run uses"
+            ));
+            None
+        }
+    };
     let n = pipeline.stages.len();
     let mut scheduler = Scheduler {
         pipeline,
@@ -393,6 +404,7 @@ impl<'a> Scheduler<'a> {
             None
         };
         let cache = self.cache;
+        let forced = self.options.forced.contains(&index);
         let cancel = self.options.cancel.clone();
         let reporter = self.reporter.clone();
         let sender = sender.clone();
@@ -412,6 +424,7 @@ impl<'a> Scheduler<'a> {
                         cancel,
                         launcher,
                         reporter,
+                        forced,
                     })
                 })
             };

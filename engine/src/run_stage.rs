@@ -77,6 +77,8 @@ pub(crate) struct RunOne<'a> {
     pub cancel: Arc<AtomicBool>,
     pub launcher: Option<Arc<dyn WorkerLauncher>>,
     pub reporter: Arc<dyn Reporter>,
+    /// `--force`: run even if another process completed the same key meanwhile.
+    pub forced: bool,
 }
 
 fn env_error(e: impl std::fmt::Display) -> (Option<PathBuf>, StageError) {
@@ -97,26 +99,27 @@ pub(crate) fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, Sta
         cancel,
         launcher,
         reporter,
+        forced,
     } = job;
     let _guard = match cache.locks().try_lock_stage(&key).map_err(env_error)? {
         Some(guard) => guard,
         None => {
             reporter.on_waiting_for_lock(&stage.name);
-            let guard = cache.locks().lock_stage(&key).map_err(env_error)?;
-            // The other process may have finished the very same work.
-            if stage.cache {
-                if let Lookup::Hit(entry) = cache.actions().lookup(&key, cache.store()) {
-                    materialize(pipeline, cache, stage, &entry.outputs, true)
-                        .map_err(|e| (None, e))?;
-                    return Ok(Finished {
-                        outputs: entry.outputs,
-                        found_in_cache: true,
-                    });
-                }
-            }
-            guard
+            cache.locks().lock_stage(&key).map_err(env_error)?
         }
     };
+    // The stage was looked up when it became ready; since then it may have waited for a slot
+    // or for this lock while another process (another `-j`, another run) did the very same
+    // work. Under the lock the answer is final.
+    if stage.cache && !forced {
+        if let Lookup::Hit(entry) = cache.actions().lookup(&key, cache.store()) {
+            materialize(pipeline, cache, stage, &entry.outputs, true).map_err(|e| (None, e))?;
+            return Ok(Finished {
+                outputs: entry.outputs,
+                found_in_cache: true,
+            });
+        }
+    }
     let started_ms = now_unix_ms();
     let started = Instant::now();
     let run_dir = cache.runs().start(&key).map_err(env_error)?;

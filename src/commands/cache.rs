@@ -70,6 +70,10 @@ pub(super) fn cache_command(
                 keep_recent: Duration::from_secs_f64(args.keep_recent.max(0.0) * 86_400.0),
                 dry_run: args.dry_run,
             };
+            let busy = !policy.dry_run && matches!(cache.locks().try_lock_for_gc(), Ok(None));
+            if busy {
+                eprintln!("waiting for the runs using this cache to finish (gc never removes what a live run uses)");
+            }
             let report = cache.gc(&policy);
             if json {
                 println!(

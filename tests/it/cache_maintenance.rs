@@ -90,6 +90,98 @@ fn gc_keeps_what_the_lockfile_references_and_removes_the_rest() {
     assert!(du.stdout.contains("objects"), "{}", du.stdout);
 }
 
+#[test]
+fn gc_keeps_fresh_objects_whose_files_carry_old_modification_times() {
+    // `touch -d` (like `tar x` or `cp -p`) gives the output a 2001 mtime; ingestion is now.
+    let project = crate::Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  old:
+    kind: command
+    params:
+      cmd: mkdir -p ${outs.d} && echo file > ${outs.d}/f && echo one > ${outs.o} && touch -d 2001-01-01 ${outs.o} ${outs.d}/f ${outs.d}
+      outs: {o: o.txt, d: d/}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    // With an empty lockfile nothing is a root, and `--keep-recent 0` drops the entry; what
+    // was just ingested stays for the grace period all the same.
+    project.write("mipipe.lock", "{\"version\": 1, \"stages\": {}}\n");
+    let gc = project.mipipe(&["cache", "gc", "--keep-recent", "0"]);
+    gc.expect_code(0);
+    assert!(
+        gc.stdout.contains("removed 1 cache entries, 0 objects"),
+        "{}",
+        gc.stdout
+    );
+    project.assert_cache_clean();
+}
+
+#[test]
+fn gc_waits_for_the_runs_using_the_cache() {
+    let project = crate::Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  first:
+    kind: command
+    params: {cmd: "echo 1 > ${outs.o}", outs: {o: o.txt}}
+  second:
+    kind: command
+    inputs: {x: first.o}
+    params:
+      cmd: echo started >> runs.log && while [ ! -e go ]; do sleep 0.05; done && cat ${inputs.x} > ${outs.o}
+      outs: {o: o.txt}
+"#,
+    );
+    // A first run records a lockfile; the second reruns `second`, which waits for `go`.
+    project.write("go", "");
+    project.mipipe(&["run"]).expect_code(0);
+    std::fs::remove_file(project.path().join("go")).unwrap();
+    let run = project
+        .command(&["run", "--force", "second"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while project.count_lines("runs.log", "started") < 2 {
+        assert!(start.elapsed().as_secs() < 30, "the stage never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let gc = project
+        .command(&["cache", "gc", "--keep-recent", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(project.path().join("go"), "").unwrap();
+    let run = run.wait_with_output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let gc = gc.wait_with_output().unwrap();
+    let gc_err = String::from_utf8_lossy(&gc.stderr);
+    assert!(gc.status.success(), "{gc_err}");
+    assert!(
+        gc_err.contains("waiting for the runs using this cache"),
+        "{gc_err}"
+    );
+    // gc ran after the run had recorded its lockfile: nothing of it was collected.
+    let gc_out = String::from_utf8_lossy(&gc.stdout);
+    assert!(gc_out.contains("removed 0 cache entries"), "{gc_out}");
+    assert_eq!(project.count_lines("runs.log", "started"), 2);
+    let again = project.mipipe(&["run"]);
+    again.expect_code(0);
+    assert!(again.stderr.contains("0 ran, 2 cached"), "{}", again.stderr);
+    project.assert_cache_clean();
+}
+
 /// A process id that no longer exists: a child that has exited.
 fn dead_pid() -> u32 {
     let mut child = std::process::Command::new("true").spawn().unwrap();

@@ -53,6 +53,48 @@ fn concurrent_runs_on_one_cache_compute_each_stage_once() {
 }
 
 #[test]
+fn runs_with_different_jobs_on_one_cache_compute_each_stage_once() {
+    // The `-j 1` run looks every stage up at once and then waits for its one slot, while the
+    // `-j 4` run computes most of them: each must be found in the cache once its turn comes.
+    let project = Project::new();
+    let mut yaml = String::from("version: 1\nstages:\n");
+    for i in 0..12 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    kind: command\n    params:\n      cmd: echo s{i}. >> runs.log && sleep 0.2 && echo {i} > ${{outs.o}}\n      outs: {{o: o.txt}}\n"
+        ));
+    }
+    project.write("mipipe.yaml", &yaml);
+    let children: Vec<_> = ["1", "4"]
+        .iter()
+        .map(|jobs| {
+            project
+                .command(&["run", "-j", jobs])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for i in 0..12 {
+        assert_eq!(
+            project.count_lines("runs.log", &format!("s{i}.")),
+            1,
+            "{}",
+            project.read("runs.log")
+        );
+    }
+    project.assert_cache_clean();
+}
+
+#[test]
 fn lockfile_writers_exclude_each_other_whatever_their_cache_dir() {
     // Before, the lock that serialises writers of a lockfile lived in the cache folder, so runs
     // of one pipeline with different `--cache-dir` did not exclude each other and lost records.

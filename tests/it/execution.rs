@@ -115,7 +115,8 @@ stages:
   crash:
     kind: command
     params:
-      cmd: kill -9 $PPID
+      # The command's parent is the supervising shell; its parent, the worker.
+      cmd: kill -9 $(ps -o ppid= -p $PPID)
       outs: {o: o.txt}
   fine:
     kind: command

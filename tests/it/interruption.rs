@@ -38,8 +38,7 @@ fn sigkill_mid_stage_then_rerun_completes_without_redoing_finished_stages() {
     project.write("mipipe.yaml", SLOW);
     let mut child = project.command(&["run", "-j", "1"]).spawn().unwrap();
     wait_for(&project, "slow");
-    // Kill mipipe itself the hard way (the stage's own process group lives on until its sleep
-    // ends, like an orphan after a real crash).
+    // Kill mipipe itself the hard way (its stage's process group ends with it).
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     let status = project.mipipe(&["status"]);
@@ -94,4 +93,54 @@ fn ctrl_c_stops_running_stages_and_caches_nothing_partial() {
         lock.contains("\"quick\"") && !lock.contains("\"slow\""),
         "{lock}"
     );
+}
+
+/// Whether any process is left in process group `group`.
+fn group_alive(group: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(-group, 0) == 0 }
+}
+
+#[test]
+fn stage_commands_die_with_the_run_that_started_them() {
+    // In the run's own process and in a worker process (`--isolate`).
+    for isolate in [false, true] {
+        let project = Project::new();
+        project.write(
+            "mipipe.yaml",
+            r#"version: 1
+stages:
+  long:
+    kind: command
+    params:
+      cmd: ps -o pgid= -p $$ > group && echo long >> runs.log && sleep 60 && echo late >> runs.log && echo x > ${outs.o}
+      outs: {o: o.txt}
+"#,
+        );
+        let mut args = vec!["run"];
+        if isolate {
+            args.push("--isolate");
+        }
+        let mut child = project.command(&args).spawn().unwrap();
+        wait_for(&project, "long");
+        let group: i32 = project.read("group").trim().parse().unwrap();
+        assert!(group_alive(group));
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let start = Instant::now();
+        while group_alive(group) {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the stage's processes outlived the killed run (isolate: {isolate})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // And the next run does not find a second copy running beside it.
+        project.write(
+            "mipipe.yaml",
+            &project.read("mipipe.yaml").replace("sleep 60", "true"),
+        );
+        project.mipipe(&["run"]).expect_code(0);
+        assert_eq!(project.count_lines("runs.log", "late"), 1);
+    }
 }

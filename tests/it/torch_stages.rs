@@ -134,6 +134,16 @@ for path in job["outputs"].values():
 PY
 "#;
 
+/// A `predict` stage on stand-in inputs (to run with a fake worker), without its `inputs:`.
+const PREDICT_ON_FAKE_INPUTS: &str = r#"version: 1
+stages:
+  inputs:
+    kind: command
+    params: {cmd: "echo m > ${outs.model} && echo i > ${outs.items}", outs: {model: m, items: i}}
+  predict:
+    kind: predict
+"#;
+
 /// A project whose `mipipe` (a copy in `bin/`) sits next to `script` as its torch worker.
 fn with_fake_worker(script: &str) -> (Project, std::path::PathBuf) {
     let project = Project::new();
@@ -155,15 +165,7 @@ fn a_workers_exit_code_reads_back_through_the_one_table() {
         let (project, bin) = with_fake_worker(&format!("#!/bin/sh\nexit {worker_exit}\n"));
         project.write(
             "mipipe.yaml",
-            r#"version: 1
-stages:
-  inputs:
-    kind: command
-    params: {cmd: "echo m > ${outs.model} && echo i > ${outs.items}", outs: {model: m, items: i}}
-  predict:
-    kind: predict
-    inputs: {model: inputs.model, items: inputs.items}
-"#,
+            &format!("{PREDICT_ON_FAKE_INPUTS}    inputs: {{model: inputs.model, items: inputs.items}}\n"),
         );
         let output = std::process::Command::new(bin.join("mipipe"))
             .arg("run")
@@ -190,18 +192,12 @@ fn gpu_slots_reach_torch_workers() {
     let (project, bin) = with_fake_worker(FAKE_WORKER);
     project.write(
         "mipipe.yaml",
-        r#"version: 1
-stages:
-  inputs:
-    kind: command
-    params: {cmd: "echo m > ${outs.model} && echo i > ${outs.items}", outs: {model: m, items: i}}
-  predict:
-    kind: predict
-    matrix: {batch_size: [8, 16]}
+        &(PREDICT_ON_FAKE_INPUTS.to_string()
+            + r#"    matrix: {batch_size: [8, 16]}
     inputs: {model: inputs.model, items: inputs.items}
     params: {device: auto}
     resources: {gpus: 1}
-"#,
+"#),
     );
     let record = project.path().join("devices.txt");
     let python = std::env::var("MIPIPE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());

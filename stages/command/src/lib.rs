@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 
 use mipipe_engine::template::{self, shell_quote};
 use mipipe_engine::{
-    describe_exit, run_child, OutputKind, OutputSpec, Stage, StageContext, StageError,
+    describe_exit, run_child, OutputKind, OutputSpec, Stage, StageContext, StageError, SUPERVISOR,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -137,8 +137,14 @@ impl Stage for CommandStage {
         let log_err = log
             .try_clone()
             .map_err(|e| StageError::environment(format!("Cannot open the stage log: {e}")))?;
+        // The shell runs under the supervisor, so that its whole process group ends with the
+        // run that started it.
         let mut command = Command::new("sh");
         command
+            .arg("-c")
+            .arg(SUPERVISOR)
+            .arg("sh")
+            .arg("sh")
             .arg("-c")
             .arg(&script)
             .current_dir(ctx.workspace())
