@@ -162,6 +162,65 @@ impl Diagnostic for Located {
     }
 }
 
+/// The longest source line a report quotes whole.
+const MAX_QUOTED_LINE: usize = 240;
+/// How much of a long line a report shows on each side of a label.
+const CONTEXT: usize = 60;
+
+/// The source a report quotes: the text itself, or, when a labelled line is longer than
+/// [`MAX_QUOTED_LINE`] (a generated one-line pipeline), an excerpt of the labelled lines cut
+/// to a window around each label, with the labels moved into it. Rendering megabytes of one
+/// line is slow, and the renderer cannot place a label far along a line.
+fn excerpt(
+    name: &str,
+    text: &Arc<String>,
+    labels: &mut [(Span, String)],
+) -> NamedSource<Arc<String>> {
+    let line_of = |offset: usize| {
+        let offset = offset.min(text.len());
+        let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+        (start, end)
+    };
+    let long = labels.iter().any(|(span, _)| {
+        let (start, end) = line_of(span.offset);
+        end - start > MAX_QUOTED_LINE
+    });
+    if !long {
+        return NamedSource::new(name, text.clone());
+    }
+    let floor = |i: usize| text.floor_char_boundary(i);
+    let mut out = String::new();
+    let mut first_place = None;
+    for (span, _) in labels.iter_mut() {
+        let (line_start, line_end) = line_of(span.offset);
+        let offset = span.offset.min(line_end);
+        let shown = span.len.min(line_end - offset).min(CONTEXT);
+        let from = floor(offset.saturating_sub(CONTEXT).max(line_start));
+        let to = floor((offset + shown + CONTEXT).min(line_end));
+        first_place.get_or_insert_with(|| {
+            let line = text[..line_start].matches('\n').count() + 1;
+            (line, text[line_start..offset].chars().count() + 1)
+        });
+        if from > line_start {
+            out.push('…');
+        }
+        let base = out.len();
+        out.push_str(&text[from..to]);
+        if to < line_end {
+            out.push('…');
+        }
+        out.push('\n');
+        span.offset = base + (offset - from);
+        span.len = floor(offset + shown).saturating_sub(offset);
+    }
+    let (line, column) = first_place.unwrap_or((1, 1));
+    NamedSource::new(
+        format!("{name} (excerpt of long lines; line {line}, column {column})"),
+        Arc::new(out),
+    )
+}
+
 /// Every problem found in a pipeline, with its sources.
 #[derive(Debug)]
 pub struct PipelineError {
@@ -228,13 +287,11 @@ impl PipelineError {
                 }
                 error
             })
-            .map(|error| {
+            .map(|mut error| {
                 let source_id = error.labels.first().map_or(0, |(s, _)| s.source);
                 let source = sources.get(source_id);
-                Located {
-                    error,
-                    source: NamedSource::new(source.name.clone(), source.text.clone()),
-                }
+                let source = excerpt(&source.name, &source.text, &mut error.labels);
+                Located { error, source }
             })
             .collect();
         Self {

@@ -144,6 +144,22 @@ impl Offsets {
     }
 }
 
+/// How many nodes aliases (`*name`) may copy in one file: far more than any pipeline needs,
+/// far less than an alias bomb (a few hundred bytes that double at every level).
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
+/// The number of nodes in a tree.
+fn node_count(node: &Node) -> usize {
+    1 + match &node.value {
+        NodeValue::Seq(items) => items.iter().map(node_count).sum(),
+        NodeValue::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| node_count(k) + node_count(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// Parses one YAML document into a node tree.
 pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
     let text = sources.get(source).text.clone();
@@ -170,16 +186,18 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
         ),
     }
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: Vec<Option<Node>> = Vec::new();
+    // Each anchor's node with its node count.
+    let mut anchors: Vec<Option<(Node, usize)>> = Vec::new();
+    let mut copied_by_aliases = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0;
 
-    let set_anchor = |anchors: &mut Vec<Option<Node>>, id: usize, node: &Node| {
+    let set_anchor = |anchors: &mut Vec<Option<(Node, usize)>>, id: usize, node: &Node| {
         if id > 0 {
             if anchors.len() <= id {
                 anchors.resize(id + 1, None);
             }
-            anchors[id] = Some(node.clone());
+            anchors[id] = Some((node.clone(), node_count(node)));
         }
     };
 
@@ -217,15 +235,33 @@ pub fn parse(sources: &Sources, source: SourceId) -> Result<Node, SpecError> {
                 }
             }
             Event::Alias(id) => {
-                let node = anchors.get(id).cloned().flatten().ok_or_else(|| {
-                    SpecError::new(
+                let count = anchors.get(id).and_then(|a| a.as_ref()).map_or(0, |a| a.1);
+                copied_by_aliases += count;
+                if copied_by_aliases > MAX_ALIAS_NODES {
+                    return Err(SpecError::new(
                         SpecErrorKind::YamlSyntax,
-                        "Unknown YAML alias",
+                        format!(
+                            "YAML aliases here copy more than {MAX_ALIAS_NODES} nodes (an alias bomb?)"
+                        ),
                         span,
-                        "this alias",
+                        "this alias goes past the limit",
                     )
-                    .with_help("Define the anchor (`&name`) before using the alias (`*name`)")
-                })?;
+                    .with_help("Write the repeated part out, or use `defaults:` and `matrix:` instead of nested aliases"));
+                }
+                let node = anchors
+                    .get(id)
+                    .cloned()
+                    .flatten()
+                    .map(|a| a.0)
+                    .ok_or_else(|| {
+                        SpecError::new(
+                            SpecErrorKind::YamlSyntax,
+                            "Unknown YAML alias",
+                            span,
+                            "this alias",
+                        )
+                        .with_help("Define the anchor (`&name`) before using the alias (`*name`)")
+                    })?;
                 finished = Some((Node { span, ..node }, 0));
             }
             Event::Scalar(text, style, anchor, _tag) => {

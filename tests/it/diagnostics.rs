@@ -124,3 +124,101 @@ fn one_bad_value_in_a_large_matrix_is_reported_once_with_its_count() {
     );
     assert!(run.stderr.contains("(found 900 times)"), "{}", run.stderr);
 }
+
+#[test]
+fn a_typo_far_along_a_one_line_pipeline_is_reported_from_an_excerpt() {
+    // A generated one-line JSON pipeline, the typo near its end (column ~150,000): the
+    // renderer panicked past column ~65,534, and quoting the whole line took seconds.
+    let project = Project::new();
+    let mut stages: Vec<String> = (0..2000)
+        .map(|i| format!(r#""s{i}": {{"kind": "command", "params": {{"cmd": "echo {i}"}}}}"#))
+        .collect();
+    stages.push(r#""last": {"kind": "comand", "params": {"cmd": "true"}}"#.to_string());
+    project.write(
+        "mipipe.yaml",
+        &format!(r#"{{"version": 1, "stages": {{{}}}}}"#, stages.join(", ")),
+    );
+    let started = std::time::Instant::now();
+    let run = project.mipipe(&["status"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("Unknown stage kind `comand`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("excerpt of long lines; line 1, column"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("not a stage kind"), "{}", run.stderr);
+    assert!(
+        run.stderr.len() < 5_000,
+        "the report quotes too much: {}",
+        run.stderr.len()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn an_alias_bomb_is_refused_before_it_grows() {
+    let project = Project::new();
+    let mut yaml = String::from("version: 1\nvars:\n  l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..9 {
+        let previous = format!("*l{}", level - 1);
+        yaml.push_str(&format!(
+            "  l{level}: &l{level} [{}]\n",
+            vec![previous; 9].join(", ")
+        ));
+    }
+    yaml.push_str("stages: {}\n");
+    assert!(yaml.len() < 600);
+    project.write("mipipe.yaml", &yaml);
+    let run = project.mipipe(&["status"]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("an alias bomb?"), "{}", run.stderr);
+}
+
+#[test]
+fn a_matrix_of_a_million_instances_is_refused_with_its_size() {
+    let project = Project::new();
+    let axis: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let axis = axis.join(", ");
+    project.write(
+        "mipipe.yaml",
+        &format!(
+            "version: 1\nstages:\n  sweep:\n    kind: command\n    matrix: {{a: [{axis}], b: [{axis}], c: [{axis}]}}\n    params: {{cmd: \"true\"}}\n"
+        ),
+    );
+    let run = project.mipipe(&["status"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("has 1000000 combinations; a stage has at most 10000"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_pipeline_that_is_not_utf8_names_the_byte() {
+    let project = Project::new();
+    std::fs::write(
+        project.path().join("mipipe.yaml"),
+        b"version: 1\nstages:\n  caf\xe9:\n    kind: command\n",
+    )
+    .unwrap();
+    let run = project.mipipe(&["status"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("is not UTF-8 text: invalid byte at offset 24 (line 3)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Save the file as UTF-8"),
+        "{}",
+        run.stderr
+    );
+}

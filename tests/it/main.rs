@@ -9,6 +9,7 @@ mod diagnostics;
 mod execution;
 mod incremental;
 mod interruption;
+mod mutation;
 mod pipeline_features;
 mod report_stages;
 mod slurm;

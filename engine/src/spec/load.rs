@@ -31,6 +31,20 @@ pub enum LoadError {
         /// The error.
         source: std::io::Error,
     },
+    /// The file is not UTF-8 text.
+    #[error("Pipeline `{}` is not UTF-8 text: invalid byte at offset {offset} (line {line})", path.display())]
+    #[diagnostic(
+        code(mipipe::not_utf8),
+        help("Save the file as UTF-8 (a pipeline is YAML text); `iconv -f latin1 -t utf-8` converts Latin-1")
+    )]
+    NotUtf8 {
+        /// The path.
+        path: PathBuf,
+        /// Byte offset of the first invalid byte.
+        offset: usize,
+        /// Its line (from 1).
+        line: usize,
+    },
     /// The pipeline is invalid.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -39,9 +53,22 @@ pub enum LoadError {
 impl Pipeline {
     /// Reads a pipeline file's text.
     pub fn read_text(path: &Path) -> Result<String, LoadError> {
-        std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
+        })?;
+        String::from_utf8(bytes).map_err(|e| {
+            let offset = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..offset]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            LoadError::NotUtf8 {
+                path: path.to_path_buf(),
+                offset,
+                line,
+            }
         })
     }
 

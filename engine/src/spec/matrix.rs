@@ -9,6 +9,9 @@ use crate::diagnostic::{suggestion_help, SpecErrorKind};
 use crate::span::Span;
 use crate::yaml::{Node, NodeValue};
 
+/// The most instances one stage's matrix may expand to (before `exclude`).
+pub(super) const MAX_INSTANCES: usize = 10_000;
+
 /// A matrix instance before resolution.
 pub(super) struct Instance {
     pub(super) name: String,
@@ -96,6 +99,26 @@ pub(super) fn expand(
         }
     }
     if check.errors.len() > before {
+        return None;
+    }
+    let product = axes
+        .iter()
+        .try_fold(1usize, |n, (_, _, values)| n.checked_mul(values.len()))
+        .unwrap_or(usize::MAX);
+    if product > MAX_INSTANCES {
+        check.push(
+            err(
+                SpecErrorKind::Matrix,
+                format!(
+                    "The matrix of stage `{}` has {} combinations; a stage has at most {MAX_INSTANCES}",
+                    raw.name,
+                    if product == usize::MAX { "too many".to_string() } else { product.to_string() }
+                ),
+                matrix.span,
+                "this matrix",
+            )
+            .with_help("Split the sweep into several stages, or narrow an axis (`--set STAGE.AXIS=value` picks one value)"),
+        );
         return None;
     }
     // Cartesian product in axis order.

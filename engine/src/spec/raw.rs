@@ -295,12 +295,18 @@ pub(super) fn raw_stages(check: &mut Checker<'_>, root: &Node) -> Option<Vec<Raw
             Some(node) => match node.as_str() {
                 Some(k) => Some((k.to_string(), node.span)),
                 None => {
-                    check.push(err(
-                        SpecErrorKind::Schema,
-                        "`kind` must be a string",
-                        node.span,
-                        "not a string",
-                    ));
+                    check.push(
+                        err(
+                            SpecErrorKind::Schema,
+                            "`kind` must be a string",
+                            node.span,
+                            "not a string",
+                        )
+                        .with_help(format!(
+                            "Name the stage kind, e.g. `kind: command` (kinds: {})",
+                            check.kind_names()
+                        )),
+                    );
                     continue;
                 }
             },

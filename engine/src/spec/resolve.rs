@@ -366,12 +366,15 @@ pub(super) fn resolve_instance(
                 }
                 materialize.insert(out, PathBuf::from(path));
             }
-            _ => check.push(err(
-                SpecErrorKind::Schema,
-                "`materialize` values are workspace paths",
-                v.span,
-                "not a path",
-            )),
+            _ => check.push(
+                err(
+                    SpecErrorKind::Schema,
+                    "`materialize` values are workspace paths",
+                    v.span,
+                    "not a path",
+                )
+                .with_help("Write `materialize: {OUTPUT: results/file.csv}`"),
+            ),
         }
     }
     if check.errors.len() > before {
