@@ -47,7 +47,7 @@ pub use digest::{ObjectDigest, StableHash, StableHasher, StageKey, Tag};
 pub use error::CacheError;
 pub use file_digests::FileDigests;
 pub use fsutil::{hash_file, remove_all, unique_temp_name, write_atomic};
-pub use locks::{LockGuard, Locks};
+pub use locks::{GcGuard, LockGuard, Locks};
 pub use maintenance::{DiskUsage, GcPolicy, GcReport, VerifyReport};
 pub use runs::{now_unix_ms, RunDir, RunOutcome, RunRecord, Runs};
 pub use store::{ObjectStore, OutputKind, StoredOutput, TreeEntry, TreeManifest};

@@ -32,6 +32,11 @@ impl Drop for LockGuard {
     }
 }
 
+/// The "in use" lock held exclusively: no run uses the cache while it lives. [`crate::Cache::gc`]
+/// takes one, so that what decides the roots (the lockfiles) is read once no run can change it.
+#[derive(Debug)]
+pub struct GcGuard(#[allow(dead_code)] LockGuard);
+
 /// Where stage locks live: `<cache>/locks/v1/<key>.lock`.
 #[derive(Clone, Debug)]
 pub struct Locks {
@@ -88,13 +93,13 @@ impl Locks {
 
     /// Takes the "in use" lock exclusively if no run holds it: `gc` collects only then, so it
     /// never removes what a live run reads or has just written.
-    pub fn try_lock_for_gc(&self) -> Result<Option<LockGuard>, CacheError> {
-        self.try_lock(IN_USE)
+    pub fn try_lock_for_gc(&self) -> Result<Option<GcGuard>, CacheError> {
+        Ok(self.try_lock(IN_USE)?.map(GcGuard))
     }
 
     /// Waits until no run holds the "in use" lock, and takes it exclusively.
-    pub fn lock_for_gc(&self) -> Result<LockGuard, CacheError> {
-        self.lock(IN_USE)
+    pub fn lock_for_gc(&self) -> Result<GcGuard, CacheError> {
+        self.lock(IN_USE).map(GcGuard)
     }
 
     /// Waits for a named lock.

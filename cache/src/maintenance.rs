@@ -112,15 +112,11 @@ impl Cache {
         usage
     }
 
-    /// Removes what no root and no recent run references. Waits until no run uses the cache
-    /// (runs hold [`crate::Locks::lock_in_use`]), so nothing a live run reads or has just
-    /// written is collected; a dry run does not wait.
-    pub fn gc(&self, policy: &GcPolicy) -> GcReport {
-        let _exclusive = if policy.dry_run {
-            None
-        } else {
-            self.locks().lock_for_gc().ok()
-        };
+    /// Removes what no root and no recent run references. The caller holds the cache
+    /// exclusively ([`crate::Locks::lock_for_gc`]: no run uses it, since runs hold
+    /// [`crate::Locks::lock_in_use`]) and read the roots after taking it, so nothing a live run
+    /// reads or has just written, or is about to record, is collected.
+    pub fn gc(&self, policy: &GcPolicy, _exclusive: &crate::GcGuard) -> GcReport {
         let mut report = GcReport::default();
         let mut live_keys = BTreeSet::new();
         let mut live_objects: BTreeSet<ObjectDigest> = BTreeSet::new();

@@ -53,7 +53,6 @@ pub(super) fn cache_command(
                 .cloned()
                 .unwrap_or_else(|| PathBuf::from("mipipe.yaml"));
             let cache = open_cache(&first, cache_dir)?;
-            let mut roots = BTreeSet::new();
             for pipeline in &args.pipelines {
                 let lock_path = Lockfile::path_for(pipeline);
                 if !lock_path.exists() {
@@ -62,7 +61,20 @@ pub(super) fn cache_command(
                         help: Some("Name the pipelines whose results to keep; gc keeps what their lockfiles record".into()),
                     });
                 }
-                let (lock, _) = Lockfile::read(&lock_path);
+            }
+            // No run may use the cache while gc collects, and the roots are read only then: a
+            // run that was going on has recorded its results in its lockfile by now.
+            let environment = |e: mipipe_cache::CacheError| CliError::Environment(e.to_string());
+            let exclusive = match cache.locks().try_lock_for_gc().map_err(environment)? {
+                Some(guard) => guard,
+                None => {
+                    eprintln!("waiting for the runs using this cache to finish (gc never removes what a live run uses)");
+                    cache.locks().lock_for_gc().map_err(environment)?
+                }
+            };
+            let mut roots = BTreeSet::new();
+            for pipeline in &args.pipelines {
+                let (lock, _) = Lockfile::read(&Lockfile::path_for(pipeline));
                 roots.extend(lock.stages.values().map(|e| e.key));
             }
             let policy = GcPolicy {
@@ -70,11 +82,7 @@ pub(super) fn cache_command(
                 keep_recent: Duration::from_secs_f64(args.keep_recent.max(0.0) * 86_400.0),
                 dry_run: args.dry_run,
             };
-            let busy = !policy.dry_run && matches!(cache.locks().try_lock_for_gc(), Ok(None));
-            if busy {
-                eprintln!("waiting for the runs using this cache to finish (gc never removes what a live run uses)");
-            }
-            let report = cache.gc(&policy);
+            let report = cache.gc(&policy, &exclusive);
             if json {
                 println!(
                     "{}",

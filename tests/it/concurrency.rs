@@ -128,3 +128,59 @@ fn lockfile_writers_exclude_each_other_whatever_their_cache_dir() {
     );
     assert!(project.lock()["stages"]["one"].is_object());
 }
+
+#[test]
+fn verify_and_gc_looping_during_a_run_change_nothing_it_computes() {
+    let yaml = crate::interruption::fault_injection_pipeline();
+    let reference = Project::new();
+    reference.write("mipipe.yaml", &yaml);
+    reference.mipipe(&["run"]).expect_code(0);
+    let project = Project::new();
+    project.write("mipipe.yaml", &yaml);
+    // A lockfile to keep, so that gc has roots.
+    project.write("mipipe.lock", "{\"version\": 1, \"stages\": {}}\n");
+    let run = project
+        .command(&["run", "-j", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut verifies = 0;
+    let mut gcs = 0;
+    let run = loop {
+        let verify = project.mipipe(&["cache", "verify"]);
+        assert_eq!(verify.code, 0, "verify during a run: {}", verify.stdout);
+        verifies += 1;
+        if verifies % 3 == 0 {
+            // Waits for the run, then collects with no window at all.
+            project
+                .mipipe(&["cache", "gc", "--keep-recent", "0"])
+                .expect_code(0);
+            gcs += 1;
+        }
+        if std::fs::read_to_string(project.path().join("results/total.txt")).is_ok() {
+            break run.wait_with_output().unwrap();
+        }
+    };
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        verifies >= 2 && gcs <= verifies,
+        "{verifies} verifies, {gcs} gcs"
+    );
+    assert_eq!(
+        crate::interruption::recorded_keys(&project),
+        crate::interruption::recorded_keys(&reference)
+    );
+    let again = project.mipipe(&["run"]);
+    again.expect_code(0);
+    assert!(
+        again.stderr.contains("0 ran, 17 cached"),
+        "{}",
+        again.stderr
+    );
+    project.assert_cache_clean();
+}

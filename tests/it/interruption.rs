@@ -146,7 +146,7 @@ stages:
 }
 
 /// About 20 stages: 2 MB files, directory outputs, fan-in, a materialized result.
-fn fault_injection_pipeline() -> String {
+pub fn fault_injection_pipeline() -> String {
     let mut yaml = String::from("version: 1\nstages:\n");
     for i in 0..8 {
         yaml.push_str(&format!(
@@ -170,7 +170,7 @@ fn fault_injection_pipeline() -> String {
 }
 
 /// Stage name -> key, from the lockfile.
-fn recorded_keys(project: &Project) -> std::collections::BTreeMap<String, String> {
+pub fn recorded_keys(project: &Project) -> std::collections::BTreeMap<String, String> {
     project.lock()["stages"]
         .as_object()
         .unwrap()
