@@ -58,6 +58,28 @@ pub struct GcReport {
     pub runs: u64,
     /// Bytes freed.
     pub bytes: u64,
+    /// What could not be removed (a read-only cache), with why; not counted above.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+impl GcReport {
+    /// Removes `path` (or, in a dry run, only counts it), adding its bytes; true when it is
+    /// gone (or would be).
+    fn remove(&mut self, path: &Path, dry_run: bool) -> bool {
+        let bytes = match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => walk_usage(path).1,
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        };
+        if !dry_run {
+            if let Err(e) = remove_all(path) {
+                self.failed.push((path.to_path_buf(), e.to_string()));
+                return false;
+            }
+        }
+        self.bytes += bytes;
+        true
+    }
 }
 
 /// What `verify` found.
@@ -67,8 +89,23 @@ pub struct VerifyReport {
     pub objects_checked: u64,
     /// Objects whose content did not match their name, moved to quarantine.
     pub quarantined: Vec<PathBuf>,
-    /// Action entries that do not parse or name missing objects (removed).
+    /// Action entries that do not parse, name missing objects, or were computed from a
+    /// corrupt input (removed).
     pub bad_entries: Vec<(PathBuf, String)>,
+    /// Tree checkouts that no longer match their manifest (removed; rebuilt when needed).
+    pub bad_checkouts: Vec<PathBuf>,
+    /// What verify found but could not fix (a read-only cache): the path and why.
+    pub unfixed: Vec<(PathBuf, String)>,
+}
+
+impl VerifyReport {
+    /// Whether nothing was found.
+    pub fn is_clean(&self) -> bool {
+        self.quarantined.is_empty()
+            && self.bad_entries.is_empty()
+            && self.bad_checkouts.is_empty()
+            && self.unfixed.is_empty()
+    }
 }
 
 /// Objects younger than this are never collected: a concurrent run may have stored them and
@@ -138,21 +175,15 @@ impl Cache {
                     }
                 }
             } else {
-                report.entries += 1;
-                report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                if !policy.dry_run {
-                    let _ = fs::remove_file(&path);
+                if report.remove(&path, policy.dry_run) {
+                    report.entries += 1;
                 }
             }
         }
         for (path, digest) in list_objects(self.store().objects_root()) {
             let is_live = digest.is_some_and(|d| live_objects.contains(&d));
-            if !is_live && age(&path) > OBJECT_GRACE {
+            if !is_live && age(&path) > OBJECT_GRACE && report.remove(&path, policy.dry_run) {
                 report.objects += 1;
-                report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                if !policy.dry_run {
-                    let _ = remove_all(&path);
-                }
             }
         }
         if let Ok(trees) = fs::read_dir(self.root().join("trees").join("v1")) {
@@ -169,13 +200,8 @@ impl Cache {
                 let key = key_dir.file_name().to_string_lossy().parse::<StageKey>();
                 let keep = key.is_ok_and(|k| live_keys.contains(&k))
                     || age(&key_dir.path()) < policy.keep_recent;
-                if !keep {
+                if !keep && report.remove(&key_dir.path(), policy.dry_run) {
                     report.runs += 1;
-                    let (_, bytes) = walk_usage(&key_dir.path());
-                    report.bytes += bytes;
-                    if !policy.dry_run {
-                        let _ = remove_all(&key_dir.path());
-                    }
                 }
             }
         }
@@ -196,38 +222,87 @@ impl Cache {
         report
     }
 
-    /// Re-hashes every object; moves mismatching ones to `quarantine/v1/` and removes action
-    /// entries that do not parse or name objects that are gone.
+    /// Re-hashes every object and moves mismatching ones to `quarantine/v1/`; removes action
+    /// entries that do not parse, name objects that are gone (a directory output: any of its
+    /// files), or were computed from a corrupt input, and, transitively, the entries computed
+    /// from their outputs; removes tree checkouts that differ from their manifest. What it
+    /// cannot remove (a read-only cache) is reported in `unfixed`, never as fixed.
     pub fn verify(&self) -> VerifyReport {
         let mut report = VerifyReport::default();
-        let quarantine = self.root().join("quarantine").join("v1");
+        let quarantine = self.area("quarantine");
+        // Digests whose content cannot be trusted: corrupt objects, then the outputs of every
+        // entry computed from one.
+        let mut bad: BTreeSet<ObjectDigest> = BTreeSet::new();
         for (path, digest) in list_objects(self.store().objects_root()) {
             report.objects_checked += 1;
             let actual = hash_file(&path).ok();
             if digest.is_none() || actual != digest {
-                let _ = fs::create_dir_all(&quarantine);
+                bad.extend(digest);
                 let name = path
                     .strip_prefix(self.store().objects_root())
                     .map(|p| p.to_string_lossy().replace('/', ""))
                     .unwrap_or_else(|_| "unknown".into());
                 let dest = quarantine.join(name);
-                if fs::rename(&path, &dest).is_ok() {
-                    report.quarantined.push(dest);
+                match fs::create_dir_all(&quarantine).and_then(|()| fs::rename(&path, &dest)) {
+                    Ok(()) => report.quarantined.push(dest),
+                    Err(e) => report
+                        .unfixed
+                        .push((path, format!("corrupt object, cannot quarantine it: {e}"))),
                 }
             }
         }
-        for (path, entry) in self.actions().all_entries() {
-            let problem = match entry {
-                None => Some("does not parse".to_string()),
-                Some(entry) => entry
-                    .outputs
-                    .iter()
-                    .find(|(_, o)| !self.store().contains(&o.digest))
-                    .map(|(name, _)| format!("output `{name}` is missing from the store")),
-            };
-            if let Some(problem) = problem {
-                let _ = fs::remove_file(&path);
-                report.bad_entries.push((path, problem));
+        let mut entries: Vec<(PathBuf, Option<crate::ActionEntry>)> = self.actions().all_entries();
+        // The files of a directory output, by the manifest's digest.
+        let files_of = |digest: &ObjectDigest| {
+            self.store()
+                .read_tree(digest)
+                .map(|t| t.entries.iter().map(|e| e.digest).collect::<Vec<_>>())
+                .ok()
+        };
+        loop {
+            let mut removed_any = false;
+            let mut kept = Vec::new();
+            for (path, entry) in entries {
+                let problem = match &entry {
+                    None => Some("does not parse".to_string()),
+                    Some(entry) => entry_problem(self, entry, &bad, &files_of),
+                };
+                match problem {
+                    None => kept.push((path, entry)),
+                    Some(problem) => {
+                        removed_any = true;
+                        if let Some(entry) = &entry {
+                            bad.extend(entry.outputs.values().map(|o| o.digest));
+                        }
+                        match fs::remove_file(&path) {
+                            Ok(()) => report.bad_entries.push((path, problem)),
+                            Err(e) => report
+                                .unfixed
+                                .push((path, format!("{problem}; cannot remove the entry: {e}"))),
+                        }
+                    }
+                }
+            }
+            entries = kept;
+            if !removed_any {
+                break;
+            }
+        }
+        if let Ok(trees) = fs::read_dir(self.area("trees")) {
+            for tree in trees.flatten() {
+                let Ok(digest) = tree.file_name().to_string_lossy().parse::<ObjectDigest>() else {
+                    continue;
+                };
+                if checkout_matches(self, &digest, &tree.path()) {
+                    continue;
+                }
+                match remove_all(&tree.path()) {
+                    Ok(()) => report.bad_checkouts.push(tree.path()),
+                    Err(e) => report.unfixed.push((
+                        tree.path(),
+                        format!("tree checkout differs from its manifest, cannot remove it: {e}"),
+                    )),
+                }
             }
         }
         report
@@ -261,4 +336,90 @@ fn list_objects(root: &Path) -> Vec<(PathBuf, Option<ObjectDigest>)> {
     }
     out.sort();
     out
+}
+
+/// Why an entry cannot be trusted: an output or one of a directory output's files is gone, or
+/// an input or output is known bad.
+fn entry_problem(
+    cache: &Cache,
+    entry: &crate::ActionEntry,
+    bad: &BTreeSet<ObjectDigest>,
+    files_of: &impl Fn(&ObjectDigest) -> Option<Vec<ObjectDigest>>,
+) -> Option<String> {
+    for (name, digests) in &entry.inputs {
+        if let Some(d) = digests.iter().find(|d| is_bad(d, bad, files_of)) {
+            return Some(format!(
+                "computed from input `{name}` ({}), which is corrupt",
+                d.short()
+            ));
+        }
+    }
+    for (name, output) in &entry.outputs {
+        if !cache.store().contains(&output.digest) || is_bad(&output.digest, bad, files_of) {
+            return Some(format!(
+                "output `{name}` is missing from the store or corrupt"
+            ));
+        }
+        if output.kind == OutputKind::Dir {
+            match files_of(&output.digest) {
+                None => return Some(format!("output `{name}` has no readable tree manifest")),
+                Some(files) => {
+                    if let Some(missing) = files.iter().find(|d| !cache.store().contains(d)) {
+                        return Some(format!(
+                            "a file of output `{name}` ({}) is missing from the store",
+                            missing.short()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a digest is bad itself or names a tree with a bad file.
+fn is_bad(
+    digest: &ObjectDigest,
+    bad: &BTreeSet<ObjectDigest>,
+    files_of: &impl Fn(&ObjectDigest) -> Option<Vec<ObjectDigest>>,
+) -> bool {
+    bad.contains(digest)
+        || (!bad.is_empty()
+            && files_of(digest).is_some_and(|files| files.iter().any(|f| bad.contains(f))))
+}
+
+/// Whether a tree checkout holds exactly its manifest's files, each the stored object (the
+/// same inode, or the same content for a copy).
+fn checkout_matches(cache: &Cache, digest: &ObjectDigest, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(manifest) = cache.store().read_tree(digest) else {
+        return false;
+    };
+    let mut count = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&at) else {
+            return false;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count == manifest.entries.len()
+        && manifest.entries.iter().all(|e| {
+            let file = dir.join(&e.path);
+            let object = cache.store().path_of(&e.digest);
+            match (fs::symlink_metadata(&file), fs::metadata(&object)) {
+                (Ok(f), Ok(o)) if f.is_file() => {
+                    (f.ino() == o.ino() && f.dev() == o.dev())
+                        || hash_file(&file).is_ok_and(|d| d == e.digest)
+                }
+                _ => false,
+            }
+        })
 }

@@ -86,7 +86,7 @@ pub(super) fn cache_command(
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"dry_run": args.dry_run, "entries": report.entries, "objects": report.objects, "runs": report.runs, "bytes": report.bytes})
+                    serde_json::json!({"dry_run": args.dry_run, "entries": report.entries, "objects": report.objects, "runs": report.runs, "bytes": report.bytes, "failed": report.failed.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>()})
                 );
             } else {
                 let verb = if args.dry_run {
@@ -101,8 +101,18 @@ pub(super) fn cache_command(
                     report.runs,
                     human_bytes(report.bytes)
                 );
+                for (path, error) in report.failed.iter().take(10) {
+                    println!("  NOT REMOVED {}: {error}", path.display());
+                }
             }
-            Ok(())
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Environment(format!(
+                    "{} item(s) could not be removed (is the cache read-only?); they are not counted above",
+                    report.failed.len()
+                )))
+            }
         }
         CacheCommand::Hash(args) => {
             for file in &args.files {
@@ -116,10 +126,16 @@ pub(super) fn cache_command(
         CacheCommand::Verify(args) => {
             let cache = open_cache(&args.pipeline, cache_dir)?;
             let report = cache.verify();
+            let listed = |items: &[(PathBuf, String)]| {
+                items
+                    .iter()
+                    .map(|(p, r)| serde_json::json!({"path": p, "problem": r}))
+                    .collect::<Vec<_>>()
+            };
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"objects_checked": report.objects_checked, "quarantined": report.quarantined, "bad_entries": report.bad_entries.iter().map(|(p, r)| serde_json::json!({"path": p, "problem": r})).collect::<Vec<_>>()})
+                    serde_json::json!({"objects_checked": report.objects_checked, "quarantined": report.quarantined, "bad_entries": listed(&report.bad_entries), "bad_checkouts": report.bad_checkouts, "unfixed": listed(&report.unfixed), "clean": report.is_clean()})
                 );
             } else {
                 println!("checked {} objects", report.objects_checked);
@@ -129,11 +145,25 @@ pub(super) fn cache_command(
                 for (path, problem) in &report.bad_entries {
                     println!("  removed entry {}: {problem}", path.display());
                 }
-                if report.quarantined.is_empty() && report.bad_entries.is_empty() {
+                for path in &report.bad_checkouts {
+                    println!(
+                        "  removed tree checkout {} (differed from its manifest)",
+                        path.display()
+                    );
+                }
+                for (path, problem) in &report.unfixed {
+                    println!("  NOT FIXED {}: {problem}", path.display());
+                }
+                if report.is_clean() {
                     println!("cache is clean");
                 }
             }
-            if report.quarantined.is_empty() && report.bad_entries.is_empty() {
+            if !report.unfixed.is_empty() {
+                Err(CliError::Environment(format!(
+                    "{} problem(s) found in the cache could not be fixed (is it read-only?); run `mipipe cache verify` where it is writable",
+                    report.unfixed.len()
+                )))
+            } else if report.is_clean() {
                 Ok(())
             } else {
                 Err(CliError::StagesFailed(

@@ -23,6 +23,89 @@ fn verify_quarantines_a_corrupt_object_and_the_stage_reruns() {
 }
 
 #[test]
+fn verify_invalidates_what_was_computed_from_a_corrupt_object() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    // `prepare`'s table feeds the four `train` instances, which feed `report`.
+    let victim = project.output_object("prepare", "table");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&victim, "tampered").unwrap();
+    let verify = project.mipipe(&["cache", "verify"]);
+    verify.expect_code(1);
+    assert!(
+        verify.stdout.contains("computed from input `data`"),
+        "{}",
+        verify.stdout
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    assert_eq!(run.stages_with("ran").len(), 6, "{}", run.stderr);
+    project.assert_cache_clean();
+}
+
+#[test]
+fn verify_removes_a_tree_checkout_that_differs_from_its_manifest() {
+    let project = crate::Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  tree:
+    kind: command
+    params:
+      cmd: mkdir -p ${outs.d} && echo right > ${outs.d}/f
+      outs: {d: d/}
+  read:
+    kind: command
+    inputs: {t: tree.d}
+    params:
+      cmd: cat ${inputs.t}/f > ${outs.o}
+      outs: {o: o.txt}
+      materialize: {o: o.txt}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    let checkout = project.output_object("tree", "d");
+    // A new file in place of the stored one (what `sed -i` does), as root past the 0444 bits.
+    std::fs::remove_file(checkout.join("f")).unwrap();
+    std::fs::write(checkout.join("f"), "wrong\n").unwrap();
+    let verify = project.mipipe(&["cache", "verify"]);
+    verify.expect_code(1);
+    assert!(
+        verify.stdout.contains("removed tree checkout"),
+        "{}",
+        verify.stdout
+    );
+    project.mipipe(&["run", "--force", "read"]).expect_code(0);
+    assert_eq!(project.read("o.txt"), "right\n");
+    project.assert_cache_clean();
+}
+
+#[test]
+fn verify_never_calls_a_cache_clean_that_it_could_not_fix() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    let victim = project.output_object("report", "md");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&victim, "tampered").unwrap();
+    // The quarantine cannot be created (as root, read-only bits would not stop it).
+    std::fs::write(project.path().join(".mipipe/quarantine"), "in the way").unwrap();
+    let verify = project.mipipe(&["cache", "verify"]);
+    verify.expect_code(3);
+    assert!(verify.stdout.contains("NOT FIXED"), "{}", verify.stdout);
+    assert!(
+        !verify.stdout.contains("cache is clean"),
+        "{}",
+        verify.stdout
+    );
+    assert!(
+        verify.stderr.contains("could not be fixed"),
+        "{}",
+        verify.stderr
+    );
+}
+
+#[test]
 fn a_corrupt_action_entry_is_a_miss_with_a_warning() {
     let project = crate::incremental::example_project();
     project.mipipe(&["run"]).expect_code(0);
