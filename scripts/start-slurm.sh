@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Installs (when missing), configures and starts a real single-node Slurm cluster on this
 # machine for the Slurm executor's tests: munged, slurmctld and slurmd from Debian's packages,
-# started directly (no systemd), node and controller on 127.0.0.1. Idempotent: a running,
-# correctly configured cluster is left alone. `stop` stops it; `status` reports it.
+# started directly (no systemd), node and controller on 127.0.0.1.
 #
-# Knobs: SLURM_WARMUP=0 skips the warm-up job (the first job after slurmctld starts waits for
-# the first scheduling pass, about 3 s).
+# The test cluster lives entirely in its own prefix (default ~/.cache/mipipe/slurm: config,
+# munge key and socket, state, spool, logs, PID files) and on its own ports (16817, 16818), so
+# it never reads or touches an existing Slurm or munge installation (/etc/slurm, /etc/munge,
+# /var/spool/slurm*, their daemons). Clients find it through SLURM_CONF, which this script
+# prints (`eval "$(scripts/start-slurm.sh env)"`) and scripts/test.sh exports.
+# Idempotent: a running, correctly configured cluster is left alone. `stop` stops it (only its
+# own daemons); `status` reports it; `env` prints the SLURM_CONF line.
+#
+# Knobs: MIPIPE_SLURM_PREFIX (the folder), SLURM_WARMUP=0 skips the warm-up job (the first job
+# after slurmctld starts waits for the first scheduling pass, about 3 s).
 set -euo pipefail
 
-CONF_DIR=/etc/slurm
-CONF=$CONF_DIR/slurm.conf
-STATE=/var/spool/slurmctld
-SPOOL=/var/spool/slurmd
-LOGS=/var/log/slurm
+PREFIX=${MIPIPE_SLURM_PREFIX:-${MIPIPE_TOOLS:-$HOME/.cache/mipipe}/slurm}
+CONF=$PREFIX/slurm.conf
+STATE=$PREFIX/state
+SPOOL=$PREFIX/spool
+LOGS=$PREFIX/log
+RUN=$PREFIX/run
+MUNGE=$PREFIX/munge
+SOCKET=$MUNGE/munge.socket
 HOST=$(hostname -s)
+export SLURM_CONF=$CONF
 
 log() { echo "start-slurm: $*" >&2; }
 
@@ -27,21 +38,22 @@ alive() {
   [ -n "$state" ] && [ "$state" != Z ]
 }
 
+# Stops this cluster's own daemons (by their PID files in the prefix), nothing else.
 stop_all() {
-  for name in slurmd slurmctld; do
-    if alive "/run/$name.pid"; then kill "$(cat /run/$name.pid)" || true; fi
+  for name in slurmd slurmctld munged; do
+    if alive "$RUN/$name.pid"; then kill "$(cat "$RUN/$name.pid")" || true; fi
   done
-  if alive /run/munge/munged.pid; then kill "$(cat /run/munge/munged.pid)" || true; fi
   sleep 0.5
 }
 
 case "${1:-start}" in
   stop) stop_all; log "stopped"; exit 0 ;;
+  env) echo "export SLURM_CONF=$CONF"; exit 0 ;;
   status)
-    alive /run/slurmctld.pid && alive /run/slurmd.pid && sinfo -h -o '%T' | grep -qv down && { echo "slurm running"; exit 0; }
+    alive "$RUN/slurmctld.pid" && alive "$RUN/slurmd.pid" && sinfo -h -o '%T' | grep -qv down && { echo "slurm running"; exit 0; }
     echo "slurm not running"; exit 1 ;;
   start) ;;
-  *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
+  *) echo "usage: $0 [start|stop|status|env]" >&2; exit 2 ;;
 esac
 
 install_packages() {
@@ -66,15 +78,17 @@ write_config() {
   local cpus memory
   cpus=$(nproc)
   memory=2048
-  mkdir -p "$CONF_DIR" "$STATE" "$SPOOL" "$LOGS"
-  chown slurm:slurm "$STATE" "$LOGS" 2>/dev/null || true
+  mkdir -p "$PREFIX" "$STATE" "$SPOOL" "$LOGS" "$RUN"
   local wanted
   wanted=$(cat <<CONF
 # Written by mipipe's scripts/start-slurm.sh
 ClusterName=mipipe-test
 SlurmctldHost=$HOST(127.0.0.1)
-SlurmUser=slurm
+SlurmctldPort=16817
+SlurmdPort=16818
+SlurmUser=$(id -un)
 AuthType=auth/munge
+AuthInfo=socket=$SOCKET
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -93,8 +107,8 @@ MinJobAge=3600
 MailProg=/bin/true
 StateSaveLocation=$STATE
 SlurmdSpoolDir=$SPOOL
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
@@ -111,21 +125,21 @@ CONF
 }
 
 start_daemons() {
-  if [ ! -s /etc/munge/munge.key ]; then
-    mkdir -p /etc/munge
-    dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
-    chown munge:munge /etc/munge/munge.key
-    chmod 400 /etc/munge/munge.key
+  mkdir -p "$MUNGE"
+  chmod 700 "$MUNGE"
+  if [ ! -s "$MUNGE/munge.key" ]; then
+    dd if=/dev/urandom of="$MUNGE/munge.key" bs=1024 count=1 status=none
+    chmod 400 "$MUNGE/munge.key"
   fi
-  mkdir -p /run/munge && chown munge:munge /run/munge
-  if ! alive /run/munge/munged.pid; then
-    runuser -u munge -- munged
+  if ! alive "$RUN/munged.pid"; then
+    munged --force --socket="$SOCKET" --key-file="$MUNGE/munge.key" \
+      --pid-file="$RUN/munged.pid" --log-file="$LOGS/munged.log" --seed-file="$MUNGE/munged.seed"
   fi
-  if ! alive /run/slurmctld.pid; then
-    slurmctld -i
+  if ! alive "$RUN/slurmctld.pid"; then
+    slurmctld -i -f "$CONF"
   fi
-  if ! alive /run/slurmd.pid; then
-    slurmd -N "$HOST"
+  if ! alive "$RUN/slurmd.pid"; then
+    slurmd -N "$HOST" -f "$CONF"
   fi
 }
 
@@ -148,4 +162,4 @@ wait_ready
 if [ "${SLURM_WARMUP:-1}" = 1 ]; then
   sbatch --wait --quiet -o /dev/null --wrap true >/dev/null
 fi
-echo "slurm ready"
+echo "slurm ready (export SLURM_CONF=$CONF)"

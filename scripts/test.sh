@@ -3,7 +3,8 @@
 # drive the real binary. Set-up it does itself, when missing:
 #   - libtorch 2.11.0 for the torch stage crate (scripts/setup-libtorch.sh);
 #   - a single-node Slurm cluster for the Slurm executor's tests (scripts/start-slurm.sh,
-#     Debian's packages); MIPIPE_SKIP_SLURM=1 skips it and those tests then skip themselves;
+#     Debian's packages, in its own prefix and ports: it never touches an existing Slurm);
+#     MIPIPE_SKIP_SLURM=1 skips it and those tests then skip themselves;
 #   - a Python venv with pyarrow (~/.cache/mipipe/test-venv) to check our Parquet tables;
 #   - pdflatex (Debian's texlive-latex-base and -recommended) to compile the LaTeX tables.
 # Ends with one line totalling every test binary: `tests: N passed, N failed`.
@@ -14,7 +15,9 @@ source scripts/prerequisites.sh
 bash scripts/setup-libtorch.sh
 
 if [ "${MIPIPE_SKIP_SLURM:-0}" != 1 ]; then
+  # The test cluster lives in its own prefix and ports; SLURM_CONF points the tests at it.
   bash scripts/start-slurm.sh
+  eval "$(bash scripts/start-slurm.sh env)"
   export MIPIPE_REQUIRE_SLURM=1
 fi
 
