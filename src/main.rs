@@ -128,7 +128,7 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let colour = style::Style::detect();
+    let colour = style::Style::stderr();
     miette::set_hook(Box::new(move |_| {
         Box::new(
             miette::MietteHandlerOpts::new()

@@ -9,11 +9,20 @@ pub struct Style {
 }
 
 impl Style {
-    /// Colour only for a terminal on stderr with `NO_COLOR` unset.
-    pub fn detect() -> Self {
+    /// For what goes to stderr: colour only when stderr is a terminal and `NO_COLOR` is unset.
+    pub fn stderr() -> Self {
+        Self::when(std::io::stderr().is_terminal())
+    }
+
+    /// For what goes to stdout (`status > file` gets no escape codes).
+    pub fn stdout() -> Self {
+        Self::when(std::io::stdout().is_terminal())
+    }
+
+    fn when(terminal: bool) -> Self {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         Self {
-            colour: !no_color && std::io::stderr().is_terminal(),
+            colour: !no_color && terminal,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mipipe_cache::GcPolicy;
 use mipipe_engine::{Exit, Lockfile};
 
-use super::open_cache;
+use super::{json_line, open_cache};
 use crate::cli::CacheCommand;
 use crate::CliError;
 
@@ -119,7 +119,11 @@ pub(super) fn cache_command(
                 let digest = mipipe_cache::hash_file(file).map_err(|e| {
                     CliError::Environment(format!("Cannot hash `{}`: {e}", file.display()))
                 })?;
-                println!("{digest}  {}", file.display());
+                if json {
+                    json_line(&serde_json::json!({"path": file, "digest": digest.to_string()}));
+                } else {
+                    println!("{digest}  {}", file.display());
+                }
             }
             Ok(())
         }

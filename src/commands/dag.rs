@@ -1,13 +1,29 @@
-//! `mipipe dag`: the resolved stage graph as text, Graphviz or Mermaid.
+//! `mipipe dag`: the resolved stage graph as text, Graphviz or Mermaid (or JSON lines).
 
 use std::fmt::Write as _;
 
-use super::load;
+use super::{json_line, load};
 use crate::cli::{DagFormat, PipelineArgs};
 use crate::CliError;
 
-pub(super) fn dag(args: &PipelineArgs, format: DagFormat) -> Result<(), CliError> {
+pub(super) fn dag(args: &PipelineArgs, format: DagFormat, json: bool) -> Result<(), CliError> {
     let pipeline = load(args)?;
+    if json {
+        // One line per stage instance, in order, with what each input reads.
+        for (i, stage) in pipeline.stages.iter().enumerate() {
+            let inputs: Vec<_> = pipeline
+                .edges()
+                .filter(|e| e.1 == i)
+                .map(|(from, _, input, output)| {
+                    serde_json::json!({"input": input, "stage": pipeline.stages[from].name, "output": output})
+                })
+                .collect();
+            json_line(
+                &serde_json::json!({"stage": stage.name, "base": stage.base, "kind": stage.kind.kind(), "inputs": inputs}),
+            );
+        }
+        return Ok(());
+    }
     let mut out = String::new();
     match format {
         DagFormat::Text => {

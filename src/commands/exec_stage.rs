@@ -45,7 +45,7 @@ pub(super) fn exec_stage(job_file: &Path) -> Result<(), CliError> {
             // The summary (with a failure's log tail) goes to the job's output, which the
             // submitting run shows.
             let reporter: Arc<dyn Reporter> =
-                Arc::new(TerminalReporter::new(false, Style::detect()));
+                Arc::new(TerminalReporter::new(false, Style::stderr()));
             let outcome = mipipe_engine::run_pipeline_stage(
                 &registry(),
                 &job,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use mipipe_engine::Lockfile;
 
-use super::{current_key, load, one_stage, open_cache};
+use super::{current_key, json_line, load, one_stage, open_cache};
 use crate::cli::PipelineArgs;
 use crate::CliError;
 
@@ -12,6 +12,7 @@ pub(super) fn log(
     name: &str,
     args: &PipelineArgs,
     cache_dir: Option<PathBuf>,
+    json: bool,
 ) -> Result<(), CliError> {
     let pipeline = load(args)?;
     let index = one_stage(&pipeline, name)?;
@@ -25,7 +26,11 @@ pub(super) fn log(
     for key in candidates {
         if let Some((dir, _)) = cache.runs().latest(&key) {
             let text = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            print!("{text}");
+            if json {
+                json_line(&serde_json::json!({"stage": stage_name, "key": key, "log": text}));
+            } else {
+                print!("{text}");
+            }
             return Ok(());
         }
     }

@@ -30,12 +30,10 @@ pub fn dispatch(cli: Cli, style: Style) -> Result<(), CliError> {
     let json = cli.json;
     match cli.command {
         Command::Run(args) => run::run(args, cache_dir, json, style),
-        Command::Status(args) => {
-            status::status(&args.pipeline, &args.targets, cache_dir, json, style)
-        }
-        Command::Dag(args) => dag::dag(&args.pipeline, args.format),
+        Command::Status(args) => status::status(&args.pipeline, &args.targets, cache_dir, json),
+        Command::Dag(args) => dag::dag(&args.pipeline, args.format, json),
         Command::Show(args) => show::show(&args.stage, &args.pipeline, cache_dir, json),
-        Command::Log(args) => log::log(&args.stage, &args.pipeline, cache_dir),
+        Command::Log(args) => log::log(&args.stage, &args.pipeline, cache_dir, json),
         Command::Cache(command) => cache::cache_command(command, cache_dir, json),
         Command::Stages(args) => stages::stages(args.kind.as_deref(), json),
         Command::ExecStage(args) => exec_stage::exec_stage(&args.job),
@@ -155,6 +153,14 @@ fn current_key(
         StageStatus::WillRun { key, .. } => *key,
     };
     (key, status)
+}
+
+/// Prints one JSON object on one line of stdout: what `--json` prints, a line per object.
+fn json_line(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("JSON values serialise")
+    );
 }
 
 /// A flag Ctrl-C sets. With `leave_on_second`, a second Ctrl-C ends the process at once

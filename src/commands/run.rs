@@ -59,7 +59,7 @@ pub(super) fn run(
             eprintln!("warning: {w}");
         }
         let plan = plan(&pipeline, &cache, &lock, &selected, &forced);
-        return print_plan(&plan, &BTreeMap::new(), json, style);
+        return print_plan(&plan, &BTreeMap::new(), json);
     }
     let default_executor = match args.executor {
         Some(ExecutorArg::Local) => Executor::Local,

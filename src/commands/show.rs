@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use mipipe_cache::Lookup;
 use mipipe_engine::{Lockfile, StageStatus};
 
-use super::{current_key, load, one_stage, open_cache};
+use super::{current_key, json_line, load, one_stage, open_cache};
 use crate::cli::PipelineArgs;
 use crate::CliError;
 
@@ -38,10 +38,7 @@ pub(super) fn show(
             "entry": entry,
             "last_run": last_run.as_ref().and_then(|(_, r)| r.clone()),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("serialises")
-        );
+        json_line(&value);
         return Ok(());
     }
     let mut out = String::new();

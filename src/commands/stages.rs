@@ -1,5 +1,6 @@
 //! `mipipe stages [KIND]`: the stage kinds of this build and their params.
 
+use super::json_line;
 use crate::{registry, CliError};
 
 pub(super) fn stages(kind: Option<&str>, json: bool) -> Result<(), CliError> {
@@ -18,14 +19,11 @@ pub(super) fn stages(kind: Option<&str>, json: bool) -> Result<(), CliError> {
         },
     };
     if json {
-        let value: Vec<_> = kinds
-            .iter()
-            .map(|k| serde_json::json!({"kind": k.kind(), "version": k.version(), "summary": k.summary(), "params": k.params(), "accepts_extra_params": k.accepts_extra_params()}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("serialises")
-        );
+        for k in &kinds {
+            json_line(
+                &serde_json::json!({"kind": k.kind(), "version": k.version(), "summary": k.summary(), "params": k.params(), "accepts_extra_params": k.accepts_extra_params()}),
+            );
+        }
         return Ok(());
     }
     for k in kinds {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use mipipe_engine::{plan, Lockfile, Pipeline, StageStatus};
 
-use super::{fingerprint, load_text, open_cache, selection};
+use super::{fingerprint, json_line, load_text, open_cache, selection};
 use crate::cli::PipelineArgs;
 use crate::style::Style;
 use crate::CliError;
@@ -18,7 +18,6 @@ pub(super) fn status(
     targets: &[String],
     cache_dir: Option<PathBuf>,
     json: bool,
-    style: Style,
 ) -> Result<(), CliError> {
     let text = Pipeline::read_text(&args.pipeline)?;
     let cache = open_cache(&args.pipeline, cache_dir)?;
@@ -28,7 +27,6 @@ pub(super) fn status(
             &mipipe_engine::Plan::all_cached(stages),
             &BTreeMap::new(),
             json,
-            style,
         );
     }
     let pipeline = load_text(args, &text)?;
@@ -45,20 +43,17 @@ pub(super) fn status(
         .map(|(n, _)| n.clone())
         .collect();
     let notes = mipipe_executor_slurm::describe_submitted(&cache, &args.pipeline, &waiting);
-    print_plan(&plan, &notes, json, style)
+    print_plan(&plan, &notes, json)
 }
 
 pub(super) fn print_plan(
     plan: &mipipe_engine::Plan,
     notes: &BTreeMap<String, String>,
     json: bool,
-    style: Style,
 ) -> Result<(), CliError> {
+    let style = Style::stdout();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(plan).expect("plans serialise")
-        );
+        json_line(plan);
         return Ok(());
     }
     for warning in &plan.warnings {

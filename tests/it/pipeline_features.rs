@@ -281,6 +281,55 @@ fn json_events_are_one_object_per_line() {
 }
 
 #[test]
+fn every_subcommand_speaks_json_one_object_per_line() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    for args in [
+        &["--json", "status"][..],
+        &["--json", "run"],
+        &["--json", "dag"],
+        &["--json", "show", "prepare"],
+        &["--json", "log", "prepare"],
+        &["--json", "stages"],
+        &["--json", "cache", "du"],
+        &["--json", "cache", "verify"],
+        &["--json", "cache", "gc", "--dry-run"],
+        &["--json", "cache", "hash", "raw.csv"],
+    ] {
+        let run = project.mipipe(args);
+        run.expect_code(0);
+        assert!(!run.stdout.trim().is_empty(), "{args:?} printed nothing");
+        for line in run.stdout.lines() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{args:?}: `{line}` is not one JSON value: {e}"));
+            assert!(value.is_object(), "{args:?}: `{line}` is not an object");
+        }
+    }
+}
+
+#[test]
+fn output_redirected_to_a_file_has_no_colour_codes_even_from_a_terminal() {
+    let project = crate::incremental::example_project();
+    project.mipipe(&["run"]).expect_code(0);
+    // `script` gives mipipe a terminal on stderr; stdout goes to a file.
+    let bin = crate::mipipe_bin();
+    let status = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("'{}' status > status.txt", bin.display()),
+            "/dev/null",
+        ])
+        .current_dir(project.path())
+        .env_remove("NO_COLOR")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = project.read("status.txt");
+    assert!(text.contains("cached"), "{text}");
+    assert!(!text.contains('\x1b'), "escape codes in a file: {text:?}");
+}
+
+#[test]
 fn stages_documents_the_command_kind() {
     let project = Project::new();
     let run = project.mipipe(&["stages", "command"]);
