@@ -104,19 +104,23 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
 }
 
 fn seed_files() -> Vec<std::path::PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    for dir in ["pipelines", "pipelines/examples", "tests/invalid"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-            continue;
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "results") {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                out.push(path);
             }
         }
     }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(&root.join("pipelines"), &mut files);
+    walk(&root.join("tests/invalid"), &mut files);
     files.sort();
     files
 }
