@@ -257,8 +257,8 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Starts (or resolves from the cache, or skips) one pending stage that can move; false
-    /// when none can.
+    /// One pass over the pending stages in pipeline order: starts (or resolves from the cache,
+    /// submits or skips) every one that can move; false when none could.
     fn start_ready<'scope>(
         &mut self,
         scope: &'scope std::thread::Scope<'scope, '_>,
@@ -267,11 +267,12 @@ impl<'a> Scheduler<'a> {
     where
         'a: 'scope,
     {
-        if self.stop_cause.is_some() {
-            return false;
-        }
+        let mut any = false;
         let pending: Vec<usize> = self.pending.iter().copied().collect();
         for index in pending {
+            if self.stop_cause.is_some() {
+                break;
+            }
             let moved = match self.readiness(index) {
                 Readiness::Waiting => false,
                 Readiness::Blocked => {
@@ -295,11 +296,9 @@ impl<'a> Scheduler<'a> {
                 }
                 Readiness::Ready => self.start(index, scope, sender),
             };
-            if moved {
-                return true;
-            }
+            any |= moved;
         }
-        false
+        any
     }
 
     /// Keys and looks up a ready stage, then runs it here or submits it; false when it must
