@@ -144,7 +144,7 @@ fn openbookqa_jsonl_and_a_bad_answer_key() {
 
 #[test]
 fn mmlu_csv_without_header_keeps_quoted_commas() {
-    let (_, items) = convert("mmlu", "{format: mmlu_csv, path: mmlu/test}");
+    let (_, items) = convert("mmlu", "{format: mmlu_csv, path: mmlu/data/test}");
     assert_eq!(items.len(), 3);
     let truck = items.iter().find(|i| i.question.contains("truck")).unwrap();
     assert_eq!(truck.options[2], "It depends, on the mass");
@@ -159,6 +159,78 @@ fn mmlu_csv_without_header_keeps_quoted_commas() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn mmlu_data_folder_reads_its_split_folders_with_ids_unique_across_splits() {
+    // `path` at the official `data/` folder: dev/, val/ and test/ (this gave 0 rows before).
+    let (_, items) = convert("mmlu", "{format: mmlu_csv, path: mmlu/data}");
+    assert_eq!(items.len(), 5);
+    let ids: std::collections::BTreeSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert!(ids.contains("mmlu/anatomy/dev/0") && ids.contains("mmlu/anatomy/val/0"));
+    let dev = items.iter().find(|i| i.id == "mmlu/anatomy/dev/0").unwrap();
+    assert_eq!(dev.split, "train");
+    assert!(dev
+        .meta
+        .as_deref()
+        .unwrap()
+        .contains("\"source_split\":\"dev\""));
+}
+
+#[test]
+fn a_conversion_that_finds_no_items_is_an_error_saying_what_it_looked_for() {
+    let project = project_with("mmlu", "{format: mmlu_csv, path: mmlu}");
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("`mmlu` gave no items (0 skipped)")
+            && run.stderr.contains("`<subject>_<split>.csv` files"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn replacing_one_image_reruns_the_conversion_of_every_json_indexed_format() {
+    for (fixture, params, image) in [
+        (
+            "seedbench",
+            "{format: seedbench_json, path: seedbench/SEED-Bench.json}",
+            "seedbench/SEED-Bench-image/1454426_2591111986.jpg",
+        ),
+        (
+            "textcaps",
+            "{format: textcaps, path: textcaps/TextCaps_0.1_train.json}",
+            "textcaps/train_images/0054c91397f2fe05.jpg",
+        ),
+        (
+            "llava-instruct",
+            "{format: llava_instruct_json, path: llava-instruct/llava_v1_5_mix665k.json}",
+            "llava-instruct/coco/train2017/000000033471.jpg",
+        ),
+    ] {
+        let (project, before) = convert(fixture, params);
+        // Another valid picture in place of the first.
+        let other = project.path().join(image);
+        let replacement = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/textcaps/train_images/011e7e629fb9ae7b.jpg"),
+        )
+        .unwrap();
+        assert_ne!(std::fs::read(&other).unwrap(), replacement);
+        std::fs::write(&other, replacement).unwrap();
+        let run = project.mipipe(&["run"]);
+        run.expect_code(0);
+        assert_eq!(
+            run.stages_with("ran"),
+            ["data"],
+            "{fixture}: {}",
+            run.stderr
+        );
+        let after = read_items(&project.path().join("items.parquet")).unwrap();
+        assert_ne!(before, after, "{fixture}: the table kept the old image");
+    }
 }
 
 #[test]
@@ -189,12 +261,21 @@ fn mmbench_tsv_with_base64_images_and_two_to_four_options() {
         "mmbench",
         "{format: mmbench_tsv, path: mmbench/mmbench_dev_en.tsv}",
     );
-    assert_eq!(items.len(), 2);
+    assert_eq!(items.len(), 3);
     assert_eq!(items[0].options, ["red", "green", "blue", "yellow"]);
     assert_eq!(items[1].options, ["yes", "no"]);
     assert_eq!(items[1].answer, 1);
     assert!(items.iter().all(is_png));
     assert!(items[1].meta.as_deref().unwrap().contains("Look closely."));
+    // pandas' quoting: a quoted hint holding a newline and a tab, inner quotes doubled; `nan`
+    // and an empty cell are absent options.
+    assert_eq!(
+        items[2].question,
+        "What does the sign that says \"STOP\" ask drivers to do?"
+    );
+    assert_eq!(items[2].options, ["stop", "go"]);
+    let meta: serde_json::Value = serde_json::from_str(items[2].meta.as_deref().unwrap()).unwrap();
+    assert_eq!(meta["hint"], "Line one.\nLine\ttwo.");
 }
 
 #[test]
@@ -225,8 +306,15 @@ fn llava_instruct_first_turn_and_textcaps_captions_are_free_form_vqa() {
         "textcaps",
         "{format: textcaps, path: textcaps/TextCaps_0.1_train.json}",
     );
-    assert_eq!(items.len(), 2, "one item per reference caption");
+    assert_eq!(items.len(), 3, "one item per reference caption");
     assert_eq!(items[1].id, "textcaps/011e7e629fb9ae7b/1");
+    // One caption: the natural id `<image_id>/<caption_id>`, the image found from `image_path`.
+    assert_eq!(items[2].id, "textcaps/0054c91397f2fe05/7");
+    assert!(items[2]
+        .meta
+        .as_deref()
+        .unwrap()
+        .contains("train/0054c91397f2fe05.jpg"));
     assert!(items
         .iter()
         .all(|i| i.meta.as_deref().unwrap().contains("\"free_form\":true")));
@@ -293,7 +381,7 @@ fn the_real_data_example_pipeline_runs_on_the_fixtures() {
         ("mini-imagenet", "data/mini-imagenet"),
         ("caltech-101", "data/caltech-101"),
         ("openbookqa", "data/OpenBookQA/Main"),
-        ("mmlu/test", "data/mmlu/data/test"),
+        ("mmlu/data/test", "data/mmlu/data/test"),
         ("scienceqa", "data/ScienceQA"),
         ("mmbench", "data/MMBench"),
         ("seedbench", "data/SEED-Bench"),
@@ -318,8 +406,8 @@ fn the_real_data_example_pipeline_runs_on_the_fixtures() {
         &object[2..]
     ));
     let rows = read_items(&path).unwrap();
-    // 12 image-heavy items x (none, uf, md), 5 text-heavy x (rp, ri, fb, fw), 5 VQA clean.
-    assert_eq!(rows.len(), 12 * 3 + 5 * 4 + 5, "{}", rows.len());
+    // 12 image-heavy items x (none, uf, md), 5 text-heavy x (rp, ri, fb, fw), 6 VQA clean.
+    assert_eq!(rows.len(), 12 * 3 + 5 * 4 + 6, "{}", rows.len());
     assert!(rows
         .iter()
         .filter(|r| r.perturbation == "ri")

@@ -31,18 +31,39 @@ pub enum Format {
     Caltech101,
     /// OpenBookQA JSON lines (`question.stem`, `question.choices`, `answerKey`).
     OpenbookqaJsonl,
-    /// MMLU CSV files `<subject>_<split>.csv`, no header: question, A, B, C, D, answer.
+    /// MMLU CSV files `<subject>_<split>.csv`, no header: question, A, B, C, D, answer; `path`
+    /// is a split folder (`data/test`) or the `data/` folder holding `dev/`, `val/`, `test/`.
     MmluCsv,
     /// ScienceQA `problems.json` + `pid_splits.json` + `images/<split>/<pid>/image.png`.
     Scienceqa,
-    /// MMBench TSV with base64 images.
+    /// MMBench TSV with base64 images, as pandas writes it (quoted fields may hold tabs,
+    /// newlines and doubled quotes); columns are found by their header names.
     MmbenchTsv,
-    /// SEED-Bench JSON with an image folder.
+    /// SEED-Bench JSON; images in `SEED-Bench-image/` beside it (`images`), named by `data_id`
+    /// with or without an extension.
     SeedbenchJson,
-    /// LLaVA-Instruct conversation JSON (first turn).
+    /// LLaVA-Instruct conversation JSON (first turn); image paths relative to the JSON's folder
+    /// (`images`).
     LlavaInstructJson,
-    /// TextCaps JSON (`data` with `image_id`, `caption_str`) and an image folder.
+    /// TextCaps JSON (`data` with `image_id`, `image_path`, `caption_id`, captions); images
+    /// from the TextVQA download, `train_images/` beside the JSON (`images`).
     Textcaps,
+}
+
+impl Format {
+    /// What the converter looks for, for the error when it finds nothing.
+    fn expects(self) -> &'static str {
+        match self {
+            Self::ImagenetFolders | Self::Caltech101 => "one folder of images per class",
+            Self::OpenbookqaJsonl => "JSON lines with `question.stem`, `question.choices` and `answerKey`",
+            Self::MmluCsv => "`<subject>_<split>.csv` files in the folder, or in its `dev/`, `val/` and `test/` folders",
+            Self::Scienceqa => "`problems.json` and `pid_splits.json` with image questions, images in `images/<split>/<pid>/`",
+            Self::MmbenchTsv => "a TSV with `index`, `question`, `A`.., `answer` and base64 `image` columns",
+            Self::SeedbenchJson => "`questions` of `data_type: image`, images in the `images` folder",
+            Self::LlavaInstructJson => "records with an `image` and a human and a gpt turn",
+            Self::Textcaps => "`data` entries with captions, images in the `images` folder",
+        }
+    }
 }
 
 /// What to do with a bad item.
@@ -85,6 +106,30 @@ pub struct ConvertParams {
     /// `fail` (default) or `skip` bad items.
     #[serde(default = "default_on_error")]
     pub on_error: OnError,
+    /// The image folder of the JSON-indexed formats, in the workspace [default: the official
+    /// layout beside the index file: `SEED-Bench-image/` (SEED-Bench), `train_images/`
+    /// (TextCaps), the index's own folder (LLaVA-Instruct)]. Its content enters the key.
+    #[serde(default)]
+    pub images: Option<String>,
+}
+
+impl ConvertParams {
+    /// The image folder of a JSON-indexed format, relative to the workspace.
+    fn image_root(&self) -> Option<String> {
+        if let Some(images) = &self.images {
+            return Some(images.clone());
+        }
+        let beside = |name: &str| {
+            let parent = Path::new(&self.path).parent().unwrap_or(Path::new(""));
+            parent.join(name).to_string_lossy().into_owned()
+        };
+        match self.format {
+            Format::SeedbenchJson => Some(beside("SEED-Bench-image")),
+            Format::Textcaps => Some(beside("train_images")),
+            Format::LlavaInstructJson => Some(beside(".")),
+            _ => None,
+        }
+    }
 }
 
 fn default_options() -> usize {
@@ -104,7 +149,7 @@ pub struct ConvertStage;
 impl Stage for ConvertStage {
     type Params = ConvertParams;
     const KIND: &'static str = "convert";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str =
         "Convert a real dataset from its published format to the unified multiple-choice table";
 
@@ -115,10 +160,25 @@ impl Stage for ConvertStage {
         ]
     }
 
+    /// Every file the conversion reads enters the key: the dataset, the class names and the
+    /// image folder of the JSON-indexed formats (replacing one image reruns the stage).
     fn workspace_deps(params: &ConvertParams) -> Vec<String> {
-        std::iter::once(params.path.clone())
+        // A folder that would be the workspace itself (an index file at its top) is left out:
+        // it holds the cache, whose every write would change the key.
+        let normal = |p: String| {
+            let path: PathBuf = Path::new(&p)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            (!path.as_os_str().is_empty()).then(|| path.to_string_lossy().into_owned())
+        };
+        let mut deps: Vec<String> = std::iter::once(params.path.clone())
             .chain(params.class_names.clone())
-            .collect()
+            .chain(params.image_root())
+            .filter_map(normal)
+            .collect();
+        deps.dedup();
+        deps
     }
 
     fn run(&self, params: &ConvertParams, ctx: &StageContext) -> Result<(), StageError> {
@@ -139,6 +199,18 @@ impl Stage for ConvertStage {
             Format::SeedbenchJson => seedbench(&mut sink)?,
             Format::LlavaInstructJson => llava_instruct(&mut sink)?,
             Format::Textcaps => textcaps(&mut sink)?,
+        }
+        if sink.items.is_empty() {
+            return Err(StageError::failed(format!(
+                "`{}` gave no items ({} skipped); the `{}` format reads {}",
+                params.path,
+                sink.skipped.len(),
+                serde_json::to_value(params.format)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                params.format.expects()
+            )));
         }
         ctx.log(&format!(
             "{} items, {} skipped",
@@ -171,6 +243,14 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    /// The image folder of a JSON-indexed format.
+    fn image_root(&self) -> PathBuf {
+        match self.params.image_root() {
+            Some(root) => self.workspace.join(root),
+            None => self.root.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        }
+    }
+
     fn dataset(&self) -> String {
         self.params.dataset.clone().unwrap_or_else(|| {
             match self.params.format {
@@ -545,7 +625,20 @@ fn openbookqa(sink: &mut Sink) -> Result<(), StageError> {
 /// MMLU: `<subject>_<split>.csv` files without a header row.
 fn mmlu(sink: &mut Sink) -> Result<(), StageError> {
     let root = sink.root.clone();
-    for file in sorted_dir(&root)?
+    // `path` is one split folder (`data/test`), or `data/` with its split folders.
+    let mut files = Vec::new();
+    for entry in sorted_dir(&root)? {
+        let is_split = entry.is_dir()
+            && entry
+                .file_name()
+                .is_some_and(|n| ["dev", "val", "test", "train"].contains(&&*n.to_string_lossy()));
+        if is_split {
+            files.extend(sorted_dir(&entry)?);
+        } else {
+            files.push(entry);
+        }
+    }
+    for file in files
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "csv"))
     {
@@ -567,7 +660,15 @@ fn mmlu(sink: &mut Sink) -> Result<(), StageError> {
                 continue;
             }
         };
-        let split = if split == "test" { "test" } else { "train" }.to_string();
+        // The source split stays in the id and the meta: dev, val and test rows never share
+        // an id.
+        let source_split = split;
+        let split = if source_split == "test" {
+            "test"
+        } else {
+            "train"
+        }
+        .to_string();
         let bytes = read_file(&file)?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -609,8 +710,8 @@ fn mmlu(sink: &mut Sink) -> Result<(), StageError> {
                 continue;
             };
             let options = (1..5).map(|i| record[i].to_string()).collect();
-            let meta = serde_json::json!({"subject": subject});
-            let id = format!("{subject}/{split}/{row}");
+            let meta = serde_json::json!({"subject": subject, "source_split": source_split});
+            let id = format!("{subject}/{source_split}/{row}");
             sink.push(
                 &id,
                 Task::TextHeavy,
@@ -708,9 +809,10 @@ fn mmbench(sink: &mut Sink) -> Result<(), StageError> {
     use base64::Engine as _;
     let path = sink.root.clone();
     let bytes = read_file(&path)?;
+    // pandas' `to_csv(sep="\t")` quotes a field holding a tab, a newline or a `"` (doubling
+    // the inner quotes), as the csv crate reads by default.
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(b'\t')
-        .quoting(false)
         .from_reader(bytes.as_slice());
     let headers = reader
         .headers()
@@ -734,7 +836,15 @@ fn mmbench(sink: &mut Sink) -> Result<(), StageError> {
         .collect();
     let hint_col = column("hint");
     for (row, record) in reader.records().enumerate() {
-        let line = format!("line {}", row + 2);
+        // The line a record starts on (a quoted field may span several).
+        let line = format!(
+            "line {}",
+            record
+                .as_ref()
+                .ok()
+                .and_then(|r| r.position())
+                .map_or(row + 2, |p| p.line() as usize)
+        );
         let record = match record {
             Ok(r) => r,
             Err(e) => {
@@ -743,6 +853,7 @@ fn mmbench(sink: &mut Sink) -> Result<(), StageError> {
             }
         };
         let get = |i: usize| record.get(i).unwrap_or_default().trim();
+        // Empty cells and pandas' `nan` are absent options.
         let options: Vec<String> = option_cols
             .iter()
             .map(|&i| get(i).to_string())
@@ -812,7 +923,7 @@ fn seedbench(sink: &mut Sink) -> Result<(), StageError> {
     }
     let path = sink.root.clone();
     let file: File = parse_json(&path)?;
-    let images = path.parent().unwrap_or(Path::new(".")).join("images");
+    let images = sink.image_root();
     for question in file
         .questions
         .into_iter()
@@ -828,7 +939,12 @@ fn seedbench(sink: &mut Sink) -> Result<(), StageError> {
             )?;
             continue;
         };
-        let image_path = images.join(&question.data_id);
+        // The official `data_id`s name the file without its extension.
+        let image_path = ["", ".jpg", ".jpeg", ".png"]
+            .iter()
+            .map(|ext| images.join(format!("{}{ext}", question.data_id)))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| images.join(&question.data_id));
         let Some(image) = image_for(sink, &path, &record, &image_path)? else {
             continue;
         };
@@ -891,7 +1007,7 @@ fn llava_instruct(sink: &mut Sink) -> Result<(), StageError> {
     }
     let path = sink.root.clone();
     let records: Vec<Record> = parse_json(&path)?;
-    let images = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let images = sink.image_root();
     for record in records {
         let id = value_text(&record.id);
         let Some(image_name) = &record.image else {
@@ -936,6 +1052,11 @@ fn textcaps(sink: &mut Sink) -> Result<(), StageError> {
     #[derive(Deserialize)]
     struct Entry {
         image_id: String,
+        /// `train/<image_id>.jpg`: relative to the TextVQA download.
+        #[serde(default)]
+        image_path: Option<String>,
+        #[serde(default)]
+        caption_id: Option<serde_json::Value>,
         #[serde(default)]
         caption_str: Option<String>,
         #[serde(default)]
@@ -947,7 +1068,7 @@ fn textcaps(sink: &mut Sink) -> Result<(), StageError> {
     }
     let path = sink.root.clone();
     let file: File = parse_json(&path)?;
-    let images = path.parent().unwrap_or(Path::new(".")).join("train_images");
+    let images = sink.image_root();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for entry in file.data {
         let record = format!("image {}", entry.image_id);
@@ -959,15 +1080,40 @@ fn textcaps(sink: &mut Sink) -> Result<(), StageError> {
                 continue;
             }
         };
-        let image_path = images.join(format!("{}.jpg", entry.image_id));
+        // `image_path` as given under the image folder, or its file name there (the TextVQA
+        // archive unpacks `train/` as `train_images/`), or `<image_id>.jpg`.
+        let candidates: Vec<PathBuf> = entry
+            .image_path
+            .iter()
+            .flat_map(|p| {
+                let name = Path::new(p).file_name().map(|n| images.join(n));
+                std::iter::once(images.join(p)).chain(name)
+            })
+            .chain(std::iter::once(
+                images.join(format!("{}.jpg", entry.image_id)),
+            ))
+            .collect();
+        let image_path = candidates
+            .iter()
+            .find(|p| p.is_file())
+            .unwrap_or(&candidates[0])
+            .clone();
         let Some(image) = image_for(sink, &path, &record, &image_path)? else {
             continue;
         };
+        let single = captions.len() == 1;
         for caption in captions {
             let n = seen.entry(entry.image_id.clone()).or_insert(0);
-            let id = format!("{}/{n}", entry.image_id);
+            // The natural id `<image_id>/<caption_id>` for one caption per entry; reference
+            // captions are numbered.
+            let id = match (&entry.caption_id, single) {
+                (Some(caption_id), true) => {
+                    format!("{}/{}", entry.image_id, value_text(caption_id))
+                }
+                _ => format!("{}/{n}", entry.image_id),
+            };
             *n += 1;
-            let meta = serde_json::json!({"image_id": entry.image_id});
+            let meta = serde_json::json!({"image_id": entry.image_id, "caption_id": entry.caption_id, "image_path": entry.image_path});
             free_form(
                 sink,
                 &id,
