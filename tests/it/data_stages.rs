@@ -1,6 +1,6 @@
 //! Data stage kinds through the binary: the embedded benchmark.
 
-use crate::Project;
+use crate::{Project, Run};
 
 const SYNTH: &str = r#"version: 1
 stages:
@@ -101,4 +101,87 @@ print(len(rows), "rows ok")
     );
     // 4 image-/text-heavy sets x 30 + 3 VQA sets x 10 + 10 instruct items.
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("160 rows ok"));
+}
+
+/// Writes the `synth` table again the way another tool would, then `perturb` reads it.
+const REWRITE: &str = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+source, target, style = sys.argv[1], sys.argv[2], sys.argv[3]
+t = pq.read_table(source)
+def wider(field):
+    ty = field.type
+    if style == "pandas":      # pandas: large strings, int64
+        if pa.types.is_string(ty): ty = pa.large_string()
+        if pa.types.is_int32(ty): ty = pa.int64()
+        if pa.types.is_list(ty) and pa.types.is_string(ty.value_type): ty = pa.large_list(pa.large_string())
+        if pa.types.is_binary(ty): ty = pa.large_binary()
+    if style == "broken" and field.name == "question": ty = pa.int64()
+    return pa.field(field.name, ty, field.nullable)
+if style == "broken":
+    t = t.set_column(t.schema.get_field_index("question"), "question", pa.array(range(t.num_rows), pa.int64()))
+else:
+    t = t.cast(pa.schema([wider(f) for f in t.schema]))
+compression = {"polars": "zstd", "pandas": "snappy", "gzip": "gzip", "lz4": "lz4", "brotli": "brotli", "broken": "snappy"}[style]
+pq.write_table(t, target, compression=compression)
+"#;
+
+#[test]
+fn tables_written_by_other_tools_are_read_and_a_wrong_type_is_named() {
+    let Some(python) = std::env::var_os("MIPIPE_TEST_PYTHON") else {
+        assert!(
+            std::env::var_os("MIPIPE_REQUIRE_PYTHON").is_none(),
+            "scripts/test.sh sets MIPIPE_TEST_PYTHON to a Python with pyarrow"
+        );
+        eprintln!("skipped: MIPIPE_TEST_PYTHON (a Python with pyarrow) is not set");
+        return;
+    };
+    for style in ["polars", "pandas", "gzip", "lz4", "brotli", "broken"] {
+        let project = Project::new();
+        project.write("rewrite.py", REWRITE);
+        project.write(
+            "mipipe.yaml",
+            &format!(
+                r#"version: 1
+stages:
+  world:
+    kind: synth
+    params: {{seed: 7, train_per_set: 2, test_per_set: 3}}
+  other_tool:
+    kind: command
+    inputs: {{t: world.items}}
+    params:
+      cmd: '"$REWRITE_PYTHON" rewrite.py ${{inputs.t}} ${{outs.items}} {style}'
+      deps: [rewrite.py]
+      outs: {{items: items.parquet}}
+  conditions:
+    kind: perturb
+    inputs: {{items: other_tool.items}}
+    params: {{seed: 3}}
+"#
+            ),
+        );
+        let run = Run::from(
+            project
+                .command(&["run"])
+                .env("REWRITE_PYTHON", &python)
+                .output()
+                .unwrap(),
+        );
+        if style == "broken" {
+            run.expect_code(1);
+            assert!(
+                run.stderr
+                    .contains("column `question` is Int64, expected Utf8"),
+                "{}",
+                run.stderr
+            );
+        } else {
+            run.expect_code(0);
+            assert!(
+                run.stderr.contains("ran conditions"),
+                "{style}: {}",
+                run.stderr
+            );
+        }
+    }
 }

@@ -212,7 +212,7 @@ pub fn write_items(path: &Path, items: &[Item]) -> Result<(), TableError> {
 
 /// Reads a unified table.
 pub fn read_items(path: &Path) -> Result<Vec<Item>, TableError> {
-    crate::columns::read_rows(path, batch_to_items)
+    crate::columns::read_rows(path, &items_schema(), batch_to_items)
 }
 
 /// One row of the pretraining corpus: an image with text about it, or text alone.
@@ -257,7 +257,7 @@ pub fn write_corpus(path: &Path, rows: &[CorpusRow]) -> Result<(), TableError> {
 
 /// Reads a corpus table.
 pub fn read_corpus(path: &Path) -> Result<Vec<CorpusRow>, TableError> {
-    crate::columns::read_rows(path, |batch| {
+    crate::columns::read_rows(path, &corpus_schema(), |batch| {
         let id = column::<StringArray>(batch, "id")?;
         let image = column::<BinaryArray>(batch, "image")?;
         let text = column::<StringArray>(batch, "text")?;

@@ -128,5 +128,5 @@ fn batch_to_metrics(batch: &RecordBatch) -> Result<Vec<MetricRow>, String> {
 
 /// Reads metrics.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, TableError> {
-    read_rows(path, batch_to_metrics)
+    read_rows(path, &metrics_schema(), batch_to_metrics)
 }

@@ -161,7 +161,7 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
 
 /// Reads predictions.
 pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>, TableError> {
-    read_rows(path, batch_to_predictions)
+    read_rows(path, &predictions_schema(), batch_to_predictions)
 }
 
 fn is_word(c: char) -> bool {
