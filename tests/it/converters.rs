@@ -234,6 +234,54 @@ fn replacing_one_image_reruns_the_conversion_of_every_json_indexed_format() {
 }
 
 #[test]
+fn hugging_face_parquet_exports_of_mmbench_scienceqa_and_seedbench() {
+    // The lmms-lab schemas, written with pyarrow as `datasets` does (`make_fixtures.py`).
+    let (_, items) = convert(
+        "hf",
+        "{format: hf_parquet, preset: mmbench, path: hf/mmbench-dev-00000-of-00001.parquet}",
+    );
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].id, "mmbench-en/241");
+    assert_eq!(items[0].options, ["red", "green", "blue", "yellow"]);
+    assert_eq!(
+        items[1].options,
+        ["yes", "no"],
+        "null option cells are absent"
+    );
+    assert_eq!(items[1].answer, 1);
+    assert!(items.iter().all(is_png));
+    assert!(items[1].meta.as_deref().unwrap().contains("Look closely."));
+    let (_, items) = convert(
+        "hf",
+        "{format: hf_parquet, preset: scienceqa, path: hf/scienceqa-test-00000-of-00001.parquet}",
+    );
+    assert_eq!(items.len(), 1, "the question without an image is left out");
+    assert_eq!(items[0].options.len(), 4);
+    assert_eq!(items[0].answer, 0, "an integer answer is an index");
+    let (_, items) = convert(
+        "hf",
+        "{format: hf_parquet, preset: seedbench, path: hf/seedbench-test-00000-of-00001.parquet}",
+    );
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].id, "seed-bench-img/101669");
+    assert_eq!(items[0].options[items[0].answer], "One");
+    assert!(is_png(&items[0]), "the first image of the list");
+    // A mapping that names a column the file lacks says which columns there are.
+    let project = project_with(
+        "hf",
+        "{format: hf_parquet, path: hf/seedbench-test-00000-of-00001.parquet, columns: {question: question, answer: answer, options: choices}}",
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("no column `choices` (columns: `answer`, `choice_a`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn scienceqa_keeps_image_questions_with_up_to_five_options() {
     let (_, items) = convert("scienceqa", "{format: scienceqa, path: scienceqa}");
     let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();

@@ -17,6 +17,10 @@ use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod hf_parquet;
+
+pub use hf_parquet::{HfColumns, HfPreset};
+
 use crate::draw::Canvas;
 use mipipe_stage_schema::ItemRng;
 use mipipe_stage_schema::{write_items, Item, Task};
@@ -48,6 +52,9 @@ pub enum Format {
     /// TextCaps JSON (`data` with `image_id`, `image_path`, `caption_id`, captions); images
     /// from the TextVQA download, `train_images/` beside the JSON (`images`).
     Textcaps,
+    /// A Hugging Face dataset's Parquet export: a `preset` (`mmbench`, `scienceqa`,
+    /// `seedbench`: the lmms-lab copies) and/or a `columns` mapping.
+    HfParquet,
 }
 
 impl Format {
@@ -62,6 +69,7 @@ impl Format {
             Self::SeedbenchJson => "`questions` of `data_type: image`, images in the `images` folder",
             Self::LlavaInstructJson => "records with an `image` and a human and a gpt turn",
             Self::Textcaps => "`data` entries with captions, images in the `images` folder",
+            Self::HfParquet => "Parquet rows with the `preset`'s or the `columns` mapping's columns",
         }
     }
 }
@@ -111,6 +119,13 @@ pub struct ConvertParams {
     /// (TextCaps), the index's own folder (LLaVA-Instruct)]. Its content enters the key.
     #[serde(default)]
     pub images: Option<String>,
+    /// `hf_parquet`: the export's layout (`mmbench`, `scienceqa`, `seedbench`).
+    #[serde(default)]
+    pub preset: Option<HfPreset>,
+    /// `hf_parquet`: which column holds what (`id`, `question`, `options` or
+    /// `option_columns`, `answer`, `image`, `hint`), over the preset's.
+    #[serde(default)]
+    pub columns: Option<HfColumns>,
 }
 
 impl ConvertParams {
@@ -199,6 +214,7 @@ impl Stage for ConvertStage {
             Format::SeedbenchJson => seedbench(&mut sink)?,
             Format::LlavaInstructJson => llava_instruct(&mut sink)?,
             Format::Textcaps => textcaps(&mut sink)?,
+            Format::HfParquet => hf_parquet::hf_parquet(&mut sink)?,
         }
         if sink.items.is_empty() {
             return Err(StageError::failed(format!(
@@ -263,6 +279,7 @@ impl Sink<'_> {
                 Format::SeedbenchJson => "seed-bench-img",
                 Format::LlavaInstructJson => "llava-instruct",
                 Format::Textcaps => "textcaps",
+                Format::HfParquet => self.params.preset.map_or("hf", HfPreset::dataset),
             }
             .to_string()
         })

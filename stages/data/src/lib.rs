@@ -18,7 +18,9 @@ mod perturb;
 mod synth;
 mod world;
 
-pub use convert::{normalize_image, ConvertParams, ConvertStage, Format, OnError};
+pub use convert::{
+    normalize_image, ConvertParams, ConvertStage, Format, HfColumns, HfPreset, OnError,
+};
 pub use draw::{Background, Canvas, Shape};
 pub use mipipe_stage_schema as schema;
 pub use mipipe_stage_schema::ItemRng;
