@@ -199,13 +199,13 @@ pub(super) fn hf_parquet(sink: &mut Sink) -> Result<(), StageError> {
                 sink.bad(&path, &record, "fewer than two options")?;
                 continue;
             }
-            let answer = match answer_at(&answers, row) {
+            let answer = match answer_at(answers, row) {
                 Some(Answer::Letter(letter)) => letter_index(&letter, options.len()),
                 Some(Answer::Index(i)) => usize::try_from(i).ok().filter(|&i| i < options.len()),
                 None => None,
             };
             let Some(answer) = answer else {
-                let given = answer_at(&answers, row).map_or("none".into(), |a| a.to_string());
+                let given = answer_at(answers, row).map_or("none".into(), |a| a.to_string());
                 sink.bad(
                     &path,
                     &record,
