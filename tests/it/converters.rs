@@ -282,6 +282,36 @@ fn hugging_face_parquet_exports_of_mmbench_scienceqa_and_seedbench() {
 }
 
 #[test]
+fn a_vlmevalkit_tsv_with_five_options_and_its_md5() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let md5 = std::fs::read_to_string(fixtures.join("vlmevalkit/ScienceQA_TEST.md5")).unwrap();
+    let (_, items) = convert(
+        "vlmevalkit",
+        &format!(
+            "{{format: vlmevalkit_tsv, path: vlmevalkit/ScienceQA_TEST.tsv, md5: {}}}",
+            md5.trim()
+        ),
+    );
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].id, "scienceqa_test/0");
+    assert_eq!(items[0].options.len(), 5);
+    assert_eq!(items[0].answer, 4);
+    assert_eq!(items[1].options, ["West Virginia", "Louisiana"]);
+    let project = project_with(
+        "vlmevalkit",
+        "{format: vlmevalkit_tsv, path: vlmevalkit/ScienceQA_TEST.tsv, md5: 0123456789abcdef0123456789abcdef}",
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("not the expected 0123456789abcdef0123456789abcdef"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn scienceqa_keeps_image_questions_with_up_to_five_options() {
     let (_, items) = convert("scienceqa", "{format: scienceqa, path: scienceqa}");
     let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();

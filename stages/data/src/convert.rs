@@ -55,6 +55,9 @@ pub enum Format {
     /// A Hugging Face dataset's Parquet export: a `preset` (`mmbench`, `scienceqa`,
     /// `seedbench`: the lmms-lab copies) and/or a `columns` mapping.
     HfParquet,
+    /// A VLMEvalKit multiple-choice TSV (MMBench, MMStar, AI2D, SEEDBench_IMG, ...): base64
+    /// `image`, option columns `A`.. as present, `answer` letter; `md5` checks the download.
+    VlmevalkitTsv,
 }
 
 impl Format {
@@ -70,6 +73,7 @@ impl Format {
             Self::LlavaInstructJson => "records with an `image` and a human and a gpt turn",
             Self::Textcaps => "`data` entries with captions, images in the `images` folder",
             Self::HfParquet => "Parquet rows with the `preset`'s or the `columns` mapping's columns",
+            Self::VlmevalkitTsv => "a TSV with `index`, `question`, `A`.., `answer` and base64 `image` columns",
         }
     }
 }
@@ -119,6 +123,10 @@ pub struct ConvertParams {
     /// (TextCaps), the index's own folder (LLaVA-Instruct)]. Its content enters the key.
     #[serde(default)]
     pub images: Option<String>,
+    /// The file's expected MD5 (VLMEvalKit lists one per TSV): a mismatch (a truncated or
+    /// altered download) fails the stage.
+    #[serde(default)]
+    pub md5: Option<String>,
     /// `hf_parquet`: the export's layout (`mmbench`, `scienceqa`, `seedbench`).
     #[serde(default)]
     pub preset: Option<HfPreset>,
@@ -205,6 +213,9 @@ impl Stage for ConvertStage {
             items: Vec::new(),
             skipped: Vec::new(),
         };
+        if let Some(expected) = &params.md5 {
+            check_md5(&root, expected)?;
+        }
         match params.format {
             Format::ImagenetFolders | Format::Caltech101 => image_folders(&mut sink, ctx)?,
             Format::OpenbookqaJsonl => openbookqa(&mut sink)?,
@@ -215,6 +226,7 @@ impl Stage for ConvertStage {
             Format::LlavaInstructJson => llava_instruct(&mut sink)?,
             Format::Textcaps => textcaps(&mut sink)?,
             Format::HfParquet => hf_parquet::hf_parquet(&mut sink)?,
+            Format::VlmevalkitTsv => mmbench(&mut sink)?,
         }
         if sink.items.is_empty() {
             return Err(StageError::failed(format!(
@@ -280,6 +292,11 @@ impl Sink<'_> {
                 Format::LlavaInstructJson => "llava-instruct",
                 Format::Textcaps => "textcaps",
                 Format::HfParquet => self.params.preset.map_or("hf", HfPreset::dataset),
+                Format::VlmevalkitTsv => {
+                    return Path::new(&self.params.path)
+                        .file_stem()
+                        .map_or("vlmevalkit".into(), |s| s.to_string_lossy().to_lowercase());
+                }
             }
             .to_string()
         })
@@ -368,6 +385,21 @@ fn image_for(
             sink.bad(file, record, format!("image `{shown}`: {e}"))?;
             Ok(None)
         }
+    }
+}
+
+/// Fails unless the file's MD5 is `expected` (hex, any case).
+fn check_md5(path: &Path, expected: &str) -> Result<(), StageError> {
+    use md5::{Digest, Md5};
+    let bytes = read_file(path)?;
+    let found = format!("{:x}", Md5::digest(&bytes));
+    if found.eq_ignore_ascii_case(expected.trim()) {
+        Ok(())
+    } else {
+        Err(StageError::failed(format!(
+            "`{}` has MD5 {found}, not the expected {expected}: the download is incomplete or altered; fetch it again",
+            path.display()
+        )))
     }
 }
 
@@ -847,7 +879,8 @@ fn mmbench(sink: &mut Sink) -> Result<(), StageError> {
             path.display()
         )));
     };
-    let option_cols: Vec<usize> = ["A", "B", "C", "D"]
+    // MMBench has A-D; other VLMEvalKit sets have more.
+    let option_cols: Vec<usize> = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J"]
         .iter()
         .filter_map(|l| column(l))
         .collect();
