@@ -4,67 +4,9 @@ use std::process::Stdio;
 
 use crate::Project;
 
-#[test]
-fn concurrent_runs_on_one_cache_compute_each_stage_once() {
-    let project = Project::new();
-    let mut yaml = String::from("version: 1\nstages:\n");
-    for i in 0..8 {
-        yaml.push_str(&format!(
-            "  s{i}:\n    kind: command\n    params:\n      cmd: echo s{i} >> runs.log && sleep 0.3 && echo {i} > ${{outs.o}}\n      outs: {{o: o.txt}}\n"
-        ));
-    }
-    yaml.push_str("  total:\n    kind: command\n    inputs: {all: [");
-    yaml.push_str(
-        &(0..8)
-            .map(|i| format!("s{i}.o"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    yaml.push_str("]}\n    params:\n      cmd: echo total >> runs.log && cat ${inputs.all} > ${outs.o}\n      outs: {o: o.txt}\n");
-    project.write("mipipe.yaml", &yaml);
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            project
-                .command(&["run", "-j", "4"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    for i in 0..8 {
-        assert_eq!(
-            project.count_lines("runs.log", &format!("s{i}")),
-            1,
-            "{}",
-            project.read("runs.log")
-        );
-    }
-    assert_eq!(project.count_lines("runs.log", "total"), 1);
-    project.assert_cache_clean();
-}
-
-#[test]
-fn runs_with_different_jobs_on_one_cache_compute_each_stage_once() {
-    // The `-j 1` run looks every stage up at once and then waits for its one slot, while the
-    // `-j 4` run computes most of them: each must be found in the cache once its turn comes.
-    let project = Project::new();
-    let mut yaml = String::from("version: 1\nstages:\n");
-    for i in 0..12 {
-        yaml.push_str(&format!(
-            "  s{i}:\n    kind: command\n    params:\n      cmd: echo s{i}. >> runs.log && sleep 0.2 && echo {i} > ${{outs.o}}\n      outs: {{o: o.txt}}\n"
-        ));
-    }
-    project.write("mipipe.yaml", &yaml);
-    let children: Vec<_> = ["1", "4"]
+/// Starts one `mipipe run -j N` per entry at once and checks that each succeeds.
+fn run_at_once(project: &Project, jobs: &[&str]) {
+    let children: Vec<_> = jobs
         .iter()
         .map(|jobs| {
             project
@@ -83,14 +25,58 @@ fn runs_with_different_jobs_on_one_cache_compute_each_stage_once() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for i in 0..12 {
+}
+
+/// Each marker line appears once in `runs.log`: its stage ran once across all the runs.
+fn assert_each_ran_once(project: &Project, markers: impl Iterator<Item = String>) {
+    for marker in markers {
         assert_eq!(
-            project.count_lines("runs.log", &format!("s{i}.")),
+            project.count_lines("runs.log", &marker),
             1,
             "{}",
             project.read("runs.log")
         );
     }
+}
+
+#[test]
+fn concurrent_runs_on_one_cache_compute_each_stage_once() {
+    let project = Project::new();
+    let mut yaml = String::from("version: 1\nstages:\n");
+    for i in 0..8 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    kind: command\n    params:\n      cmd: echo s{i} >> runs.log && sleep 0.3 && echo {i} > ${{outs.o}}\n      outs: {{o: o.txt}}\n"
+        ));
+    }
+    yaml.push_str("  total:\n    kind: command\n    inputs: {all: [");
+    yaml.push_str(
+        &(0..8)
+            .map(|i| format!("s{i}.o"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    yaml.push_str("]}\n    params:\n      cmd: echo total >> runs.log && cat ${inputs.all} > ${outs.o}\n      outs: {o: o.txt}\n");
+    project.write("mipipe.yaml", &yaml);
+    run_at_once(&project, &["4", "4"]);
+    assert_each_ran_once(&project, (0..8).map(|i| format!("s{i}")));
+    assert_eq!(project.count_lines("runs.log", "total"), 1);
+    project.assert_cache_clean();
+}
+
+#[test]
+fn runs_with_different_jobs_on_one_cache_compute_each_stage_once() {
+    // The `-j 1` run looks every stage up at once and then waits for its one slot, while the
+    // `-j 4` run computes most of them: each must be found in the cache once its turn comes.
+    let project = Project::new();
+    let mut yaml = String::from("version: 1\nstages:\n");
+    for i in 0..12 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    kind: command\n    params:\n      cmd: echo s{i}. >> runs.log && sleep 0.2 && echo {i} > ${{outs.o}}\n      outs: {{o: o.txt}}\n"
+        ));
+    }
+    project.write("mipipe.yaml", &yaml);
+    run_at_once(&project, &["1", "4"]);
+    assert_each_ran_once(&project, (0..12).map(|i| format!("s{i}.")));
     project.assert_cache_clean();
 }
 

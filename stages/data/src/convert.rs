@@ -388,6 +388,17 @@ fn image_for(
     }
 }
 
+/// `line N`: the line a CSV record starts on (a quoted field may span several), or `fallback`
+/// for a record that did not parse.
+fn record_line(record: &Result<csv::StringRecord, csv::Error>, fallback: usize) -> String {
+    let line = record
+        .as_ref()
+        .ok()
+        .and_then(|r| r.position())
+        .map_or(fallback, |p| p.line() as usize);
+    format!("line {line}")
+}
+
 /// Fails unless the file's MD5 is `expected` (hex, any case).
 fn check_md5(path: &Path, expected: &str) -> Result<(), StageError> {
     use md5::{Digest, Md5};
@@ -724,14 +735,7 @@ fn mmlu(sink: &mut Sink) -> Result<(), StageError> {
             .flexible(true)
             .from_reader(bytes.as_slice());
         for (row, record) in reader.records().enumerate() {
-            let line = format!(
-                "line {}",
-                record
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.position())
-                    .map_or(row + 1, |p| p.line() as usize)
-            );
+            let line = record_line(&record, row + 1);
             let record = match record {
                 Ok(r) => r,
                 Err(e) => {
@@ -886,15 +890,7 @@ fn mmbench(sink: &mut Sink) -> Result<(), StageError> {
         .collect();
     let hint_col = column("hint");
     for (row, record) in reader.records().enumerate() {
-        // The line a record starts on (a quoted field may span several).
-        let line = format!(
-            "line {}",
-            record
-                .as_ref()
-                .ok()
-                .and_then(|r| r.position())
-                .map_or(row + 2, |p| p.line() as usize)
-        );
+        let line = record_line(&record, row + 2);
         let record = match record {
             Ok(r) => r,
             Err(e) => {
