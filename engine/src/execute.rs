@@ -109,6 +109,8 @@ struct Scheduler<'a> {
     cpu_free: usize,
     gpu_free: Vec<usize>,
     stop_cause: Option<String>,
+    /// Ctrl-C was seen (and the remote jobs cancelled).
+    cancelled: bool,
 }
 
 /// Runs the selected stages of a pipeline and updates its lockfile.
@@ -152,6 +154,7 @@ pub fn execute(
         cpu_free: options.jobs.max(1),
         gpu_free: (0..options.gpus).collect(),
         stop_cause: None,
+        cancelled: false,
     };
     reporter.on_run_start(scheduler.pending.len());
     std::thread::scope(|scope| {
@@ -217,12 +220,15 @@ impl<'a> Scheduler<'a> {
         self.end(index, outcome, elapsed);
     }
 
-    /// After Ctrl-C: start nothing more, and cancel the remote jobs (local stages see the flag).
+    /// After Ctrl-C: start nothing more, and cancel the remote jobs (local stages see the flag),
+    /// also when an earlier failure had already stopped new starts.
     fn notice_cancel(&mut self) {
-        if !self.options.cancel.load(Ordering::Relaxed) || self.stop_cause.is_some() {
+        if !self.options.cancel.load(Ordering::Relaxed) || self.cancelled {
             return;
         }
-        self.stop_cause = Some("the run was cancelled".into());
+        self.cancelled = true;
+        self.stop_cause
+            .get_or_insert_with(|| "the run was cancelled".into());
         let submitted = std::mem::take(&mut self.submitted);
         if let Some(remote) = &self.options.remote {
             let jobs: Vec<RemoteJob> = submitted.values().map(|s| s.job.clone()).collect();
@@ -252,6 +258,8 @@ impl<'a> Scheduler<'a> {
         if after.is_empty() {
             Readiness::Ready
         } else {
+            // One producer may feed several inputs: each job once.
+            after.sort_by(|a, b| a.id.cmp(&b.id));
             after.dedup();
             Readiness::AfterJobs(after)
         }

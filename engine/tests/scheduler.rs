@@ -332,6 +332,8 @@ struct ThreadCluster {
     next: AtomicU64,
     /// Every stage submitted, with the ids it was told to wait for.
     submitted: Mutex<Vec<(String, Vec<String>)>>,
+    /// Every job id the run cancelled.
+    cancelled: Mutex<Vec<String>>,
 }
 
 impl ThreadCluster {
@@ -343,6 +345,7 @@ impl ThreadCluster {
             jobs: Arc::default(),
             next: AtomicU64::new(1),
             submitted: Mutex::default(),
+            cancelled: Mutex::default(),
         }
     }
 }
@@ -435,7 +438,11 @@ impl RemoteExecutor for ThreadCluster {
             .collect())
     }
 
-    fn cancel(&self, _jobs: &[RemoteJob]) -> Result<(), StageError> {
+    fn cancel(&self, jobs: &[RemoteJob]) -> Result<(), StageError> {
+        self.cancelled
+            .lock()
+            .unwrap()
+            .extend(jobs.iter().map(|j| j.id.clone()));
         Ok(())
     }
 }
@@ -533,4 +540,55 @@ stages:
 fn output_of(project: &Project, stage: &str) -> mipipe_cache::StoredOutput {
     let (lock, _) = Lockfile::read(&Lockfile::path_for(Path::new(&project.pipeline_path())));
     lock.stages[stage].outputs["out"].clone()
+}
+
+#[test]
+fn ctrl_c_after_a_failure_still_cancels_the_remote_jobs() {
+    // `bad` fails at once (new starts stop); then Ctrl-C while the remote `slow` runs.
+    let project = Project::new(
+        r#"version: 1
+stages:
+  bad:
+    kind: echo
+    executor: local
+    params: {text: "b", fail: true}
+  slow:
+    kind: echo
+    executor: slurm
+    params: {text: "s", signal: slow-started, wait_for: never}
+"#,
+    );
+    let cluster = Arc::new(ThreadCluster::new(&project));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let started = project.dir.path().join("slow-started");
+    let runs = project.runs.clone();
+    std::thread::spawn(move || {
+        let begun = Instant::now();
+        while !(started.exists() && runs.lock().unwrap().contains_key("bad")) {
+            if begun.elapsed() > Duration::from_secs(20) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        flag.store(true, Ordering::SeqCst);
+    });
+    let begun = Instant::now();
+    let summary = project.run_with(|o| {
+        o.default_executor = Executor::Slurm;
+        o.remote = Some(cluster.clone() as Arc<dyn RemoteExecutor>);
+        o.cancel = cancel.clone();
+    });
+    assert!(matches!(outcome(&summary, "bad"), Outcome::Failed { .. }));
+    assert!(
+        matches!(outcome(&summary, "slow"), Outcome::Cancelled),
+        "{:?}",
+        summary.outcomes
+    );
+    assert_eq!(cluster.cancelled.lock().unwrap().len(), 1);
+    assert!(
+        begun.elapsed() < Duration::from_secs(10),
+        "the run waited for the job"
+    );
 }
