@@ -74,7 +74,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 6;
+    const VERSION: u32 = 7;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -132,6 +132,8 @@ pub struct Column {
 pub struct Cell {
     /// Values over seeds.
     pub values: Vec<f64>,
+    /// Items each value counted.
+    pub n: Vec<u64>,
     /// Stages they came from.
     pub stages: BTreeSet<String>,
 }
@@ -143,6 +145,21 @@ impl Cell {
             .then(|| self.values.iter().sum::<f64>() / self.values.len() as f64)
     }
 
+    /// A 95% interval of the mean: over seeds (Student's t) when there are several; for one
+    /// value that is a proportion of `n` items (an accuracy), Wilson's score interval.
+    pub fn interval(&self) -> Option<(f64, f64)> {
+        let mean = self.mean()?;
+        match (self.values.as_slice(), self.n.as_slice()) {
+            ([value], [n]) if *n > 0 && (0.0..=1.0).contains(value) => Some(wilson(*value, *n)),
+            ([_], _) => None,
+            (values, _) => {
+                let k = values.len();
+                let half = student_t_975(k - 1) * self.std()? / (k as f64).sqrt();
+                Some((mean - half, mean + half))
+            }
+        }
+    }
+
     /// Sample standard deviation over seeds (None for fewer than two).
     pub fn std(&self) -> Option<f64> {
         let n = self.values.len();
@@ -150,6 +167,30 @@ impl Cell {
         (n >= 2).then(|| {
             (self.values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
         })
+    }
+}
+
+/// Wilson's 95% score interval of a proportion `p` of `n` items.
+fn wilson(p: f64, n: u64) -> (f64, f64) {
+    let z = 1.959_963_984_540_054;
+    let n = n as f64;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom.
+fn student_t_975(df: usize) -> f64 {
+    const TABLE: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=10 => TABLE[df - 1],
+        11..=20 => 2.086 + (2.228 - 2.086) * (20 - df) as f64 / 10.0,
+        21..=30 => 2.042 + (2.086 - 2.042) * (30 - df) as f64 / 10.0,
+        _ => 1.96,
     }
 }
 
@@ -267,6 +308,7 @@ pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> 
                     .entry((group.clone(), r.method.clone()))
                     .or_insert_with(|| vec![Cell::default(); columns.len()]);
                 entry[i].values.push(r.value);
+                entry[i].n.push(r.n);
                 entry[i].stages.insert(r.stage.clone());
             }
         }
@@ -309,7 +351,6 @@ pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> 
 enum Markup {
     Latex,
     Markdown,
-    Plain,
 }
 
 impl Table {
@@ -491,23 +532,65 @@ impl Table {
         out
     }
 
-    /// CSV: one row per (model, method), values as percentages.
+    /// CSV of numbers, to re-plot a table: one row per cell (model, method, dataset,
+    /// condition, metric), values in percent: the mean over seeds, its 95% interval, the
+    /// standard deviation over seeds, the number of seeds, the items counted (over all seeds)
+    /// and, in columns the table shows it in, the relative change against the baseline
+    /// method. Empty fields mean "does not apply". Written with the csv crate (RFC 4180).
     pub fn csv(&self) -> String {
-        let mut out = String::from("model,method");
-        for c in &self.columns {
-            let _ = write!(out, ",{}:{}:{}", c.dataset, c.condition, c.metric);
-        }
-        out.push('\n');
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        let header = [
+            "model",
+            "method",
+            "dataset",
+            "condition",
+            "metric",
+            "value",
+            "ci_low",
+            "ci_high",
+            "std",
+            "seeds",
+            "n",
+            "change_vs_baseline",
+        ];
+        writer.write_record(header).expect("writes to memory");
+        let percent = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.4}", v * 100.0));
         for group in &self.groups {
-            for (r, (method, _)) in group.rows.iter().enumerate() {
-                let _ = write!(out, "{},{method}", group.name);
-                for c in 0..self.columns.len() {
-                    let _ = write!(out, ",{}", self.cell_text(group, r, c, &Markup::Plain));
+            for (method, cells) in &group.rows {
+                for (c, cell) in cells.iter().enumerate() {
+                    let column = &self.columns[c];
+                    let interval = cell.interval();
+                    let change = (column.relative && *method != self.baseline)
+                        .then(|| {
+                            let base = group
+                                .rows
+                                .iter()
+                                .find(|(m, _)| *m == self.baseline)
+                                .and_then(|(_, cells)| cells[c].mean())
+                                .filter(|b| *b > 0.0)?;
+                            Some(cell.mean()? / base - 1.0)
+                        })
+                        .flatten();
+                    writer
+                        .write_record([
+                            group.name.clone(),
+                            method.clone(),
+                            column.dataset.clone(),
+                            column.condition.clone(),
+                            column.metric.clone(),
+                            percent(cell.mean()),
+                            percent(interval.map(|i| i.0)),
+                            percent(interval.map(|i| i.1)),
+                            percent(cell.std()),
+                            cell.values.len().to_string(),
+                            cell.n.iter().sum::<u64>().to_string(),
+                            percent(change),
+                        ])
+                        .expect("writes to memory");
                 }
-                out.push('\n');
             }
         }
-        out
+        String::from_utf8(writer.into_inner().expect("writes to memory")).expect("CSV of UTF-8")
     }
 
     /// Which stages produced every cell.
@@ -624,6 +707,61 @@ mod tests {
         let tex = table.latex(&params(Layout::Vqa));
         assert!(tex.contains("($\\uparrow$22.0\\%)"), "{tex}");
         assert!(tex.contains("\\toprule") && tex.contains("\\bottomrule"));
+    }
+
+    #[test]
+    fn the_csv_holds_numbers_with_intervals_for_replotting() {
+        let table = build(&rows(), &params(Layout::Vqa)).unwrap();
+        let csv = table.csv();
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(
+            header,
+            [
+                "model",
+                "method",
+                "dataset",
+                "condition",
+                "metric",
+                "value",
+                "ci_low",
+                "ci_high",
+                "std",
+                "seeds",
+                "n",
+                "change_vs_baseline"
+            ]
+        );
+        let rows: Vec<Vec<String>> = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(String::from).collect())
+            .collect();
+        let find = |method: &str| {
+            rows.iter()
+                .find(|r| r[1] == method && r[2] == "vqa_overall")
+                .unwrap()
+                .clone()
+        };
+        // One seed of 100 items at 50%: Wilson's interval, no std, no change for the baseline.
+        let vanilla = find("vanilla");
+        assert_eq!(vanilla[5], "50.0000");
+        assert_eq!((&vanilla[6][..5], &vanilla[7][..5]), ("40.38", "59.61"));
+        assert_eq!(
+            (
+                vanilla[8].as_str(),
+                vanilla[9].as_str(),
+                vanilla[10].as_str()
+            ),
+            ("", "1", "100")
+        );
+        assert_eq!(vanilla[11], "");
+        // Two seeds: mean 61, sd 1.414, t(1) = 12.706: 61 ± 12.706 * 1.414 / sqrt 2 = 61 ± 12.706.
+        let ours = find("ours");
+        assert_eq!(ours[5], "61.0000");
+        assert_eq!((&ours[6][..5], &ours[7][..5]), ("48.29", "73.70"));
+        assert_eq!(&ours[8][..5], "1.414");
+        assert_eq!((ours[9].as_str(), ours[10].as_str()), ("2", "200"));
+        assert_eq!(ours[11], "22.0000");
     }
 
     #[test]
