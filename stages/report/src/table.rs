@@ -383,6 +383,21 @@ impl Table {
             && group.rows[row].1[c].mean().map(shown) == Some(best)
     }
 
+    /// The relative change of a cell against the baseline method's (`0.22` for +22%), in the
+    /// columns that show one; `None` for the baseline itself or without a baseline value.
+    fn change_vs_baseline(&self, group: &Group, row: usize, c: usize) -> Option<f64> {
+        if !self.columns[c].relative || group.rows[row].0 == self.baseline {
+            return None;
+        }
+        let base = group
+            .rows
+            .iter()
+            .find(|(m, _)| *m == self.baseline)
+            .and_then(|(_, cells)| cells[c].mean())
+            .filter(|b| *b > 0.0)?;
+        Some(group.rows[row].1[c].mean()? / base - 1.0)
+    }
+
     fn cell_text(&self, group: &Group, row: usize, c: usize, markup: &Markup) -> String {
         let cell = &group.rows[row].1[c];
         let Some(mean) = cell.mean() else {
@@ -396,28 +411,21 @@ impl Table {
                 _ => format!("{text}±{:.d$}", std * 100.0),
             };
         }
-        if self.columns[c].relative && group.rows[row].0 != self.baseline {
-            let base = group
-                .rows
-                .iter()
-                .find(|(m, _)| *m == self.baseline)
-                .and_then(|(_, cells)| cells[c].mean());
-            if let Some(base) = base.filter(|b| *b > 0.0) {
-                let change = (mean / base - 1.0) * 100.0;
-                let magnitude = format!("{:.d$}", change.abs());
-                // A change that prints as zero has no direction.
-                let zero = magnitude.chars().all(|c| c == '0' || c == '.');
-                text = match (markup, zero, change >= 0.0) {
-                    (Markup::Latex, true, _) => format!("{text} ({magnitude}\\%)"),
-                    (_, true, _) => format!("{text} ({magnitude}%)"),
-                    (Markup::Latex, false, true) => format!("{text} ($\\uparrow${magnitude}\\%)"),
-                    (Markup::Latex, false, false) => {
-                        format!("{text} ($\\downarrow${magnitude}\\%)")
-                    }
-                    (_, false, true) => format!("{text} (↑{magnitude}%)"),
-                    (_, false, false) => format!("{text} (↓{magnitude}%)"),
-                };
-            }
+        if let Some(change) = self.change_vs_baseline(group, row, c) {
+            let change = change * 100.0;
+            let magnitude = format!("{:.d$}", change.abs());
+            // A change that prints as zero has no direction.
+            let zero = magnitude.chars().all(|c| c == '0' || c == '.');
+            text = match (markup, zero, change >= 0.0) {
+                (Markup::Latex, true, _) => format!("{text} ({magnitude}\\%)"),
+                (_, true, _) => format!("{text} ({magnitude}%)"),
+                (Markup::Latex, false, true) => format!("{text} ($\\uparrow${magnitude}\\%)"),
+                (Markup::Latex, false, false) => {
+                    format!("{text} ($\\downarrow${magnitude}\\%)")
+                }
+                (_, false, true) => format!("{text} (↑{magnitude}%)"),
+                (_, false, false) => format!("{text} (↓{magnitude}%)"),
+            };
         }
         let bold = self.is_best(group, row, c);
         match (markup, bold) {
@@ -556,21 +564,11 @@ impl Table {
         writer.write_record(header).expect("writes to memory");
         let percent = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.4}", v * 100.0));
         for group in &self.groups {
-            for (method, cells) in &group.rows {
+            for (r, (method, cells)) in group.rows.iter().enumerate() {
                 for (c, cell) in cells.iter().enumerate() {
                     let column = &self.columns[c];
                     let interval = cell.interval();
-                    let change = (column.relative && *method != self.baseline)
-                        .then(|| {
-                            let base = group
-                                .rows
-                                .iter()
-                                .find(|(m, _)| *m == self.baseline)
-                                .and_then(|(_, cells)| cells[c].mean())
-                                .filter(|b| *b > 0.0)?;
-                            Some(cell.mean()? / base - 1.0)
-                        })
-                        .flatten();
+                    let change = self.change_vs_baseline(group, r, c);
                     writer
                         .write_record([
                             group.name.clone(),
