@@ -60,7 +60,7 @@ fn conform(batch: &RecordBatch, expected: &Schema) -> Result<RecordBatch, String
     for (field, column) in schema.fields().iter().zip(batch.columns()) {
         match expected.field_with_name(field.name()) {
             Ok(want) if want.data_type() != field.data_type() => {
-                let converted = convert(column, want.data_type()).ok_or_else(|| {
+                let converted = lossless_cast(column, want.data_type()).ok_or_else(|| {
                     format!(
                         "column `{}` is {}, expected {} (or a type that converts to it without loss)",
                         field.name(),
@@ -80,8 +80,12 @@ fn conform(batch: &RecordBatch, expected: &Schema) -> Result<RecordBatch, String
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
-/// A column converted to `to` without loss, or `None`.
-fn convert(column: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+/// A column converted to `to` without loss (see the module doc), or `None` when it does not
+/// convert; a column already of type `to` is returned as it is.
+pub fn lossless_cast(column: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
+    if column.data_type() == to {
+        return Some(column.clone());
+    }
     let from = column.data_type();
     let converted: ArrayRef = match (from, to) {
         (DataType::LargeUtf8, DataType::Utf8) => {
@@ -125,7 +129,7 @@ fn convert(column: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
                 match values {
                     None => builder.append_null(),
                     Some(values) => {
-                        let strings = convert_or_same(&values, &DataType::Utf8)?;
+                        let strings = lossless_cast(&values, &DataType::Utf8)?;
                         for value in strings.as_string::<i32>().iter() {
                             builder.values().append_option(value);
                         }
@@ -138,14 +142,6 @@ fn convert(column: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
         _ => return None,
     };
     Some(converted)
-}
-
-fn convert_or_same(column: &ArrayRef, to: &DataType) -> Option<ArrayRef> {
-    if column.data_type() == to {
-        Some(column.clone())
-    } else {
-        convert(column, to)
-    }
 }
 
 /// An integer column of any width as `i64`s (`None` for another type, or a `u64` past

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod predictions;
 pub mod rng;
 
+pub use columns::lossless_cast;
 pub use image::RgbImage;
 pub use items::{read_corpus, read_items, write_corpus, write_items, CorpusRow, Item, Task};
 pub use metrics::{read_metrics, write_metrics, MetricRow};

@@ -3,11 +3,14 @@
 //! ScienceQA and SEED-Bench. Images are a `{bytes, path}` struct (the `datasets` Image
 //! feature), a list of them (the first is taken), or plain binary.
 
+use std::sync::Arc;
+
 use mipipe_cache::arrow_array::cast::AsArray;
+use mipipe_cache::arrow_array::types::Int64Type;
 use mipipe_cache::arrow_array::{Array, ArrayRef, RecordBatch};
-use mipipe_cache::arrow_schema::DataType;
+use mipipe_cache::arrow_schema::{DataType, Field};
 use mipipe_engine::StageError;
-use mipipe_stage_schema::Task;
+use mipipe_stage_schema::{lossless_cast, Task};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -140,7 +143,7 @@ pub(super) fn hf_parquet(sink: &mut Sink) -> Result<(), StageError> {
     let mut row_number = 0usize;
     for batch in &batches {
         let questions = texts(batch, question_col).map_err(fail)?;
-        let answers = column(batch, answer_col).map_err(fail)?;
+        let answers = answers(batch, answer_col).map_err(fail)?;
         let ids = match &columns.id {
             Some(name) => Some(texts(batch, name).map_err(fail)?),
             None => None,
@@ -199,13 +202,15 @@ pub(super) fn hf_parquet(sink: &mut Sink) -> Result<(), StageError> {
                 sink.bad(&path, &record, "fewer than two options")?;
                 continue;
             }
-            let answer = match answer_at(answers, row) {
-                Some(Answer::Letter(letter)) => letter_index(&letter, options.len()),
-                Some(Answer::Index(i)) => usize::try_from(i).ok().filter(|&i| i < options.len()),
+            let answer = match &answers[row] {
+                Some(Answer::Letter(letter)) => letter_index(letter, options.len()),
+                Some(Answer::Index(i)) => usize::try_from(*i).ok().filter(|&i| i < options.len()),
                 None => None,
             };
             let Some(answer) = answer else {
-                let given = answer_at(answers, row).map_or("none".into(), |a| a.to_string());
+                let given = answers[row]
+                    .as_ref()
+                    .map_or("none".into(), |a| a.to_string());
                 sink.bad(
                     &path,
                     &record,
@@ -255,37 +260,38 @@ fn column<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b ArrayRef, String
 
 /// A text column (integers as their digits: ids are often numbers).
 fn texts(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, String> {
-    text_values(column(batch, name)?).ok_or_else(|| {
-        format!(
-            "column `{name}` is {}, expected text",
-            column(batch, name).map_or(String::new(), |c| c.data_type().to_string())
-        )
-    })
+    let array = column(batch, name)?;
+    text_values(array)
+        .ok_or_else(|| format!("column `{name}` is {}, expected text", array.data_type()))
 }
 
+/// Text of any string type, or the digits of any integer type.
 fn text_values(array: &ArrayRef) -> Option<Vec<Option<String>>> {
-    let strings = |iter: &mut dyn Iterator<Item = Option<&str>>| {
-        iter.map(|v| v.map(str::to_string)).collect::<Vec<_>>()
-    };
-    Some(match array.data_type() {
-        DataType::Utf8 => strings(&mut array.as_string::<i32>().iter()),
-        DataType::LargeUtf8 => strings(&mut array.as_string::<i64>().iter()),
-        DataType::Utf8View => strings(&mut array.as_string_view().iter()),
-        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => (0..array.len())
-            .map(|i| (!array.is_null(i)).then(|| integer(array, i).to_string()))
+    if let Some(numbers) = integers(array) {
+        return Some(
+            numbers
+                .into_iter()
+                .map(|v| v.map(|v| v.to_string()))
+                .collect(),
+        );
+    }
+    let strings = lossless_cast(array, &DataType::Utf8)?;
+    Some(
+        strings
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_string))
             .collect(),
-        _ => return None,
-    })
+    )
 }
 
-fn integer(array: &ArrayRef, i: usize) -> i64 {
-    use mipipe_cache::arrow_array::types::{Int16Type, Int32Type, Int64Type, Int8Type};
-    match array.data_type() {
-        DataType::Int8 => i64::from(array.as_primitive::<Int8Type>().value(i)),
-        DataType::Int16 => i64::from(array.as_primitive::<Int16Type>().value(i)),
-        DataType::Int32 => i64::from(array.as_primitive::<Int32Type>().value(i)),
-        _ => array.as_primitive::<Int64Type>().value(i),
+/// The values of an integer column of any width.
+fn integers(array: &ArrayRef) -> Option<Vec<Option<i64>>> {
+    if !array.data_type().is_integer() {
+        return None;
     }
+    let numbers = lossless_cast(array, &DataType::Int64)?;
+    Some(numbers.as_primitive::<Int64Type>().iter().collect())
 }
 
 /// An answer cell: a letter or an index.
@@ -303,49 +309,41 @@ impl std::fmt::Display for Answer {
     }
 }
 
-fn answer_at(array: &ArrayRef, row: usize) -> Option<Answer> {
-    if array.is_null(row) {
-        return None;
+/// An answer column: integers are indices, text is letters.
+fn answers(batch: &RecordBatch, name: &str) -> Result<Vec<Option<Answer>>, String> {
+    let array = column(batch, name)?;
+    if let Some(numbers) = integers(array) {
+        return Ok(numbers.into_iter().map(|v| v.map(Answer::Index)).collect());
     }
-    match array.data_type() {
-        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => {
-            Some(Answer::Index(integer(array, row)))
-        }
-        _ => text_values(array)?
-            .swap_remove(row)
-            .map(|l| Answer::Letter(l.trim().to_string())),
-    }
+    Ok(texts(batch, name)?
+        .into_iter()
+        .map(|v| v.map(|l| Answer::Letter(l.trim().to_string())))
+        .collect())
 }
 
 /// A list-of-text column.
 fn lists(batch: &RecordBatch, name: &str) -> Result<Vec<Option<Vec<String>>>, String> {
     let array = column(batch, name)?;
-    let wrong = || {
+    let item = Arc::new(Field::new("item", DataType::Utf8, true));
+    let lists = lossless_cast(array, &DataType::List(item)).ok_or_else(|| {
         format!(
             "column `{name}` is {}, expected a list of text",
             array.data_type()
         )
-    };
-    let element = |values: ArrayRef| -> Result<Vec<String>, String> {
-        Ok(text_values(&values)
-            .ok_or_else(wrong)?
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect())
-    };
-    (0..array.len())
+    })?;
+    let lists = lists.as_list::<i32>();
+    Ok((0..lists.len())
         .map(|row| {
-            if array.is_null(row) {
-                return Ok(None);
-            }
-            let values = match array.data_type() {
-                DataType::List(_) => array.as_list::<i32>().value(row),
-                DataType::LargeList(_) => array.as_list::<i64>().value(row),
-                _ => return Err(wrong()),
-            };
-            element(values).map(Some)
+            (!lists.is_null(row)).then(|| {
+                lists
+                    .value(row)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap_or_default().to_string())
+                    .collect()
+            })
         })
-        .collect()
+        .collect())
 }
 
 /// An image column: binary, a `{bytes, path}` struct, or a list of them (the first).
