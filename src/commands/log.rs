@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use mipipe_engine::Lockfile;
-
-use super::{current_key, json_line, load, one_stage, open_cache};
+use super::{json_line, NamedStage};
 use crate::cli::PipelineArgs;
 use crate::CliError;
 
@@ -14,11 +12,14 @@ pub(super) fn log(
     cache_dir: Option<PathBuf>,
     json: bool,
 ) -> Result<(), CliError> {
-    let pipeline = load(args)?;
-    let index = one_stage(&pipeline, name)?;
-    let cache = open_cache(&args.pipeline, cache_dir)?;
-    let (lock, _) = Lockfile::read(&Lockfile::path_for(&args.pipeline));
-    let (key, _) = current_key(&pipeline, &cache, &lock, index);
+    let NamedStage {
+        pipeline,
+        index,
+        cache,
+        lock,
+        key,
+        ..
+    } = NamedStage::find(args, name, cache_dir)?;
     let stage_name = &pipeline.stages[index].name;
     let candidates = key
         .into_iter()

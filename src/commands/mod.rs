@@ -119,40 +119,54 @@ fn selection(pipeline: &Pipeline, targets: &[String]) -> Result<BTreeSet<usize>,
     Ok(pipeline.closure(&select(pipeline, targets, "--target")?))
 }
 
-fn one_stage(pipeline: &Pipeline, name: &str) -> Result<usize, CliError> {
-    if let Some(i) = pipeline.index_of(name) {
-        return Ok(i);
-    }
-    let found = select(pipeline, &[name.to_string()], "show")?;
-    match found.as_slice() {
-        [one] => Ok(*one),
-        many => Err(CliError::Usage {
-            message: format!("`{name}` has {} matrix instances; name one", many.len()),
-            help: Some(format!("For example `{}`", pipeline.stages[many[0]].name)),
-        }),
-    }
+/// One stage named on the command line (`show`, `log`), with what the cache and the lockfile
+/// say about it.
+struct NamedStage {
+    pipeline: Pipeline,
+    index: usize,
+    cache: Cache,
+    lock: Lockfile,
+    /// Its current key (None when an upstream stage must run first).
+    key: Option<StageKey>,
+    status: StageStatus,
 }
 
-/// The current key of one stage (None when an upstream stage must run first).
-fn current_key(
-    pipeline: &Pipeline,
-    cache: &Cache,
-    lock: &Lockfile,
-    index: usize,
-) -> (Option<StageKey>, StageStatus) {
-    let selected = pipeline.closure(&[index]);
-    let plan = plan(pipeline, cache, lock, &selected, &BTreeSet::new());
-    let status = plan
-        .stages
-        .into_iter()
-        .find(|(name, _)| *name == pipeline.stages[index].name)
-        .map(|(_, s)| s)
-        .expect("the stage is in its own closure");
-    let key = match &status {
-        StageStatus::Cached { key } => *key,
-        StageStatus::WillRun { key, .. } => *key,
-    };
-    (key, status)
+impl NamedStage {
+    fn find(args: &PipelineArgs, name: &str, cache_dir: Option<PathBuf>) -> Result<Self, CliError> {
+        let pipeline = load(args)?;
+        let index = match pipeline.index_of(name) {
+            Some(i) => i,
+            None => match select(&pipeline, &[name.to_string()], "show")?.as_slice() {
+                [one] => *one,
+                many => {
+                    return Err(CliError::Usage {
+                        message: format!("`{name}` has {} matrix instances; name one", many.len()),
+                        help: Some(format!("For example `{}`", pipeline.stages[many[0]].name)),
+                    })
+                }
+            },
+        };
+        let cache = open_cache(&args.pipeline, cache_dir)?;
+        let (lock, _) = Lockfile::read(&Lockfile::path_for(&args.pipeline));
+        let selected = pipeline.closure(&[index]);
+        let status = plan(&pipeline, &cache, &lock, &selected, &BTreeSet::new())
+            .stages
+            .into_iter()
+            .find(|(name, _)| *name == pipeline.stages[index].name)
+            .map(|(_, s)| s)
+            .expect("the stage is in its own closure");
+        let key = match &status {
+            StageStatus::Cached { key } | StageStatus::WillRun { key, .. } => *key,
+        };
+        Ok(Self {
+            pipeline,
+            index,
+            cache,
+            lock,
+            key,
+            status,
+        })
+    }
 }
 
 /// Prints one JSON object on one line of stdout: what `--json` prints, a line per object.

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use mipipe_cache::Lookup;
-use mipipe_engine::{Lockfile, StageStatus};
+use mipipe_engine::StageStatus;
 
-use super::{current_key, json_line, load, one_stage, open_cache};
+use super::{json_line, NamedStage};
 use crate::cli::PipelineArgs;
 use crate::CliError;
 
@@ -16,12 +16,15 @@ pub(super) fn show(
     cache_dir: Option<PathBuf>,
     json: bool,
 ) -> Result<(), CliError> {
-    let pipeline = load(args)?;
-    let index = one_stage(&pipeline, name)?;
+    let NamedStage {
+        pipeline,
+        index,
+        cache,
+        key,
+        status,
+        ..
+    } = NamedStage::find(args, name, cache_dir)?;
     let stage = &pipeline.stages[index];
-    let cache = open_cache(&args.pipeline, cache_dir)?;
-    let (lock, _) = Lockfile::read(&Lockfile::path_for(&args.pipeline));
-    let (key, status) = current_key(&pipeline, &cache, &lock, index);
     let entry = key.and_then(|k| match cache.actions().lookup(&k, cache.store()) {
         Lookup::Hit(entry) => Some(entry),
         _ => None,
