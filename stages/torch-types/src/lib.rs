@@ -80,7 +80,7 @@ torch_kind!(
     PretrainStage,
     PretrainParams,
     "pretrain",
-    3,
+    4,
     "Train a base multimodal model (llava | blip | qwen) on a corpus and instruction items (libtorch)",
     pretrain,
     |_| vec![
@@ -94,7 +94,7 @@ torch_kind!(
     FinetuneStage,
     FinetuneParams,
     "finetune",
-    3,
+    4,
     "Fine-tune a checkpoint with one ablation method: fft_vqa | fft_mix | kl | js | rg | adv | ours (libtorch)",
     finetune,
     |_| vec![
@@ -108,7 +108,7 @@ torch_kind!(
     PredictStage,
     PredictParams,
     "predict",
-    3,
+    4,
     "Answer every item of a table with a checkpoint: greedy text and option-letter log-probabilities (libtorch)",
     predict,
     |_| vec![OutputSpec::file("predictions", "predictions.parquet")]

@@ -25,15 +25,7 @@ fn config(family: Family) -> ModelConfig {
             layers: 2,
             heads: 4,
         },
-        decoder: DecoderConfig {
-            vocab: 512,
-            hidden: 256,
-            layers: 4,
-            heads: 8,
-            ffn: 768,
-            max_len: 256,
-            norm_eps: 1e-6,
-        },
+        decoder: DecoderConfig::llama(512, 256, 4, 8, 768, 256),
         queries: 16,
         qformer_layers: 2,
     }

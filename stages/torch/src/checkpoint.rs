@@ -49,7 +49,9 @@ mod tests {
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
         assert!(
-            header.get("decoder.layers.0.attn.q_proj.weight").is_some(),
+            header
+                .get("decoder.layers.0.self_attn.q_proj.weight")
+                .is_some(),
             "{header}"
         );
         assert!(

@@ -5,7 +5,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::layers::{position_ids, Attending, KvCache};
+use crate::layers::{position_ids, Attending, Decoder, KvCache};
 use crate::model::MultimodalModel;
 
 /// Prompts of a batch, left-padded so every prompt ends at the last position.
@@ -21,7 +21,7 @@ pub struct Prompts {
 /// A batch of prompts after one forward pass: what the decoder has seen of each row, and the
 /// next-token logits.
 pub struct Decoding<'m> {
-    model: &'m MultimodalModel,
+    decoder: &'m Decoder,
     seen: Seen,
     last_logits: Tensor,
 }
@@ -46,7 +46,7 @@ impl Seen {
 
     /// Logits `[batch, k, vocab]` of `tokens` (`[batch, k]`) appended to every row, which are
     /// then seen too.
-    fn extend(&mut self, model: &MultimodalModel, tokens: &Tensor) -> Tensor {
+    fn extend(&mut self, decoder: &Decoder, tokens: &Tensor) -> Tensor {
         let (b, k) = tokens.size2().expect("[batch, new]");
         let device = tokens.device();
         let positions =
@@ -60,10 +60,8 @@ impl Seen {
             positions: &positions,
             keys: Some(&self.keys),
         };
-        let embeddings = tokens.apply(&model.decoder.embed_tokens);
-        model
-            .decoder
-            .forward_cached(&embeddings, &attending, Some(&mut self.cache))
+        let embeddings = tokens.apply(&decoder.embed_tokens);
+        decoder.forward_cached(&embeddings, &attending, Some(&mut self.cache))
     }
 }
 
@@ -73,21 +71,28 @@ impl<'m> Decoding<'m> {
         tch::no_grad(|| {
             let embeddings = model.embed(&prompts.images, &prompts.tokens);
             let keys = model.real_tokens(&prompts.padding);
+            Self::prefill_embeddings(&model.decoder, &embeddings, &keys)
+        })
+    }
+
+    /// Encodes prompts given as input embeddings `[batch, seq, hidden]` with `keys`
+    /// (`[batch, seq]`, true for real tokens; padding on the left), once.
+    pub fn prefill_embeddings(decoder: &'m Decoder, embeddings: &Tensor, keys: &Tensor) -> Self {
+        tch::no_grad(|| {
+            let keys = keys.to_kind(Kind::Bool);
             let positions = position_ids(&keys);
             let mut cache = KvCache::default();
             let attending = Attending {
                 positions: &positions,
                 keys: Some(&keys),
             };
-            let logits = model
-                .decoder
-                .forward_cached(&embeddings, &attending, Some(&mut cache));
+            let logits = decoder.forward_cached(embeddings, &attending, Some(&mut cache));
             let last_logits = logits.select(1, logits.size()[1] - 1);
             let next_position = keys
                 .to_kind(Kind::Int64)
                 .sum_dim_intlist(1, false, Kind::Int64);
             Self {
-                model,
+                decoder,
                 seen: Seen {
                     cache,
                     keys,
@@ -137,7 +142,7 @@ impl<'m> Decoding<'m> {
                 let after = self
                     .seen
                     .fork()
-                    .extend(self.model, &tokens.narrow(1, 0, longest as i64 - 1));
+                    .extend(self.decoder, &tokens.narrow(1, 0, longest as i64 - 1));
                 Tensor::cat(&[self.last_logits.unsqueeze(1), after], 1)
             } else {
                 self.last_logits.unsqueeze(1)
@@ -166,7 +171,7 @@ impl<'m> Decoding<'m> {
                 }
                 logits = self
                     .seen
-                    .extend(self.model, &next.unsqueeze(1))
+                    .extend(self.decoder, &next.unsqueeze(1))
                     .select(1, 0);
             }
             answers.finish()

@@ -433,15 +433,7 @@ mod training_tests {
         let prompts: Vec<String> = items.iter().map(prompt).collect();
         let tokenizer = Tokenizer::train(prompts.iter().map(String::as_str), 128);
         let config = ModelConfig {
-            decoder: DecoderConfig {
-                vocab: tokenizer.len() as i64,
-                hidden: 32,
-                layers: 2,
-                heads: 4,
-                ffn: 64,
-                max_len: 64,
-                norm_eps: 1e-6,
-            },
+            decoder: DecoderConfig::llama(tokenizer.len() as i64, 32, 2, 4, 64, 64),
             ..crate::model::tests::tiny(Family::Llava)
         };
         let vs = nn::VarStore::new(tch::Device::Cpu);

@@ -33,6 +33,34 @@ pub struct DecoderConfig {
     pub max_len: i64,
     /// RMSNorm epsilon.
     pub norm_eps: f64,
+    /// Key/value heads (grouped-query attention: each serves `heads / kv_heads` query heads).
+    pub kv_heads: i64,
+    /// Width of one head (Llama: `hidden / heads` unless the checkpoint says otherwise).
+    pub head_dim: i64,
+    /// Rotary base (`rope_theta`).
+    pub rope_theta: f64,
+    /// Whether the output head shares the token embeddings' weight.
+    pub tie_embeddings: bool,
+}
+
+impl DecoderConfig {
+    /// A Llama-shaped decoder of these sizes with one key/value head per query head, heads of
+    /// `hidden / heads`, rotary base 10,000 and its own output head (the small models).
+    pub fn llama(vocab: i64, hidden: i64, layers: i64, heads: i64, ffn: i64, max_len: i64) -> Self {
+        Self {
+            vocab,
+            hidden,
+            layers,
+            heads,
+            ffn,
+            max_len,
+            norm_eps: 1e-6,
+            kv_heads: heads,
+            head_dim: hidden / heads,
+            rope_theta: 10_000.0,
+            tie_embeddings: false,
+        }
+    }
 }
 
 /// Standard deviation of Llama-style initialisation (`initializer_range`).
@@ -84,9 +112,13 @@ impl RmsNorm {
 }
 
 impl Module for RmsNorm {
+    /// As transformers' `LlamaRMSNorm`: normalised in fp32, cast back to the input's kind, then
+    /// scaled by the gain.
     fn forward(&self, x: &Tensor) -> Tensor {
-        let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        x * (variance + self.eps).rsqrt() * &self.weight
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        (x32 * (variance + self.eps).rsqrt()).to_kind(kind) * &self.weight
     }
 }
 
@@ -98,12 +130,17 @@ pub struct Rotary {
 }
 
 impl Rotary {
-    /// Tables for `max_len` positions of `head_dim`-wide heads.
-    pub fn new(head_dim: i64, max_len: i64, device: tch::Device) -> Self {
-        let inv = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device))
-            .divide_scalar(head_dim as f64)
-            .multiply_scalar(-(10_000f64.ln()))
-            .exp();
+    /// Tables for `max_len` positions of `head_dim`-wide heads with base `theta`, computed as
+    /// transformers computes them (`1 / theta^(2i/d)` in fp32, angles `position * inv_freq`).
+    pub fn new(head_dim: i64, max_len: i64, theta: f64, device: tch::Device) -> Self {
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            .divide_scalar(head_dim as f64);
+        let inv = Tensor::from(theta)
+            .to_kind(Kind::Float)
+            .to_device(device)
+            .pow(&exponents)
+            .reciprocal();
         let positions = Tensor::arange(max_len, (Kind::Float, device)).unsqueeze(1);
         let angles = positions * inv.unsqueeze(0);
         let angles = Tensor::cat(&[&angles, &angles], -1);
@@ -119,8 +156,16 @@ impl Rotary {
         let (b, _, t, d) = x.size4().expect("[batch, heads, seq, head_dim]");
         let half = d / 2;
         let ids = positions.flatten(0, 1);
-        let cos = self.cos.index_select(0, &ids).view([b, 1, t, d]);
-        let sin = self.sin.index_select(0, &ids).view([b, 1, t, d]);
+        let cos = self
+            .cos
+            .index_select(0, &ids)
+            .view([b, 1, t, d])
+            .to_kind(x.kind());
+        let sin = self
+            .sin
+            .index_select(0, &ids)
+            .view([b, 1, t, d])
+            .to_kind(x.kind());
         let x1 = x.narrow(-1, 0, half);
         let x2 = x.narrow(-1, half, half);
         let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
@@ -173,8 +218,44 @@ pub struct Attending<'a> {
     pub keys: Option<&'a Tensor>,
 }
 
+/// The shape of one attention layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape<'a> {
+    /// Width of the queries' input and of the output.
+    pub query_dim: i64,
+    /// Width of the keys' and values' input.
+    pub key_dim: i64,
+    /// Query heads.
+    pub heads: i64,
+    /// Key/value heads (fewer than `heads`: grouped-query attention).
+    pub kv_heads: i64,
+    /// Width of one head.
+    pub head_dim: i64,
+    /// Whether the projections have biases.
+    pub bias: bool,
+    /// Name of the output projection (`o_proj` in Llama, `out_proj` in CLIP).
+    pub output: &'a str,
+}
+
+impl AttentionShape<'_> {
+    /// Plain multi-head attention of width `dim` (heads of `dim / heads`), `o_proj` output.
+    pub fn square(dim: i64, key_dim: i64, heads: i64, bias: bool) -> AttentionShape<'static> {
+        AttentionShape {
+            query_dim: dim,
+            key_dim,
+            heads,
+            kv_heads: heads,
+            head_dim: dim / heads,
+            bias,
+            output: "o_proj",
+        }
+    }
+}
+
 /// Multi-head attention: causal self-attention in the decoder, bidirectional in the vision
 /// encoder, and cross-attention (queries from one sequence, keys from another) in the Q-Former.
+/// Grouped-query attention repeats each key/value head for its group of query heads, as
+/// transformers' `repeat_kv` does.
 #[derive(Debug)]
 pub struct Attention {
     q_proj: nn::Linear,
@@ -182,25 +263,29 @@ pub struct Attention {
     v_proj: nn::Linear,
     o_proj: nn::Linear,
     heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
 }
 
 impl Attention {
-    /// Projections at `path.{q,k,v,o}_proj`: queries from width `query_dim`, keys and values
-    /// from width `key_dim`, output `query_dim`.
-    pub fn new(
-        path: nn::Path,
-        query_dim: i64,
-        key_dim: i64,
-        heads: i64,
-        bias: bool,
-        init: Init,
-    ) -> Self {
+    /// Projections at `path.{q,k,v}_proj` and `path.{shape.output}`.
+    pub fn new(path: nn::Path, shape: AttentionShape, init: Init) -> Self {
+        let inner = shape.heads * shape.head_dim;
+        let kv = shape.kv_heads * shape.head_dim;
         Self {
-            q_proj: linear(&path / "q_proj", query_dim, query_dim, bias, init),
-            k_proj: linear(&path / "k_proj", key_dim, query_dim, bias, init),
-            v_proj: linear(&path / "v_proj", key_dim, query_dim, bias, init),
-            o_proj: linear(&path / "o_proj", query_dim, query_dim, bias, init),
-            heads,
+            q_proj: linear(&path / "q_proj", shape.query_dim, inner, shape.bias, init),
+            k_proj: linear(&path / "k_proj", shape.key_dim, kv, shape.bias, init),
+            v_proj: linear(&path / "v_proj", shape.key_dim, kv, shape.bias, init),
+            o_proj: linear(
+                &path / shape.output,
+                inner,
+                shape.query_dim,
+                shape.bias,
+                init,
+            ),
+            heads: shape.heads,
+            kv_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
         }
     }
 
@@ -257,21 +342,32 @@ impl Attention {
         self.combine(&q, &k, &v, Some(mask))
     }
 
+    /// Queries `[batch, heads, t, head_dim]`, keys and values `[batch, kv_heads, s, head_dim]`.
     fn project(&self, x: &Tensor, context: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let (b, t, h) = x.size3().expect("[batch, seq, dim]");
+        let (b, t, _) = x.size3().expect("[batch, seq, dim]");
         let s = context.size()[1];
-        let head_dim = h / self.heads;
-        let split = |y: Tensor, len: i64| y.view([b, len, self.heads, head_dim]).transpose(1, 2);
+        let d = self.head_dim;
+        let split = |y: Tensor, len: i64, heads: i64| y.view([b, len, heads, d]).transpose(1, 2);
         (
-            split(x.apply(&self.q_proj), t),
-            split(context.apply(&self.k_proj), s),
-            split(context.apply(&self.v_proj), s),
+            split(x.apply(&self.q_proj), t, self.heads),
+            split(context.apply(&self.k_proj), s, self.kv_heads),
+            split(context.apply(&self.v_proj), s, self.kv_heads),
         )
     }
 
     fn combine(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<Tensor>) -> Tensor {
         let (b, _, t, d) = q.size4().expect("[batch, heads, seq, head_dim]");
-        let y = Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None::<f64>, false);
+        let group = self.heads / self.kv_heads;
+        let (k, v) = if group == 1 {
+            (k.shallow_clone(), v.shallow_clone())
+        } else {
+            (
+                k.repeat_interleave_self_int(group, 1, None),
+                v.repeat_interleave_self_int(group, 1, None),
+            )
+        };
+        let y =
+            Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, false, None::<f64>, false);
         y.transpose(1, 2)
             .contiguous()
             .view([b, t, self.heads * d])
@@ -325,27 +421,37 @@ impl Module for SwiGlu {
 /// One pre-norm decoder block.
 #[derive(Debug)]
 pub struct Block {
-    attn_norm: RmsNorm,
-    attn: Attention,
-    ffn_norm: RmsNorm,
-    ffn: SwiGlu,
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: SwiGlu,
 }
 
 impl Block {
     /// A block at `path`.
     pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
+        let shape = AttentionShape {
+            query_dim: config.hidden,
+            key_dim: config.hidden,
+            heads: config.heads,
+            kv_heads: config.kv_heads,
+            head_dim: config.head_dim,
+            bias: false,
+            output: "o_proj",
+        };
         Self {
-            attn_norm: RmsNorm::new(&path / "attn_norm", config.hidden, config.norm_eps),
-            attn: Attention::new(
-                &path / "attn",
+            input_layernorm: RmsNorm::new(
+                &path / "input_layernorm",
                 config.hidden,
-                config.hidden,
-                config.heads,
-                false,
-                Init::Llama,
+                config.norm_eps,
             ),
-            ffn_norm: RmsNorm::new(&path / "ffn_norm", config.hidden, config.norm_eps),
-            ffn: SwiGlu::new(&path / "ffn", config),
+            self_attn: Attention::new(&path / "self_attn", shape, Init::Llama),
+            post_attention_layernorm: RmsNorm::new(
+                &path / "post_attention_layernorm",
+                config.hidden,
+                config.norm_eps,
+            ),
+            mlp: SwiGlu::new(&path / "mlp", config),
         }
     }
 
@@ -357,10 +463,11 @@ impl Block {
         attending: &Attending,
         cache: Option<&mut (Tensor, Tensor)>,
     ) -> Tensor {
-        let x = x + self
-            .attn
-            .causal(&x.apply(&self.attn_norm), rotary, attending, cache);
-        &x + x.apply(&self.ffn_norm).apply(&self.ffn)
+        let x =
+            x + self
+                .self_attn
+                .causal(&x.apply(&self.input_layernorm), rotary, attending, cache);
+        &x + x.apply(&self.post_attention_layernorm).apply(&self.mlp)
     }
 }
 
@@ -376,34 +483,51 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A decoder at `path`.
+    /// A decoder at `path`, its output head at `path.lm_head`.
     pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
+        let head = &path / "lm_head";
+        Self::with_head(path, head, config)
+    }
+
+    /// A decoder at `body` with its output head at `head` (`head.weight`; unused when the
+    /// configuration ties the head to the token embeddings), as Hugging Face checkpoints keep
+    /// `lm_head` beside the model rather than inside it.
+    pub fn with_head(body: nn::Path, head: nn::Path, config: &DecoderConfig) -> Self {
         let blocks = (0..config.layers)
-            .map(|i| Block::new(&path / "layers" / i, config))
+            .map(|i| Block::new(&body / "layers" / i, config))
             .collect();
-        Self {
-            embed_tokens: nn::embedding(
-                &path / "embed_tokens",
-                config.vocab,
-                config.hidden,
-                nn::EmbeddingConfig {
-                    ws_init: nn::Init::Randn {
-                        mean: 0.0,
-                        stdev: INIT_STD,
-                    },
-                    ..Default::default()
+        let embed_tokens = nn::embedding(
+            &body / "embed_tokens",
+            config.vocab,
+            config.hidden,
+            nn::EmbeddingConfig {
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: INIT_STD,
                 },
-            ),
+                ..Default::default()
+            },
+        );
+        let norm = RmsNorm::new(&body / "norm", config.hidden, config.norm_eps);
+        let lm_head = if config.tie_embeddings {
+            nn::Linear {
+                ws: embed_tokens.ws.shallow_clone(),
+                bs: None,
+            }
+        } else {
+            linear(head, config.hidden, config.vocab, false, Init::Llama)
+        };
+        Self {
+            embed_tokens,
             blocks,
-            norm: RmsNorm::new(&path / "norm", config.hidden, config.norm_eps),
-            lm_head: linear(
-                &path / "lm_head",
-                config.hidden,
-                config.vocab,
-                false,
-                Init::Llama,
+            norm,
+            lm_head,
+            rotary: Rotary::new(
+                config.head_dim,
+                config.max_len,
+                config.rope_theta,
+                body.device(),
             ),
-            rotary: Rotary::new(config.hidden / config.heads, config.max_len, path.device()),
         }
     }
 
@@ -457,15 +581,7 @@ mod tests {
     use tch::nn::OptimizerConfig;
 
     fn config() -> DecoderConfig {
-        DecoderConfig {
-            vocab: 32,
-            hidden: 32,
-            layers: 2,
-            heads: 4,
-            ffn: 64,
-            max_len: 16,
-            norm_eps: 1e-6,
-        }
+        DecoderConfig::llama(32, 32, 2, 4, 64, 16)
     }
 
     #[test]
@@ -476,8 +592,8 @@ mod tests {
         let names: Vec<String> = vs.variables().into_keys().collect();
         for expected in [
             "embed_tokens.weight",
-            "layers.1.attn.q_proj.weight",
-            "layers.0.ffn.gate_proj.weight",
+            "layers.1.self_attn.q_proj.weight",
+            "layers.0.mlp.gate_proj.weight",
             "norm.weight",
             "lm_head.weight",
         ] {

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod decode;
 pub mod device;
 pub mod encode;
+pub mod hf;
 pub mod kinds;
 pub mod layers;
 pub mod methods;

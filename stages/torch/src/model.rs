@@ -191,15 +191,7 @@ pub(crate) mod tests {
                 layers: 1,
                 heads: 2,
             },
-            decoder: DecoderConfig {
-                vocab: 16,
-                hidden: 16,
-                layers: 1,
-                heads: 2,
-                ffn: 32,
-                max_len: 32,
-                norm_eps: 1e-6,
-            },
+            decoder: DecoderConfig::llama(16, 16, 1, 2, 32, 32),
             queries: 2,
             qformer_layers: 1,
         }

@@ -27,15 +27,7 @@ pub fn model_config(family: Family, size: Size, vocab: i64) -> ModelConfig {
             layers: v_layers,
             heads: v_heads,
         },
-        decoder: DecoderConfig {
-            vocab,
-            hidden,
-            layers,
-            heads,
-            ffn,
-            max_len: 512,
-            norm_eps: 1e-6,
-        },
+        decoder: DecoderConfig::llama(vocab, hidden, layers, heads, ffn, 512),
         queries,
         qformer_layers: q_layers,
     }

@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use crate::layers::{linear, Attention, Init};
+use crate::layers::{linear, Attention, AttentionShape, Init};
 
 /// ViT hyper-parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -22,42 +22,127 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
+    /// The shape of its blocks: an MLP four times as wide, exact GELU.
+    pub fn block_shape(&self) -> EncoderShape {
+        EncoderShape {
+            dim: self.hidden,
+            heads: self.heads,
+            ffn: 4 * self.hidden,
+            activation: Activation::Gelu,
+            norm_eps: 1e-5,
+        }
+    }
+
     /// Patches per side.
     pub fn grid(&self) -> i64 {
         self.image_size / self.patch
     }
 }
 
-/// A pre-LayerNorm transformer block with bidirectional attention and a GELU MLP.
+/// The activation of a vision MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// The exact (erf) GELU.
+    Gelu,
+    /// CLIP's `x * sigmoid(1.702 x)`.
+    QuickGelu,
+}
+
+impl Activation {
+    /// From a Hugging Face `hidden_act` / `projector_hidden_act` name.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Self::Gelu),
+            "quick_gelu" => Some(Self::QuickGelu),
+            _ => None,
+        }
+    }
+
+    /// Applies it.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Gelu => x.gelu("none"),
+            Self::QuickGelu => x * (x * 1.702).sigmoid(),
+        }
+    }
+}
+
+/// The shape of one vision encoder block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncoderShape {
+    /// Width.
+    pub dim: i64,
+    /// Heads.
+    pub heads: i64,
+    /// MLP width.
+    pub ffn: i64,
+    /// MLP activation.
+    pub activation: Activation,
+    /// LayerNorm epsilon.
+    pub norm_eps: f64,
+}
+
+/// A layer norm of width `dim` at `path` (`weight`, `bias`).
+pub fn layer_norm(path: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(
+        path,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
+}
+
+/// A pre-LayerNorm transformer block with bidirectional attention and an MLP, named as
+/// transformers' `CLIPEncoderLayer` (`layer_norm1`, `self_attn.{q,k,v,out}_proj`, `layer_norm2`,
+/// `mlp.fc1`, `mlp.fc2`).
 #[derive(Debug)]
 pub struct EncoderBlock {
-    norm1: nn::LayerNorm,
-    attn: Attention,
-    norm2: nn::LayerNorm,
+    layer_norm1: nn::LayerNorm,
+    self_attn: Attention,
+    layer_norm2: nn::LayerNorm,
     fc1: nn::Linear,
     fc2: nn::Linear,
+    activation: Activation,
 }
 
 impl EncoderBlock {
-    /// A block at `path` of width `dim`.
-    pub fn new(path: nn::Path, dim: i64, heads: i64) -> Self {
+    /// A block at `path`.
+    pub fn new(path: nn::Path, shape: &EncoderShape) -> Self {
+        let attention = AttentionShape {
+            output: "out_proj",
+            ..AttentionShape::square(shape.dim, shape.dim, shape.heads, true)
+        };
         Self {
-            norm1: nn::layer_norm(&path / "norm1", vec![dim], Default::default()),
-            attn: Attention::new(&path / "attn", dim, dim, heads, true, Init::Torch),
-            norm2: nn::layer_norm(&path / "norm2", vec![dim], Default::default()),
-            fc1: linear(&path / "fc1", dim, 4 * dim, true, Init::Torch),
-            fc2: linear(&path / "fc2", 4 * dim, dim, true, Init::Torch),
+            layer_norm1: layer_norm(&path / "layer_norm1", shape.dim, shape.norm_eps),
+            self_attn: Attention::new(&path / "self_attn", attention, Init::Torch),
+            layer_norm2: layer_norm(&path / "layer_norm2", shape.dim, shape.norm_eps),
+            fc1: linear(
+                &path / "mlp" / "fc1",
+                shape.dim,
+                shape.ffn,
+                true,
+                Init::Torch,
+            ),
+            fc2: linear(
+                &path / "mlp" / "fc2",
+                shape.ffn,
+                shape.dim,
+                true,
+                Init::Torch,
+            ),
+            activation: shape.activation,
         }
     }
 
     /// `x`: `[batch, seq, dim]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x + self.attn.forward(&x.apply(&self.norm1));
-        &x + x
-            .apply(&self.norm2)
-            .apply(&self.fc1)
-            .gelu("none")
-            .apply(&self.fc2)
+        let x = x + self.self_attn.forward(&x.apply(&self.layer_norm1));
+        let hidden = self
+            .activation
+            .apply(&x.apply(&self.layer_norm2).apply(&self.fc1));
+        &x + hidden.apply(&self.fc2)
     }
 }
 
@@ -88,7 +173,7 @@ impl VisionEncoder {
             ),
             position: path.randn("position", &[1, patches, config.hidden], 0.0, 0.02),
             blocks: (0..config.layers)
-                .map(|i| EncoderBlock::new(&path / "blocks" / i, config.hidden, config.heads))
+                .map(|i| EncoderBlock::new(&path / "blocks" / i, &config.block_shape()))
                 .collect(),
             norm: nn::layer_norm(&path / "norm", vec![config.hidden], Default::default()),
             config: config.clone(),
@@ -113,19 +198,33 @@ impl VisionEncoder {
     }
 }
 
-/// LLaVA: a 2-layer MLP from vision width to the language model's width, one token per patch.
+/// LLaVA: a 2-layer MLP from vision width to the language model's width, one token per patch
+/// (transformers' `LlavaMultiModalProjector`).
 #[derive(Debug)]
 pub struct MlpProjector {
     linear_1: nn::Linear,
     linear_2: nn::Linear,
+    activation: Activation,
 }
 
 impl MlpProjector {
-    /// At `path` (`linear_1`, `linear_2`).
+    /// At `path` (`linear_1`, `linear_2`), with biases and the exact GELU between.
     pub fn new(path: nn::Path, vision: i64, hidden: i64) -> Self {
+        Self::with(path, vision, hidden, true, Activation::Gelu)
+    }
+
+    /// At `path`, with or without biases and with `activation` between the layers.
+    pub fn with(
+        path: nn::Path,
+        vision: i64,
+        hidden: i64,
+        bias: bool,
+        activation: Activation,
+    ) -> Self {
         Self {
-            linear_1: linear(&path / "linear_1", vision, hidden, true, Init::Torch),
-            linear_2: linear(&path / "linear_2", hidden, hidden, true, Init::Torch),
+            linear_1: linear(&path / "linear_1", vision, hidden, bias, Init::Torch),
+            linear_2: linear(&path / "linear_2", hidden, hidden, bias, Init::Torch),
+            activation,
         }
     }
 }
@@ -139,7 +238,9 @@ impl MlpProjector {
 
 impl Module for MlpProjector {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.apply(&self.linear_1).gelu("none").apply(&self.linear_2)
+        self.activation
+            .apply(&x.apply(&self.linear_1))
+            .apply(&self.linear_2)
     }
 }
 
@@ -221,9 +322,17 @@ impl QFormer {
                     let p = &path / "layers" / i;
                     (
                         nn::layer_norm(&p / "self_norm", vec![dim], Default::default()),
-                        Attention::new(&p / "self_attn", dim, dim, heads, true, Init::Torch),
+                        Attention::new(
+                            &p / "self_attn",
+                            AttentionShape::square(dim, dim, heads, true),
+                            Init::Torch,
+                        ),
                         nn::layer_norm(&p / "cross_norm", vec![dim], Default::default()),
-                        Attention::new(&p / "cross_attn", dim, vision, heads, true, Init::Torch),
+                        Attention::new(
+                            &p / "cross_attn",
+                            AttentionShape::square(dim, vision, heads, true),
+                            Init::Torch,
+                        ),
                         nn::layer_norm(&p / "ffn_norm", vec![dim], Default::default()),
                         linear(&p / "fc1", dim, 4 * dim, true, Init::Torch),
                         linear(&p / "fc2", 4 * dim, dim, true, Init::Torch),

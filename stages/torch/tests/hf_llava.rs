@@ -1,0 +1,385 @@
+//! LLaVA-1.5 in the Hugging Face layout against transformers: a tiny random checkpoint and the
+//! outputs transformers gave for it (`tests/fixtures/llava/make_golden.py`, which records the
+//! versions that made them in `golden.json`). On CPU in fp32: the processor's token ids and
+//! pixel values, logits of a padded batch, greedy tokens, option log-likelihoods, one AdamW
+//! step, and a save that loads back to the same logits.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use mipipe_stage_schema::image::RgbImage;
+use mipipe_stage_torch::hf::llava::LlavaModel;
+use mipipe_stage_torch::hf::processor::{Batch, LlavaProcessor, Message};
+use serde_json::Value;
+use tch::nn::OptimizerConfig;
+use tch::{Device, Kind, Tensor};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava")
+}
+
+struct Golden {
+    json: Value,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn golden() -> Golden {
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("golden.json")).unwrap()).unwrap();
+    let tensors = Tensor::read_safetensors(fixture().join("golden.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    Golden { json, tensors }
+}
+
+fn checkpoint() -> PathBuf {
+    fixture().join("checkpoint")
+}
+
+fn load() -> (tch::nn::VarStore, LlavaModel, LlavaProcessor) {
+    let (vs, model) = LlavaModel::load(&checkpoint(), Device::Cpu, Kind::Float).unwrap();
+    let processor = LlavaProcessor::load(&checkpoint(), model.config()).unwrap();
+    (vs, model, processor)
+}
+
+fn images(golden: &Golden) -> Vec<RgbImage> {
+    golden.json["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| RgbImage::from_png(&std::fs::read(fixture().join(p.as_str().unwrap())).unwrap()))
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The questions as conversations, and the pictures in the order their placeholders appear.
+fn conversations(golden: &Golden) -> (Vec<Vec<Message>>, Vec<RgbImage>) {
+    let pictures = images(golden);
+    let mut chosen = Vec::new();
+    let conversations = golden.json["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            let image = q["image"].as_u64();
+            if let Some(i) = image {
+                chosen.push(pictures[i as usize].clone());
+            }
+            vec![Message::user(q["text"].as_str().unwrap(), image.is_some())]
+        })
+        .collect();
+    (conversations, chosen)
+}
+
+fn prompts(processor: &LlavaProcessor, golden: &Golden) -> (Vec<String>, Vec<RgbImage>) {
+    let (conversations, pictures) = conversations(golden);
+    let prompts = conversations
+        .iter()
+        .map(|c| processor.render(c, true).unwrap())
+        .collect();
+    (prompts, pictures)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+fn ids(t: &Tensor) -> Vec<Vec<i64>> {
+    Vec::<Vec<i64>>::try_from(t).unwrap()
+}
+
+#[test]
+fn the_processor_gives_transformers_prompts_token_ids_and_pixel_values() {
+    let golden = golden();
+    let (_vs, _model, processor) = load();
+    let (prompts, pictures) = prompts(&processor, &golden);
+    let expected: Vec<String> = golden.json["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prompts, expected, "chat template");
+    let batch = processor.batch(&prompts, &pictures).unwrap();
+    assert_eq!(ids(&batch.input_ids), ids(&golden.tensors["input_ids"]));
+    assert_eq!(
+        ids(&batch.attention_mask),
+        ids(&golden.tensors["attention_mask"])
+    );
+    let pixels = batch.pixel_values.as_ref().unwrap();
+    let expected = &golden.tensors["pixel_values"];
+    assert_eq!(pixels.size(), expected.size());
+    // Pillow's resampling is reproduced to the byte, so only float rounding may differ.
+    let diff = max_diff(pixels, expected);
+    assert!(diff < 1e-6, "pixel values differ by {diff}");
+}
+
+fn batch_of(golden: &Golden) -> Batch {
+    Batch {
+        input_ids: golden.tensors["input_ids"].shallow_clone(),
+        attention_mask: golden.tensors["attention_mask"].shallow_clone(),
+        pixel_values: Some(golden.tensors["pixel_values"].shallow_clone()),
+    }
+}
+
+fn logits(model: &LlavaModel, batch: &Batch) -> Tensor {
+    tch::no_grad(|| {
+        let embeddings = model
+            .embed(&batch.input_ids, batch.pixel_values.as_ref())
+            .unwrap();
+        model.logits(&embeddings, &batch.attention_mask)
+    })
+}
+
+/// Largest difference over the real (unpadded) positions.
+fn real_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
+    let real = mask.to_kind(Kind::Bool).unsqueeze(-1).expand_as(a);
+    max_diff(&a.masked_select(&real), &b.masked_select(&real))
+}
+
+#[test]
+fn logits_of_a_padded_batch_match_transformers() {
+    let golden = golden();
+    let (_vs, model, _) = load();
+    let batch = batch_of(&golden);
+    let ours = logits(&model, &batch);
+    let theirs = &golden.tensors["logits"];
+    assert_eq!(ours.size(), theirs.size());
+    let diff = real_diff(&ours, theirs, &batch.attention_mask);
+    assert!(diff < 1e-4, "logits differ by {diff}");
+}
+
+#[test]
+fn a_rows_logits_do_not_depend_on_its_batch() {
+    let golden = golden();
+    let (_vs, model, processor) = load();
+    let (prompts, pictures) = prompts(&processor, &golden);
+    let together = processor.batch(&prompts, &pictures).unwrap();
+    let all = logits(&model, &together);
+    let mut picture = 0;
+    for (row, prompt) in prompts.iter().enumerate() {
+        let own: Vec<RgbImage> = if prompt.contains("<image>") {
+            picture += 1;
+            vec![pictures[picture - 1].clone()]
+        } else {
+            Vec::new()
+        };
+        let alone = processor.batch(std::slice::from_ref(prompt), &own).unwrap();
+        let single = logits(&model, &alone).get(0);
+        let real = together.attention_mask.get(row as i64).to_kind(Kind::Bool);
+        let in_batch = all.get(row as i64).index(&[Some(real)]);
+        let diff = max_diff(&in_batch, &single);
+        assert!(diff < 1e-5, "row {row} changes by {diff} with its batch");
+    }
+}
+
+#[test]
+fn greedy_generation_and_option_scores_match_transformers() {
+    let golden = golden();
+    let (_vs, model, processor) = load();
+    let batch = batch_of(&golden);
+    let eos = model.config().eos_token_id.unwrap();
+    let max_new = golden.json["max_new_tokens"].as_u64().unwrap() as usize;
+    let decoding = model
+        .prefill(
+            &batch.input_ids,
+            &batch.attention_mask,
+            batch.pixel_values.as_ref(),
+        )
+        .unwrap();
+    // Option scores: every option after every prompt, from the one prompt pass.
+    let scores = Vec::<Vec<f64>>::try_from(&golden.tensors["option_scores"]).unwrap();
+    let options = golden.json["options"].as_array().unwrap();
+    let rows = scores.len();
+    for (o, option) in options.iter().enumerate() {
+        let continuation = processor
+            .continuation_ids(option.as_str().unwrap())
+            .unwrap();
+        let expected_ids: Vec<i64> = golden.json["option_ids"][o]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(continuation, expected_ids, "tokens of option {option}");
+        let ours = decoding.score(&vec![continuation; rows]);
+        for row in 0..rows {
+            let diff = (ours[row] - scores[row][o]).abs();
+            assert!(
+                diff < 1e-4,
+                "row {row}, option {option}: {} vs {}",
+                ours[row],
+                scores[row][o]
+            );
+        }
+    }
+    let generated = decoding.generate(max_new, eos);
+    let expected: Vec<Vec<i64>> = golden.json["generated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .take_while(|&t| t != eos)
+                .collect()
+        })
+        .collect();
+    assert_eq!(generated, expected);
+}
+
+#[test]
+fn one_adamw_step_of_the_supervised_loss_matches_torch() {
+    let golden = golden();
+    let (vs, model, processor) = load();
+    let (prompts, pictures) = prompts(&processor, &golden);
+    let answers: Vec<String> = golden.json["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let texts: Vec<String> = prompts
+        .iter()
+        .zip(&answers)
+        .map(|(p, a)| format!("{p}{a}"))
+        .collect();
+    let batch = processor.batch(&texts, &pictures).unwrap();
+    assert_eq!(
+        ids(&batch.input_ids),
+        ids(&golden.tensors["train_input_ids"])
+    );
+    // Labels: the answer's tokens at the end of each row, -100 elsewhere.
+    let (b, t) = batch.input_ids.size2().unwrap();
+    let labels = Tensor::full([b, t], -100i64, (Kind::Int64, Device::Cpu));
+    for (row, answer) in answers.iter().enumerate() {
+        let answer_ids = processor.continuation_ids(answer).unwrap();
+        let n = answer_ids.len() as i64;
+        labels
+            .get(row as i64)
+            .narrow(0, t - n, n)
+            .copy_(&Tensor::from_slice(&answer_ids));
+    }
+    assert_eq!(ids(&labels), ids(&golden.tensors["train_labels"]));
+
+    model.freeze_for_finetune(&vs);
+    let adamw = &golden.json["adamw"];
+    let mut optimizer = tch::nn::AdamW {
+        beta1: adamw["betas"][0].as_f64().unwrap(),
+        beta2: adamw["betas"][1].as_f64().unwrap(),
+        wd: adamw["weight_decay"].as_f64().unwrap(),
+        eps: adamw["eps"].as_f64().unwrap(),
+        amsgrad: false,
+    }
+    .build(&vs, adamw["lr"].as_f64().unwrap())
+    .unwrap();
+    let embeddings = model
+        .embed(&batch.input_ids, batch.pixel_values.as_ref())
+        .unwrap();
+    let logits = model.logits(&embeddings, &batch.attention_mask);
+    let vocab = logits.size()[2];
+    let loss = logits
+        .narrow(1, 0, t - 1)
+        .reshape([-1, vocab])
+        .cross_entropy_loss::<Tensor>(
+            &labels.narrow(1, 1, t - 1).reshape([-1]),
+            None,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        );
+    let expected = golden.tensors["train_loss"].double_value(&[0]);
+    let ours = loss.double_value(&[]);
+    assert!((ours - expected).abs() < 1e-5, "loss {ours} vs {expected}");
+    // Gradients first (so a difference is caught where it arises), then the step. Adam's first
+    // step moves each weight by about the learning rate in the sign of its gradient, so the
+    // updated weights check that the optimiser's arithmetic matches torch.optim.AdamW.
+    optimizer.zero_grad();
+    loss.backward();
+    let variables = vs.variables();
+    for name in golden.json["watched"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        let Some(theirs) = golden.tensors.get(&format!("grad.{name}")) else {
+            continue;
+        };
+        let ours = variables[&mipipe_stage_torch::hf::weights::canonical_key(name)].grad();
+        let scale = theirs.abs().max().double_value(&[]);
+        let diff = max_diff(&ours, theirs);
+        assert!(
+            diff <= 1e-5 * scale,
+            "{name}: gradients differ by {diff} (largest {scale})"
+        );
+    }
+    optimizer.step();
+    for name in golden.json["watched"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        let canonical = mipipe_stage_torch::hf::weights::canonical_key(name);
+        let diff = max_diff(
+            &variables[&canonical],
+            &golden.tensors[&format!("after_step.{name}")],
+        );
+        assert!(diff < 1e-5, "{name} after one step differs by {diff}");
+    }
+}
+
+#[test]
+fn a_saved_checkpoint_loads_back_to_the_same_logits() {
+    let golden = golden();
+    let (vs, model, _) = load();
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(checkpoint().join(file), dir.path().join(file)).unwrap();
+    }
+    mipipe_stage_torch::hf::weights::save(&vs, dir.path(), Kind::Float, false).unwrap();
+    // The keys are the original checkpoint's, canonicalised: nothing lost, nothing invented.
+    let index: Value = serde_json::from_slice(
+        &std::fs::read(checkpoint().join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let mut original: Vec<String> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| mipipe_stage_torch::hf::weights::canonical_key(k))
+        .collect();
+    original.sort();
+    let saved = Tensor::read_safetensors(dir.path().join("model.safetensors")).unwrap();
+    let mut keys: Vec<String> = saved.iter().map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, original);
+    let (_vs2, reloaded) = LlavaModel::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+    let batch = batch_of(&golden);
+    let diff = max_diff(&logits(&model, &batch), &logits(&reloaded, &batch));
+    assert_eq!(diff, 0.0, "a reload changes logits by {diff}");
+}
+
+#[test]
+fn a_mismatched_checkpoint_is_refused_with_the_tensor_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(checkpoint().join("config.json")).unwrap()).unwrap();
+    config["text_config"]["intermediate_size"] = Value::from(96);
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(checkpoint()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name != "config.json" {
+            std::fs::copy(&path, dir.path().join(name)).unwrap();
+        }
+    }
+    let error = LlavaModel::load(dir.path(), Device::Cpu, Kind::Float).unwrap_err();
+    assert!(
+        error.contains("mlp") && error.contains("the model expects"),
+        "{error}"
+    );
+}
