@@ -285,3 +285,71 @@ fn predict_gives_the_same_answers_with_batch_size_1_and_64() {
         }
     }
 }
+
+/// `predict` on a pretrained LLaVA checkpoint in the Hugging Face layout (the tiny random one
+/// the parity tests compare with transformers): no `model` input, the folder's content in the
+/// key, one prediction per test item with a finite log-probability per option letter.
+#[test]
+fn predict_answers_with_a_hugging_face_llava_checkpoint() {
+    crate::require_torch_worker();
+    let project = Project::new();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("stages/torch/tests/fixtures/llava/checkpoint");
+    let target = project.path().join("llava-tiny");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, target.join(path.file_name().unwrap())).unwrap();
+    }
+    project.write(
+        "mipipe.yaml",
+        r#"
+version: 1
+stages:
+  world:
+    kind: synth
+    params: {train_per_set: 4, test_per_set: 3, instruct_items: 4, pretrain_captions: 4}
+  predict:
+    kind: predict
+    inputs: {items: world.items}
+    params: {checkpoint: llava-tiny, batch_size: 4, max_new_tokens: 3}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    let predictions =
+        mipipe_stage_schema::read_predictions(&project.output_object("predict", "predictions"))
+            .unwrap();
+    let items = mipipe_stage_schema::read_items(&project.output_object("world", "items"))
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.split == "test")
+        .collect::<Vec<_>>();
+    assert_eq!(predictions.len(), items.len());
+    for (p, item) in predictions.iter().zip(&items) {
+        assert_eq!(p.id, item.id);
+        let logprobs = p.option_logprobs.as_ref().unwrap();
+        assert_eq!(logprobs.len(), item.options.len(), "{}", p.id);
+        assert!(
+            logprobs.iter().all(|l| l.is_finite() && *l <= 0.0),
+            "{logprobs:?}"
+        );
+    }
+    // Unchanged: cached. A changed checkpoint (one byte of its config): rerun, and the reason
+    // names the folder.
+    let again = project.mipipe(&["run"]);
+    again.expect_code(0);
+    assert_eq!(again.stages_with("ran"), Vec::<String>::new(), "{}", again.stderr);
+    let config = target.join("generation_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"use_cache\": true", "\"use_cache\": false")).unwrap();
+    let status = project.mipipe(&["status"]);
+    assert!(
+        status.stdout.contains("llava-tiny") || status.stderr.contains("llava-tiny"),
+        "{}{}",
+        status.stdout,
+        status.stderr
+    );
+    let rerun = project.mipipe(&["run"]);
+    rerun.expect_code(0);
+    assert_eq!(rerun.stages_with("ran"), vec!["predict".to_string()]);
+}

@@ -35,7 +35,7 @@ fn no_backend(kind: &str) -> StageError {
 }
 
 macro_rules! torch_kind {
-    ($(#[$doc:meta])* $name:ident, $params:ty, $kind:literal, $version:literal, $summary:literal, $method:ident, $outputs:expr) => {
+    ($(#[$doc:meta])* $name:ident, $params:ty, $kind:literal, $version:literal, $summary:literal, $method:ident, $outputs:expr, $deps:expr) => {
         $(#[$doc])*
         #[derive(Clone, Default)]
         pub struct $name {
@@ -59,6 +59,11 @@ macro_rules! torch_kind {
             fn outputs(params: &$params) -> Vec<OutputSpec> {
                 let outputs: fn(&$params) -> Vec<OutputSpec> = $outputs;
                 outputs(params)
+            }
+
+            fn workspace_deps(params: &$params) -> Vec<String> {
+                let deps: fn(&$params) -> Vec<String> = $deps;
+                deps(params)
             }
 
             fn wants_worker_process(_params: &$params) -> bool {
@@ -86,7 +91,8 @@ torch_kind!(
     |_| vec![
         OutputSpec::dir("model", "model"),
         OutputSpec::file("log", "train_log.parquet"),
-    ]
+    ],
+    |_| Vec::new()
 );
 
 torch_kind!(
@@ -100,7 +106,8 @@ torch_kind!(
     |_| vec![
         OutputSpec::dir("model", "model"),
         OutputSpec::file("log", "train_log.parquet"),
-    ]
+    ],
+    |_| Vec::new()
 );
 
 torch_kind!(
@@ -111,5 +118,6 @@ torch_kind!(
     4,
     "Answer every item of a table with a checkpoint: greedy text and option-letter log-probabilities (libtorch)",
     predict,
-    |_| vec![OutputSpec::file("predictions", "predictions.parquet")]
+    |_| vec![OutputSpec::file("predictions", "predictions.parquet")],
+    |p| p.checkpoint.iter().cloned().collect()
 );

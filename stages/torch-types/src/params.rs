@@ -499,6 +499,12 @@ impl Serialize for FinetuneParams {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictParams {
+    /// A pretrained checkpoint folder in the Hugging Face layout (LLaVA-1.5:
+    /// `llava-hf/llava-1.5-7b-hf` as downloaded, or as `save_pretrained` writes it), relative
+    /// to the pipeline's folder or absolute, instead of a `model` input. Its content enters
+    /// the key (hashed once, then remembered by size and modification time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     /// The family the checkpoint must be (checked; a matrix key to join on).
     #[serde(default)]
     pub family: Option<Family>,

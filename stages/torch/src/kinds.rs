@@ -326,15 +326,6 @@ impl TorchBackend for TchBackend {
 
     fn predict(&self, params: &PredictParams, ctx: &StageContext) -> Result<(), StageError> {
         let device = prepare(ctx, params.device)?;
-        let (_vs, model, sidecar) = load(ctx.input_path("model")?, device)?;
-        check_labels(
-            &sidecar,
-            params.family,
-            params.size,
-            params.method.as_deref(),
-            params.seed,
-        )?;
-        let tokenizer = &sidecar.tokenizer;
         let items: Vec<Item> = read_all_items(ctx, "items")?
             .into_iter()
             .filter(|i| i.split == params.split)
@@ -345,71 +336,96 @@ impl TorchBackend for TchBackend {
                 params.split
             )));
         }
-        let image_size = sidecar.model.vision.image_size;
-        let eos = tokenizer.id(EOS);
-        let mut out = Vec::with_capacity(items.len());
-        let chunks: Vec<&[Item]> = items.chunks(params.batch_size.max(1)).collect();
-        for (n, chunk) in chunks.iter().enumerate() {
-            if ctx.is_cancelled() {
-                return Err(StageError::failed("Cancelled"));
+        let out = match &params.checkpoint {
+            Some(dir) => {
+                crate::hf::predict::answer(&ctx.workspace().join(dir), device, params, &items, ctx)?
             }
-            let sequences: Vec<Sequence> = chunk
-                .iter()
-                .map(|item| {
-                    let (prompt, roles) = prompt_tokens(item, tokenizer);
-                    Sequence {
-                        image: item.image.as_deref(),
-                        prompt,
-                        roles,
-                        answer: Vec::new(),
-                        task: row_task(item.task),
-                        anchor: None,
-                    }
-                })
-                .collect();
-            let rows = encode_sequences(&sequences, tokenizer.id(PAD), image_size)
-                .map_err(StageError::failed)?;
-            let prompts = Prompts {
-                padding: rows.tokens.ne(tokenizer.id(PAD)).to_device(device),
-                images: rows.images.to_device(device),
-                tokens: rows.tokens.to_device(device),
-            };
-            // One pass over the prompts; the options and the generated answer continue it.
-            let decoding = Decoding::prefill(&model, &prompts);
-            let first = decoding.first_logprobs();
-            let scores: Vec<Vec<f64>> = match sidecar.answer {
-                AnswerFormat::Letter => chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(row, item)| {
-                        (0..item.options.len())
-                            .map(|i| first.double_value(&[row as i64, tokenizer.id(&letter(i))]))
-                            .collect()
-                    })
-                    .collect(),
-                AnswerFormat::Text => option_text_scores(&decoding, chunk, tokenizer),
-            };
-            let generated = decoding.generate(params.max_new_tokens, eos);
-            for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
-                let raw_text = tokenizer.decode(tokens);
-                out.push(Prediction {
-                    id: item.id.clone(),
-                    origin_id: item.origin_id.clone(),
-                    dataset: item.dataset.clone(),
-                    task: item.task.as_str().to_string(),
-                    perturbation: item.perturbation.clone(),
-                    answer: item.answer,
-                    options: item.options.clone(),
-                    predicted: parse_option(&raw_text, &item.options).map(letter),
-                    raw_text,
-                    option_logprobs: Some(logprobs),
-                });
-            }
-            ctx.progress(n as u64 + 1, chunks.len() as u64, "predicting");
-        }
+            None => predict_own(params, ctx, device, &items)?,
+        };
         ctx.log(&format!("{} predictions", out.len()));
         write_predictions(ctx.output_path("predictions")?, &out).map_err(failed)
     }
+}
+
+/// `predict` with a checkpoint of mipipe's own (`pretrain` or `finetune` output).
+fn predict_own(
+    params: &PredictParams,
+    ctx: &StageContext,
+    device: tch::Device,
+    items: &[Item],
+) -> Result<Vec<Prediction>, StageError> {
+    let (_vs, model, sidecar) = load(ctx.input_path("model")?, device)?;
+    check_labels(
+        &sidecar,
+        params.family,
+        params.size,
+        params.method.as_deref(),
+        params.seed,
+    )?;
+    let tokenizer = &sidecar.tokenizer;
+    let image_size = sidecar.model.vision.image_size;
+    let eos = tokenizer.id(EOS);
+    let mut out = Vec::with_capacity(items.len());
+    let chunks: Vec<&[Item]> = items.chunks(params.batch_size.max(1)).collect();
+    for (n, chunk) in chunks.iter().enumerate() {
+        if ctx.is_cancelled() {
+            return Err(StageError::failed("Cancelled"));
+        }
+        let sequences: Vec<Sequence> = chunk
+            .iter()
+            .map(|item| {
+                let (prompt, roles) = prompt_tokens(item, tokenizer);
+                Sequence {
+                    image: item.image.as_deref(),
+                    prompt,
+                    roles,
+                    answer: Vec::new(),
+                    task: row_task(item.task),
+                    anchor: None,
+                }
+            })
+            .collect();
+        let rows = encode_sequences(&sequences, tokenizer.id(PAD), image_size)
+            .map_err(StageError::failed)?;
+        let prompts = Prompts {
+            padding: rows.tokens.ne(tokenizer.id(PAD)).to_device(device),
+            images: rows.images.to_device(device),
+            tokens: rows.tokens.to_device(device),
+        };
+        // One pass over the prompts; the options and the generated answer continue it.
+        let decoding = Decoding::prefill(&model, &prompts);
+        let first = decoding.first_logprobs();
+        let scores: Vec<Vec<f64>> = match sidecar.answer {
+            AnswerFormat::Letter => chunk
+                .iter()
+                .enumerate()
+                .map(|(row, item)| {
+                    (0..item.options.len())
+                        .map(|i| first.double_value(&[row as i64, tokenizer.id(&letter(i))]))
+                        .collect()
+                })
+                .collect(),
+            AnswerFormat::Text => option_text_scores(&decoding, chunk, tokenizer),
+        };
+        let generated = decoding.generate(params.max_new_tokens, eos);
+        for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
+            let raw_text = tokenizer.decode(tokens);
+            out.push(Prediction {
+                id: item.id.clone(),
+                origin_id: item.origin_id.clone(),
+                dataset: item.dataset.clone(),
+                task: item.task.as_str().to_string(),
+                perturbation: item.perturbation.clone(),
+                answer: item.answer,
+                options: item.options.clone(),
+                predicted: parse_option(&raw_text, &item.options).map(letter),
+                raw_text,
+                option_logprobs: Some(logprobs),
+            });
+        }
+        ctx.progress(n as u64 + 1, chunks.len() as u64, "predicting");
+    }
+    Ok(out)
 }
 
 fn method_name(method: Method) -> String {

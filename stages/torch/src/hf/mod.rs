@@ -10,6 +10,7 @@
 pub mod clip;
 pub mod config;
 pub mod llava;
+pub mod predict;
 pub mod processor;
 pub mod resample;
 pub mod weights;

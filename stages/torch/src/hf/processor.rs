@@ -454,6 +454,15 @@ impl LlavaProcessor {
         Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
+    /// The text of generated token ids, special tokens skipped (transformers'
+    /// `batch_decode(..., skip_special_tokens=True)`).
+    pub fn decode(&self, ids: &[i64]) -> Result<String, String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.tokenizer
+            .decode(&ids, true)
+            .map_err(|e| format!("cannot decode: {e}"))
+    }
+
     /// Pixel values of one picture.
     pub fn pixel_values(&self, image: &RgbImage) -> Tensor {
         self.image_processor.preprocess(image)

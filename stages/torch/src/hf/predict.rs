@@ -1,0 +1,170 @@
+//! `predict` on a pretrained LLaVA checkpoint: the authors' evaluation prompt (seed-repo.md
+//! §1.8 and §4.2: their system message, `Question:\n{q}\nOption:\n{L}: {text}\n...`, the
+//! checkpoint's chat template with the picture first), one prompt pass per batch with the KV
+//! cache, every option letter scored as a continuation of that pass, and a greedy answer.
+
+use std::path::Path;
+
+use mipipe_engine::{StageContext, StageError};
+use mipipe_stage_schema::image::RgbImage;
+use mipipe_stage_schema::{parse_option, Item, Prediction};
+use mipipe_stage_torch_types::{Family, PredictParams};
+use tch::Kind;
+
+use super::llava::LlavaModel;
+use super::processor::{Content, LlavaProcessor, Message};
+use crate::encode::letter;
+
+/// The authors' evaluation system message (`qa_image_prompt`, seed-repo.md §1.8).
+pub const SYSTEM_PROMPT: &str = "You are an expert at question answering. Given the question \
+and the context image of the question, please output the answer. Please provide a concise \
+option, no explanation and further question.";
+
+/// The user text of an item: any prepended context, the question, then each option as
+/// `{letter}: {text}` on its own line.
+pub fn user_text(item: &Item) -> String {
+    let context = item
+        .meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .and_then(|m| {
+            m.get("context")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        });
+    let question = match context {
+        Some(context) if !context.is_empty() => format!("{context} {}", item.question),
+        _ => item.question.clone(),
+    };
+    let options: String = item
+        .options
+        .iter()
+        .enumerate()
+        .map(|(i, o)| format!("{}: {o}\n", letter(i)))
+        .collect();
+    format!("Question:\n{question}\nOption:\n{options}")
+}
+
+/// The conversation of an item: the system message, then the user's turn (picture first).
+pub fn conversation(item: &Item) -> Vec<Message> {
+    vec![
+        Message {
+            role: "system".into(),
+            content: vec![Content::Text {
+                text: SYSTEM_PROMPT.into(),
+            }],
+        },
+        Message::user(&user_text(item), item.image.is_some()),
+    ]
+}
+
+fn failed(e: impl std::fmt::Display) -> StageError {
+    StageError::failed(e.to_string())
+}
+
+/// Answers `items` with the checkpoint in `dir`.
+pub fn answer(
+    dir: &Path,
+    device: tch::Device,
+    params: &PredictParams,
+    items: &[Item],
+    ctx: &StageContext,
+) -> Result<Vec<Prediction>, StageError> {
+    if let Some(family) = params.family.filter(|f| *f != Family::Llava) {
+        return Err(StageError::failed(format!(
+            "`family: {family:?}` but `checkpoint` `{}` is a LLaVA checkpoint",
+            dir.display()
+        )));
+    }
+    if params.size.is_some() || params.seed.is_some() {
+        return Err(StageError::failed(
+            "`size` and `seed` label mipipe's own checkpoints; a pretrained `checkpoint` has \
+             neither (remove them, or label the stage with a matrix key of your own)",
+        ));
+    }
+    if let Some(method) = params.method.as_deref().filter(|m| *m != "vanilla") {
+        return Err(StageError::failed(format!(
+            "`method: {method}` but `checkpoint` is a pretrained model (`vanilla`)"
+        )));
+    }
+    let (_vs, model) = LlavaModel::load(dir, device, Kind::Float).map_err(failed)?;
+    let processor = LlavaProcessor::load(dir, model.config()).map_err(failed)?;
+    let eos = model.config().eos_token_id.ok_or_else(|| {
+        StageError::failed(format!(
+            "`{}/config.json` names no eos_token_id, so greedy answers cannot stop",
+            dir.display()
+        ))
+    })?;
+    let letters: Vec<Vec<i64>> = (0..26)
+        .map(|i| processor.continuation_ids(&letter(i)))
+        .collect::<Result<_, _>>()
+        .map_err(failed)?;
+    let mut out = Vec::with_capacity(items.len());
+    let chunks: Vec<&[Item]> = items.chunks(params.batch_size.max(1)).collect();
+    for (n, chunk) in chunks.iter().enumerate() {
+        if ctx.is_cancelled() {
+            return Err(StageError::failed("Cancelled"));
+        }
+        let mut texts = Vec::with_capacity(chunk.len());
+        let mut pictures = Vec::new();
+        for item in *chunk {
+            texts.push(
+                processor
+                    .render(&conversation(item), true)
+                    .map_err(failed)?,
+            );
+            if let Some(png) = &item.image {
+                pictures.push(
+                    RgbImage::from_png(png)
+                        .map_err(|e| StageError::failed(format!("item `{}`: {e}", item.id)))?,
+                );
+            }
+        }
+        let batch = processor.batch(&texts, &pictures).map_err(failed)?;
+        let pixels = batch.pixel_values.as_ref().map(|p| p.to_device(device));
+        let decoding = model
+            .prefill(
+                &batch.input_ids.to_device(device),
+                &batch.attention_mask.to_device(device),
+                pixels.as_ref(),
+            )
+            .map_err(failed)?;
+        let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
+        let mut scores = vec![Vec::new(); chunk.len()];
+        for option in 0..most.min(26) {
+            let continuations: Vec<Vec<i64>> = chunk
+                .iter()
+                .map(|item| {
+                    if option < item.options.len() {
+                        letters[option].clone()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            for (row, score) in decoding.score(&continuations).into_iter().enumerate() {
+                if option < chunk[row].options.len() {
+                    scores[row].push(score);
+                }
+            }
+        }
+        let generated = decoding.generate(params.max_new_tokens, eos);
+        for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
+            let raw_text = processor.decode(tokens).map_err(failed)?;
+            out.push(Prediction {
+                id: item.id.clone(),
+                origin_id: item.origin_id.clone(),
+                dataset: item.dataset.clone(),
+                task: item.task.as_str().to_string(),
+                perturbation: item.perturbation.clone(),
+                answer: item.answer,
+                options: item.options.clone(),
+                predicted: parse_option(&raw_text, &item.options).map(letter),
+                raw_text,
+                option_logprobs: Some(logprobs),
+            });
+        }
+        ctx.progress(n as u64 + 1, chunks.len() as u64, "predicting");
+    }
+    Ok(out)
+}
