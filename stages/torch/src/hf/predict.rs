@@ -131,12 +131,12 @@ pub fn answer(
             .map_err(failed)?;
         let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
         let mut scores = vec![Vec::new(); chunk.len()];
-        for option in 0..most.min(26) {
+        for (option, letter_ids) in letters.iter().enumerate().take(most) {
             let continuations: Vec<Vec<i64>> = chunk
                 .iter()
                 .map(|item| {
                     if option < item.options.len() {
-                        letters[option].clone()
+                        letter_ids.clone()
                     } else {
                         Vec::new()
                     }
