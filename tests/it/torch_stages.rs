@@ -338,10 +338,19 @@ stages:
     // names the folder.
     let again = project.mipipe(&["run"]);
     again.expect_code(0);
-    assert_eq!(again.stages_with("ran"), Vec::<String>::new(), "{}", again.stderr);
+    assert_eq!(
+        again.stages_with("ran"),
+        Vec::<String>::new(),
+        "{}",
+        again.stderr
+    );
     let config = target.join("generation_config.json");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("\"use_cache\": true", "\"use_cache\": false")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("\"use_cache\": true", "\"use_cache\": false"),
+    )
+    .unwrap();
     let status = project.mipipe(&["status"]);
     assert!(
         status.stdout.contains("llava-tiny") || status.stderr.contains("llava-tiny"),
@@ -352,4 +361,79 @@ stages:
     let rerun = project.mipipe(&["run"]);
     rerun.expect_code(0);
     assert_eq!(rerun.stages_with("ran"), vec!["predict".to_string()]);
+}
+
+/// `finetune` on the same checkpoint with the paper's method, then `predict` on its output: a
+/// Hugging Face folder again (weights, the source's processor files, `mipipe.json` naming the
+/// method), read back through the `model` input and checked against the labels.
+#[test]
+fn finetune_trains_a_hugging_face_llava_checkpoint_that_predict_reads() {
+    crate::require_torch_worker();
+    let project = Project::new();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("stages/torch/tests/fixtures/llava/checkpoint");
+    let target = project.path().join("llava-tiny");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, target.join(path.file_name().unwrap())).unwrap();
+    }
+    let pipeline = r#"
+version: 1
+stages:
+  world:
+    kind: synth
+    params: {train_per_set: 8, test_per_set: 2, instruct_items: 8, pretrain_captions: 4}
+  conditions:
+    kind: perturb
+    inputs: {items: world.items}
+  finetune:
+    kind: finetune
+    inputs: {items: conditions.items}
+    params: {checkpoint: llava-tiny, method: ours, batch_size: 2, lr: 1e-5}
+  predict:
+    kind: predict
+    inputs: {model: finetune.model, items: conditions.items}
+    params: {method: ours, batch_size: 4, max_new_tokens: 2}
+"#;
+    project.write("mipipe.yaml", pipeline);
+    project.mipipe(&["run"]).expect_code(0);
+    let model = project.output_object("finetune", "model");
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "processor_config.json",
+        "mipipe.json",
+    ] {
+        assert!(
+            model.join(file).is_file(),
+            "{file} missing in {}",
+            model.display()
+        );
+    }
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("mipipe.json")).unwrap()).unwrap();
+    assert_eq!(labels["method"], "ours");
+    let log = project.output_object("finetune", "log");
+    assert!(log.is_file());
+    let predictions =
+        mipipe_stage_schema::read_predictions(&project.output_object("predict", "predictions"))
+            .unwrap();
+    assert!(!predictions.is_empty());
+    // A mis-labelled predict fails, naming both methods.
+    project.write(
+        "mipipe.yaml",
+        &pipeline.replace("{method: ours, batch_size: 4", "{method: js, batch_size: 4"),
+    );
+    let wrong = project.mipipe(&["run"]);
+    wrong.expect_code(1);
+    assert!(
+        wrong
+            .stderr
+            .contains("`method: js` but the checkpoint is `ours`"),
+        "{}",
+        wrong.stderr
+    );
 }

@@ -107,7 +107,7 @@ torch_kind!(
         OutputSpec::dir("model", "model"),
         OutputSpec::file("log", "train_log.parquet"),
     ],
-    |_| Vec::new()
+    |p| p.checkpoint.iter().cloned().collect()
 );
 
 torch_kind!(

@@ -383,6 +383,11 @@ impl Default for MixtureParams {
 pub struct FinetuneParams {
     /// `fft_vqa`, `fft_mix`, `kl`, `js`, `rg`, `adv` or `ours`.
     pub method: Method,
+    /// A pretrained checkpoint folder in the Hugging Face layout (LLaVA-1.5) to fine-tune,
+    /// instead of a `model` input; its content enters the key. The output `model/` is then a
+    /// checkpoint in the same layout.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
     /// The family the input checkpoint must be (checked; lets a matrix over families join
     /// `pretrain[family=...]`).
     #[serde(default)]
@@ -445,6 +450,9 @@ impl Serialize for FinetuneParams {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("method", &self.method)?;
+        if let Some(checkpoint) = &self.checkpoint {
+            map.serialize_entry("checkpoint", checkpoint)?;
+        }
         if let Some(family) = &self.family {
             map.serialize_entry("family", family)?;
         }

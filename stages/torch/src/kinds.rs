@@ -257,51 +257,23 @@ impl TorchBackend for TchBackend {
 
     fn finetune(&self, params: &FinetuneParams, ctx: &StageContext) -> Result<(), StageError> {
         let device = prepare(ctx, params.device)?;
+        if let Some(dir) = &params.checkpoint {
+            let items = read_all_items(ctx, "items")?;
+            let plan = finetune_plan(params, &items, ctx)?;
+            return crate::hf::finetune::run(
+                &ctx.workspace().join(dir),
+                device,
+                params,
+                &items,
+                &plan,
+                ctx,
+            );
+        }
         let (vs, model, mut sidecar) = load(ctx.input_path("model")?, device)?;
         check_labels(&sidecar, params.family, params.size, None, None)?;
         model.freeze_for_finetune(&vs);
         let items = read_all_items(ctx, "items")?;
-        let mixture = if params.method == Method::FftVqa {
-            Mixture::vqa_only(params.batch_size)
-        } else {
-            Mixture {
-                image_ratio: params.mixture.image_ratio,
-                text_ratio: params.mixture.text_ratio,
-                ..Mixture::mixed(params.batch_size)
-            }
-        };
-        let mut plan = Vec::new();
-        for epoch in 0..params.epochs {
-            // The first epoch's order is the seed's own, so every method of an ablation sees
-            // the same batches.
-            let seed = params.seed.wrapping_add(epoch as u64);
-            for batch in batches(&items, &mixture, seed).map_err(StageError::failed)? {
-                plan.push((epoch, batch));
-            }
-        }
-        if plan.is_empty() {
-            return Err(StageError::failed(
-                "the mixture has no complete batch; the items table needs more `train` rows",
-            ));
-        }
-        let divergence = params.method.divergence(params.consistency.ours_divergence);
-        let method = MethodConfig {
-            method: params.method,
-            lambda: divergence.map_or(0.0, |d| params.consistency.weight(d)),
-            tau: params.consistency.tau,
-            sigma: params.sigma,
-            ours_divergence: params.consistency.ours_divergence,
-            stop_gradient: params.consistency.stop_gradient,
-            pgd: params.pgd,
-            perturb_tokens: params.perturb_tokens,
-            ours_anchors: params.consistency.ours_anchors,
-        };
-        ctx.log(&format!(
-            "{:?}: {} steps over {} epoch(s)",
-            params.method,
-            plan.len(),
-            params.epochs
-        ));
+        let plan = finetune_plan(params, &items, ctx)?;
         tch::manual_seed(params.seed as i64);
         let image_size = sidecar.model.vision.image_size;
         let tokenizer = sidecar.tokenizer.clone();
@@ -312,7 +284,7 @@ impl TorchBackend for TchBackend {
         let run = TrainingRun {
             vs: &vs,
             model: &model,
-            method,
+            method: method_config(params),
             lr: params.lr,
             optimizer: &params.optimizer,
             ctx,
@@ -340,10 +312,70 @@ impl TorchBackend for TchBackend {
             Some(dir) => {
                 crate::hf::predict::answer(&ctx.workspace().join(dir), device, params, &items, ctx)?
             }
-            None => predict_own(params, ctx, device, &items)?,
+            None => {
+                let dir = ctx.input_path("model")?;
+                if crate::hf::finetune::is_llava_checkpoint(dir) {
+                    crate::hf::predict::answer(dir, device, params, &items, ctx)?
+                } else {
+                    predict_own(params, ctx, device, &items)?
+                }
+            }
         };
         ctx.log(&format!("{} predictions", out.len()));
         write_predictions(ctx.output_path("predictions")?, &out).map_err(failed)
+    }
+}
+
+/// The batches `finetune` trains on, epoch by epoch: D_mixed (D_VQA for `fft_vqa`); the
+/// first epoch's order is the seed's own, so every method of an ablation sees the same batches.
+pub(crate) fn finetune_plan(
+    params: &FinetuneParams,
+    items: &[Item],
+    ctx: &StageContext,
+) -> Result<Vec<(u32, Vec<crate::mixture::BatchRow>)>, StageError> {
+    let mixture = if params.method == Method::FftVqa {
+        Mixture::vqa_only(params.batch_size)
+    } else {
+        Mixture {
+            image_ratio: params.mixture.image_ratio,
+            text_ratio: params.mixture.text_ratio,
+            ..Mixture::mixed(params.batch_size)
+        }
+    };
+    let mut plan = Vec::new();
+    for epoch in 0..params.epochs {
+        let seed = params.seed.wrapping_add(epoch as u64);
+        for batch in batches(items, &mixture, seed).map_err(StageError::failed)? {
+            plan.push((epoch, batch));
+        }
+    }
+    if plan.is_empty() {
+        return Err(StageError::failed(
+            "the mixture has no complete batch; the items table needs more `train` rows",
+        ));
+    }
+    ctx.log(&format!(
+        "{:?}: {} steps over {} epoch(s)",
+        params.method,
+        plan.len(),
+        params.epochs
+    ));
+    Ok(plan)
+}
+
+/// The objective settings of a `finetune` stage.
+pub(crate) fn method_config(params: &FinetuneParams) -> MethodConfig {
+    let divergence = params.method.divergence(params.consistency.ours_divergence);
+    MethodConfig {
+        method: params.method,
+        lambda: divergence.map_or(0.0, |d| params.consistency.weight(d)),
+        tau: params.consistency.tau,
+        sigma: params.sigma,
+        ours_divergence: params.consistency.ours_divergence,
+        stop_gradient: params.consistency.stop_gradient,
+        pgd: params.pgd,
+        perturb_tokens: params.perturb_tokens,
+        ours_anchors: params.consistency.ours_anchors,
     }
 }
 
@@ -428,7 +460,7 @@ fn predict_own(
     Ok(out)
 }
 
-fn method_name(method: Method) -> String {
+pub(crate) fn method_name(method: Method) -> String {
     serde_json::to_value(method)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -29,7 +29,8 @@ pub struct DecoderConfig {
     pub heads: i64,
     /// Feed-forward width.
     pub ffn: i64,
-    /// Longest sequence.
+    /// Longest sequence it is meant for (`max_position_embeddings`; informational: rotary
+    /// angles are computed per position, so longer sequences run, as in transformers).
     pub max_len: i64,
     /// RMSNorm epsilon.
     pub norm_eps: f64,
@@ -122,32 +123,26 @@ impl Module for RmsNorm {
     }
 }
 
-/// Rotary position embedding tables.
+/// Rotary position embedding: the inverse frequencies, with each position's angles computed
+/// when needed (as transformers' `LlamaRotaryEmbedding` does), so no sequence is too long.
 #[derive(Debug)]
 pub struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
+    inv_freq: Tensor,
 }
 
 impl Rotary {
-    /// Tables for `max_len` positions of `head_dim`-wide heads with base `theta`, computed as
-    /// transformers computes them (`1 / theta^(2i/d)` in fp32, angles `position * inv_freq`).
-    pub fn new(head_dim: i64, max_len: i64, theta: f64, device: tch::Device) -> Self {
+    /// Frequencies for `head_dim`-wide heads with base `theta`, computed as transformers
+    /// computes them (`1 / theta^(2i/d)` in fp32; angles `position * inv_freq`).
+    pub fn new(head_dim: i64, theta: f64, device: tch::Device) -> Self {
         let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
             .to_kind(Kind::Float)
             .divide_scalar(head_dim as f64);
-        let inv = Tensor::from(theta)
+        let inv_freq = Tensor::from(theta)
             .to_kind(Kind::Float)
             .to_device(device)
             .pow(&exponents)
             .reciprocal();
-        let positions = Tensor::arange(max_len, (Kind::Float, device)).unsqueeze(1);
-        let angles = positions * inv.unsqueeze(0);
-        let angles = Tensor::cat(&[&angles, &angles], -1);
-        Self {
-            cos: angles.cos(),
-            sin: angles.sin(),
-        }
+        Self { inv_freq }
     }
 
     /// Rotates `x` of shape `[batch, heads, seq, head_dim]` by each token's position id
@@ -155,17 +150,11 @@ impl Rotary {
     pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Tensor {
         let (b, _, t, d) = x.size4().expect("[batch, heads, seq, head_dim]");
         let half = d / 2;
-        let ids = positions.flatten(0, 1);
-        let cos = self
-            .cos
-            .index_select(0, &ids)
-            .view([b, 1, t, d])
-            .to_kind(x.kind());
-        let sin = self
-            .sin
-            .index_select(0, &ids)
-            .view([b, 1, t, d])
-            .to_kind(x.kind());
+        let angles =
+            positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, half]);
+        let angles = Tensor::cat(&[&angles, &angles], -1).view([b, 1, t, d]);
+        let cos = angles.cos().to_kind(x.kind());
+        let sin = angles.sin().to_kind(x.kind());
         let x1 = x.narrow(-1, 0, half);
         let x2 = x.narrow(-1, half, half);
         let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
@@ -522,12 +511,7 @@ impl Decoder {
             blocks,
             norm,
             lm_head,
-            rotary: Rotary::new(
-                config.head_dim,
-                config.max_len,
-                config.rope_theta,
-                body.device(),
-            ),
+            rotary: Rotary::new(config.head_dim, config.rope_theta, body.device()),
         }
     }
 

@@ -97,40 +97,95 @@ pub struct StepLoss {
     pub terms: Vec<(&'static str, f64)>,
 }
 
-/// Row-by-position masks over the full sequence (image tokens first): answer tokens, the
-/// positions PGD and RG perturb, and the real text tokens.
+/// A batch as the language model sees it.
+pub struct Layout {
+    /// Input embeddings `[batch, seq, hidden]`.
+    pub embeddings: Tensor,
+    /// The role of every position of the sequence, per row (image tokens included).
+    pub roles: Vec<Vec<TokenRole>>,
+    /// Token ids `[batch, seq]` the logits are scored against (only answer positions count).
+    pub targets: Tensor,
+    /// `[batch, seq]`, true for real positions (padding false).
+    pub real: Tensor,
+}
+
+/// What the paper's objectives need of a model: its layout of a batch and the logits of input
+/// embeddings, so every method trains mipipe's own models and pretrained LLaVA alike.
+pub trait Trainable {
+    /// The batch's embeddings and sequence layout.
+    fn lay_out(&self, rows: &Rows) -> Layout;
+    /// Logits `[batch, seq, vocab]` of input embeddings with `real` (`[batch, seq]`) marking
+    /// the real positions.
+    fn logits_of(&self, embeddings: &Tensor, real: &Tensor) -> Tensor;
+}
+
+impl Trainable for MultimodalModel {
+    /// `[image tokens][left padding][text]`: the image tokens come first and are always real.
+    fn lay_out(&self, rows: &Rows) -> Layout {
+        let n_image = self.image_token_count();
+        let b = rows.tokens.size()[0];
+        let device = rows.tokens.device();
+        let roles = rows
+            .roles
+            .iter()
+            .map(|r| {
+                std::iter::repeat_n(TokenRole::Image, n_image as usize)
+                    .chain(r.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let padding: Vec<bool> = rows
+            .roles
+            .iter()
+            .flat_map(|r| r.iter().map(|role| *role != TokenRole::Pad))
+            .collect();
+        let padding = Tensor::from_slice(&padding)
+            .view([b, rows.tokens.size()[1]])
+            .to_device(device);
+        Layout {
+            embeddings: self.embed(&rows.images, &rows.tokens),
+            roles,
+            targets: Tensor::cat(
+                &[
+                    Tensor::zeros([b, n_image], (Kind::Int64, device)),
+                    rows.tokens.shallow_clone(),
+                ],
+                1,
+            ),
+            real: self.real_tokens(&padding),
+        }
+    }
+
+    fn logits_of(&self, embeddings: &Tensor, real: &Tensor) -> Tensor {
+        self.decoder.forward_embeddings(embeddings, Some(real))
+    }
+}
+
+/// Row-by-position masks over the whole sequence: answer tokens, the positions PGD and RG
+/// perturb, and the image tokens.
 fn full_masks(
-    model: &MultimodalModel,
-    rows: &Rows,
+    layout: &Layout,
+    tasks: &[RowTask],
     tokens: PerturbTokens,
 ) -> (Tensor, Tensor, Tensor) {
-    let n_image = model.image_token_count() as usize;
     let mut answer = Vec::new();
     let mut irrelevant = Vec::new();
-    let mut padding = Vec::new();
-    for (roles, task) in rows.roles.iter().zip(&rows.tasks) {
-        let full: Vec<TokenRole> = std::iter::repeat_n(TokenRole::Image, n_image)
-            .chain(roles.iter().copied())
-            .collect();
+    let mut image = Vec::new();
+    for (full, task) in layout.roles.iter().zip(tasks) {
         answer.extend(
             full.iter()
                 .map(|r| if *r == TokenRole::Answer { 1f32 } else { 0.0 }),
         );
-        irrelevant.extend(modality_mask(*task, &full, tokens));
-        padding.extend(roles.iter().map(|r| *r != TokenRole::Pad));
+        irrelevant.extend(modality_mask(*task, full, tokens));
+        image.extend(
+            full.iter()
+                .map(|r| if *r == TokenRole::Image { 1f32 } else { 0.0 }),
+        );
     }
-    let b = rows.roles.len() as i64;
-    let t = (n_image + rows.roles[0].len()) as i64;
-    let device = rows.tokens.device();
-    (
-        Tensor::from_slice(&answer).view([b, t]).to_device(device),
-        Tensor::from_slice(&irrelevant)
-            .view([b, t])
-            .to_device(device),
-        Tensor::from_slice(&padding)
-            .view([b, t - n_image as i64])
-            .to_device(device),
-    )
+    let (b, t) = layout.targets.size2().expect("[batch, seq]");
+    let device = layout.targets.device();
+    let mask = |values: &[f32]| Tensor::from_slice(values).view([b, t]).to_device(device);
+    (mask(&answer), mask(&irrelevant), mask(&image))
 }
 
 /// For every row, the positions whose logits predict its answer tokens (position `p` predicts
@@ -176,31 +231,21 @@ fn masked_rms(embeddings: &Tensor, mask: &Tensor) -> f64 {
 /// The loss of one training step of `config.method` on `rows`.
 // `a = a + b` on purpose: tch's `+=` adds in place, which would rewrite tensors autograd keeps.
 #[allow(clippy::assign_op_pattern)]
-pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig) -> StepLoss {
-    let n_image = model.image_token_count();
-    let (answer, irrelevant, padding) = full_masks(model, rows, config.perturb_tokens);
-    let b = rows.tokens.size()[0];
-    let device = rows.tokens.device();
-    let targets = Tensor::cat(
-        &[
-            Tensor::zeros([b, n_image], (Kind::Int64, device)),
-            rows.tokens.shallow_clone(),
-        ],
-        1,
-    );
-    let embeddings = model.embed(&rows.images, &rows.tokens);
-    // Where the image tokens are, and the real text tokens.
-    let image_mask = Tensor::cat(
-        &[
-            Tensor::ones([b, n_image], (Kind::Float, device)),
-            Tensor::zeros([b, rows.tokens.size()[1]], (Kind::Float, device)),
-        ],
-        1,
-    );
-    let text_mask = model.real_tokens(&padding).to_kind(Kind::Float) - &image_mask;
+pub fn training_loss(model: &impl Trainable, rows: &Rows, config: &MethodConfig) -> StepLoss {
+    let layout = model.lay_out(rows);
+    let (answer, irrelevant, image_mask) = full_masks(&layout, &rows.tasks, config.perturb_tokens);
+    let b = layout.targets.size()[0];
+    let Layout {
+        embeddings,
+        targets,
+        real,
+        ..
+    } = layout;
+    // The real text tokens: real positions that are not image tokens.
+    let text_mask = real.to_kind(Kind::Float) - &image_mask;
     let supervised =
-        |e: &Tensor| answer_cross_entropy(&model.logits(e, Some(&padding)), &targets, &answer);
-    let logits = model.logits(&embeddings, Some(&padding));
+        |e: &Tensor| answer_cross_entropy(&model.logits_of(e, &real), &targets, &answer);
+    let logits = model.logits_of(&embeddings, &real);
     let sup = answer_cross_entropy(&logits, &targets, &answer);
     let mut terms = vec![
         ("sup", sup.double_value(&[])),
@@ -269,7 +314,7 @@ pub fn training_loss(model: &MultimodalModel, rows: &Rows, config: &MethodConfig
                 "delta_to_image",
                 relative_size(&delta, &embeddings, &(&irrelevant * &image_mask)),
             ));
-            let adversarial_logits = model.logits(&(&embeddings + &delta), Some(&padding));
+            let adversarial_logits = model.logits_of(&(&embeddings + &delta), &real);
             let adv = answer_cross_entropy(&adversarial_logits, &targets, &answer);
             terms.push(("adv", adv.double_value(&[])));
             terms.push((

@@ -14,8 +14,7 @@ use mipipe_stage_torch_types::OptimizerParams;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
-use crate::methods::{training_loss, MethodConfig, Rows};
-use crate::model::MultimodalModel;
+use crate::methods::{training_loss, MethodConfig, Rows, Trainable};
 
 /// Learning rate at each step: linear warm-up from 0, then cosine decay to 0.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,7 +85,7 @@ pub struct LogRow {
 #[allow(clippy::too_many_arguments)]
 pub fn train<B>(
     vs: &nn::VarStore,
-    model: &MultimodalModel,
+    model: &impl Trainable,
     plan: &[(u32, B)],
     encode: impl Fn(&B) -> Result<Rows, String>,
     method: &MethodConfig,

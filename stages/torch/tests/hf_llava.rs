@@ -383,3 +383,174 @@ fn a_mismatched_checkpoint_is_refused_with_the_tensor_named() {
         "{error}"
     );
 }
+
+fn item(id: &str, task: mipipe_stage_schema::Task, image: Option<Vec<u8>>, anchor: bool) -> Item {
+    Item {
+        id: id.into(),
+        dataset: "d".into(),
+        task,
+        split: "train".into(),
+        image,
+        question: "What colour is the shape?".into(),
+        options: vec!["red".into(), "blue square".into(), "green".into()],
+        answer: 1,
+        perturbation: if anchor { "none" } else { "uf" }.into(),
+        origin_id: id.trim_end_matches("#uf").into(),
+        facts: None,
+        meta: (!anchor).then(|| r#"{"context": "Rivers flow into the sea."}"#.to_string()),
+    }
+}
+
+use mipipe_stage_schema::{Item, Task};
+use mipipe_stage_torch::hf::encode::{encode, item_tokens};
+use mipipe_stage_torch::methods::{training_loss, Method, MethodConfig};
+use mipipe_stage_torch::mixture::BatchRow;
+use mipipe_stage_torch::objectives::TokenRole;
+
+fn png(path: &str) -> Vec<u8> {
+    std::fs::read(fixture().join(path)).unwrap()
+}
+
+#[test]
+fn training_rows_give_every_token_its_role() {
+    let (_vs, model, processor) = load();
+    let it = item(
+        "a#uf",
+        Task::ImageHeavy,
+        Some(png("images/rgb-47x35.png")),
+        false,
+    );
+    let (ids, roles) = item_tokens(&processor, &it, Some(1)).unwrap();
+    assert_eq!(ids.len(), roles.len());
+    let text_of = |role: TokenRole| {
+        let chosen: Vec<i64> = ids
+            .iter()
+            .zip(&roles)
+            .filter(|(_, r)| **r == role)
+            .map(|(i, _)| *i)
+            .collect();
+        processor.decode(&chosen).unwrap()
+    };
+    assert_eq!(
+        roles.iter().filter(|r| **r == TokenRole::Image).count() as i64,
+        model.config().tokens_per_image()
+    );
+    assert_eq!(
+        text_of(TokenRole::Question),
+        "Rivers flow into the sea. What colour is the shape?"
+    );
+    // Options: their words (the space after `B: ` belongs to the template when the tokenizer
+    // keeps it as a token of its own).
+    assert_eq!(
+        text_of(TokenRole::Option).replace(' ', ""),
+        "redbluesquaregreen"
+    );
+    // The answer: the letter, then the end-of-sequence token (a special token: decoded away).
+    let answer: Vec<i64> = ids
+        .iter()
+        .zip(&roles)
+        .filter(|(_, r)| **r == TokenRole::Answer)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(answer.last(), model.config().eos_token_id.as_ref());
+    assert_eq!(processor.decode(&answer).unwrap(), "B");
+    // The template is everything else, and the prompt is what `predict` renders.
+    let prompt = processor
+        .render(&mipipe_stage_torch::hf::predict::conversation(&it), true)
+        .unwrap();
+    let (prompt_ids, _) = item_tokens(&processor, &it, None).unwrap();
+    assert_eq!(prompt_ids, processor.token_ids(&prompt).unwrap());
+    assert_eq!(&ids[..prompt_ids.len()], &prompt_ids[..]);
+}
+
+#[test]
+fn the_seven_methods_train_a_pretrained_llava() {
+    let items = vec![
+        item(
+            "a",
+            Task::ImageHeavy,
+            Some(png("images/rgb-47x35.png")),
+            true,
+        ),
+        item(
+            "a#uf",
+            Task::ImageHeavy,
+            Some(png("images/rgb-47x35.png")),
+            false,
+        ),
+        item(
+            "b",
+            Task::TextHeavy,
+            Some(png("images/grey-31x64.png")),
+            true,
+        ),
+        item("c", Task::TextHeavy, None, true),
+    ];
+    let batch = vec![
+        BatchRow {
+            item: 0,
+            anchor: None,
+        },
+        BatchRow {
+            item: 1,
+            anchor: Some(0),
+        },
+        BatchRow {
+            item: 2,
+            anchor: None,
+        },
+        BatchRow {
+            item: 3,
+            anchor: None,
+        },
+    ];
+    for method in [
+        Method::FftVqa,
+        Method::FftMix,
+        Method::Kl,
+        Method::Js,
+        Method::Rg,
+        Method::Adv,
+        Method::Ours,
+    ] {
+        tch::manual_seed(3);
+        let (vs, model, processor) = load();
+        model.freeze_for_finetune(&vs);
+        let rows = encode(&processor, &items, &batch).unwrap();
+        assert_eq!(rows.images.size()[0], 3, "one picture per row that has one");
+        let config = MethodConfig::paper(method);
+        let mut optimizer = tch::nn::AdamW::default().build(&vs, 1e-3).unwrap();
+        let first = training_loss(&model, &rows, &config);
+        let first_total = first.total.double_value(&[]);
+        assert!(first_total.is_finite(), "{method:?}: {first_total}");
+        let terms: std::collections::BTreeMap<&str, f64> = first.terms.iter().copied().collect();
+        match method {
+            Method::Kl | Method::Js => assert!(terms["consistency"] > 0.0, "{terms:?}"),
+            Method::Rg => assert!(terms["noise_to_text"] > 0.0 && terms["noise_to_image"] > 0.0),
+            Method::Adv | Method::Ours => {
+                // PGD moved the question's words of the image-heavy rows and the image tokens
+                // of the text-heavy row that has a picture.
+                assert!(terms["delta_to_text"] > 0.0, "{terms:?}");
+                assert!(terms["delta_to_image"] > 0.0, "{terms:?}");
+            }
+            _ => {}
+        }
+        optimizer.backward_step(&first.total);
+        for _ in 0..3 {
+            let loss = training_loss(&model, &rows, &config);
+            optimizer.backward_step(&loss.total);
+        }
+        let last = training_loss(&model, &rows, &config)
+            .total
+            .double_value(&[]);
+        assert!(last < first_total, "{method:?}: {first_total} -> {last}");
+        // The vision tower stays as it was loaded.
+        let (fresh_vs, _) = LlavaModel::load(&checkpoint(), Device::Cpu, Kind::Float).unwrap();
+        let fresh = fresh_vs.variables();
+        for (name, value) in vs.variables() {
+            if name.starts_with("vision_tower.") {
+                assert!(value.equal(&fresh[&name]), "{method:?} moved {name}");
+            }
+        }
+    }
+}

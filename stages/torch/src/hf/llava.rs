@@ -16,6 +16,8 @@ use super::clip::ClipVision;
 use super::config::LlavaConfig;
 use crate::decode::Decoding;
 use crate::layers::Decoder;
+use crate::methods::{Layout, Rows, Trainable};
+use crate::objectives::TokenRole;
 use crate::vision::MlpProjector;
 
 /// A LLaVA model whose variables are named by the checkpoint's canonical keys.
@@ -162,5 +164,34 @@ impl LlavaModel {
                 let _ = var.set_requires_grad(false);
             }
         }
+    }
+}
+
+impl Trainable for LlavaModel {
+    /// The placeholders are in the text already ([`super::encode`]); `rows.images` holds one
+    /// picture per row that has one (none: an empty tensor).
+    fn lay_out(&self, rows: &Rows) -> Layout {
+        let pixels = (rows.images.numel() > 0).then_some(&rows.images);
+        let embeddings = self
+            .embed(&rows.tokens, pixels)
+            .expect("the encoder puts one placeholder per image feature");
+        let (b, t) = rows.tokens.size2().expect("[batch, seq]");
+        let real: Vec<bool> = rows
+            .roles
+            .iter()
+            .flat_map(|r| r.iter().map(|role| *role != TokenRole::Pad))
+            .collect();
+        Layout {
+            embeddings,
+            roles: rows.roles.clone(),
+            targets: rows.tokens.shallow_clone(),
+            real: Tensor::from_slice(&real)
+                .view([b, t])
+                .to_device(rows.tokens.device()),
+        }
+    }
+
+    fn logits_of(&self, embeddings: &Tensor, real: &Tensor) -> Tensor {
+        self.logits(embeddings, real)
     }
 }

@@ -9,6 +9,8 @@
 
 pub mod clip;
 pub mod config;
+pub mod encode;
+pub mod finetune;
 pub mod llava;
 pub mod predict;
 pub mod processor;

@@ -14,15 +14,17 @@ use tch::Kind;
 use super::llava::LlavaModel;
 use super::processor::{Content, LlavaProcessor, Message};
 use crate::encode::letter;
+use crate::objectives::TokenRole;
 
 /// The authors' evaluation system message (`qa_image_prompt`, seed-repo.md §1.8).
 pub const SYSTEM_PROMPT: &str = "You are an expert at question answering. Given the question \
 and the context image of the question, please output the answer. Please provide a concise \
 option, no explanation and further question.";
 
-/// The user text of an item: any prepended context, the question, then each option as
-/// `{letter}: {text}` on its own line.
-pub fn user_text(item: &Item) -> String {
+/// The user text of an item in parts, each with the role its tokens play: `Question:\n`, any
+/// prepended context and the question, `\nOption:\n`, then each option as `{letter}: {text}`
+/// on its own line.
+pub fn user_segments(item: &Item) -> Vec<(String, TokenRole)> {
     let context = item
         .meta
         .as_deref()
@@ -32,17 +34,26 @@ pub fn user_text(item: &Item) -> String {
                 .and_then(|c| c.as_str())
                 .map(str::to_string)
         });
-    let question = match context {
-        Some(context) if !context.is_empty() => format!("{context} {}", item.question),
-        _ => item.question.clone(),
-    };
-    let options: String = item
-        .options
-        .iter()
-        .enumerate()
-        .map(|(i, o)| format!("{}: {o}\n", letter(i)))
-        .collect();
-    format!("Question:\n{question}\nOption:\n{options}")
+    let mut segments = vec![("Question:\n".to_string(), TokenRole::Template)];
+    if let Some(context) = context.filter(|c| !c.is_empty()) {
+        segments.push((format!("{context} "), TokenRole::Question));
+    }
+    segments.push((item.question.clone(), TokenRole::Question));
+    segments.push(("\nOption:\n".to_string(), TokenRole::Template));
+    for (i, option) in item.options.iter().enumerate() {
+        segments.push((format!("{}: ", letter(i)), TokenRole::Template));
+        segments.push((option.clone(), TokenRole::Option));
+        segments.push(("\n".to_string(), TokenRole::Template));
+    }
+    segments
+}
+
+/// The user text of an item.
+pub fn user_text(item: &Item) -> String {
+    user_segments(item)
+        .into_iter()
+        .map(|(text, _)| text)
+        .collect()
 }
 
 /// The conversation of an item: the system message, then the user's turn (picture first).
@@ -62,7 +73,8 @@ fn failed(e: impl std::fmt::Display) -> StageError {
     StageError::failed(e.to_string())
 }
 
-/// Answers `items` with the checkpoint in `dir`.
+/// Answers `items` with the checkpoint in `dir` (pretrained, or fine-tuned by mipipe: then
+/// its `mipipe.json` names the method and seed the labels are checked against).
 pub fn answer(
     dir: &Path,
     device: tch::Device,
@@ -76,15 +88,26 @@ pub fn answer(
             dir.display()
         )));
     }
-    if params.size.is_some() || params.seed.is_some() {
+    if params.size.is_some() {
         return Err(StageError::failed(
-            "`size` and `seed` label mipipe's own checkpoints; a pretrained `checkpoint` has \
-             neither (remove them, or label the stage with a matrix key of your own)",
+            "`size` labels mipipe's own models; a Hugging Face `checkpoint` has none",
         ));
     }
-    if let Some(method) = params.method.as_deref().filter(|m| *m != "vanilla") {
+    let labels = super::finetune::labels(dir).map_err(failed)?;
+    let (method, seed) = labels
+        .as_ref()
+        .map_or(("vanilla", None), |l| (l.method.as_str(), Some(l.seed)));
+    if let Some(wanted) = params.method.as_deref().filter(|m| *m != method) {
         return Err(StageError::failed(format!(
-            "`method: {method}` but `checkpoint` is a pretrained model (`vanilla`)"
+            "`method: {wanted}` but the checkpoint is `{method}`"
+        )));
+    }
+    if let Some(wanted) = params.seed.filter(|s| Some(*s) != seed) {
+        return Err(StageError::failed(format!(
+            "`seed: {wanted}` but the checkpoint {}",
+            seed.map_or("is pretrained (no seed)".to_string(), |s| format!(
+                "was trained with seed {s}"
+            ))
         )));
     }
     let (_vs, model) = LlavaModel::load(dir, device, Kind::Float).map_err(failed)?;

@@ -278,6 +278,9 @@ fn center_crop(image: &Image8, height: usize, width: usize) -> Image8 {
     }
 }
 
+/// Token ids and, for each, the byte range of the text it comes from.
+pub type TokensWithOffsets = (Vec<i64>, Vec<(usize, usize)>);
+
 /// A checkpoint's processor: chat template, tokenizer, image processor.
 pub struct LlavaProcessor {
     tokenizer: tokenizers::Tokenizer,
@@ -398,6 +401,14 @@ impl LlavaProcessor {
             }
             None => config.tokens_per_image() as usize,
         };
+        if tokens_per_image as i64 != config.tokens_per_image() {
+            return Err(format!(
+                "the processor expands `{image_token}` to {tokens_per_image} tokens, but the \
+                 vision tower gives {} features per picture (config.json's image_size, \
+                 patch_size and vision_feature_select_strategy)",
+                config.tokens_per_image()
+            ));
+        }
         let pad_id = special
             .pad_token
             .as_deref()
@@ -432,17 +443,39 @@ impl LlavaProcessor {
         render_chat_template(template, messages, add_generation_prompt, &self.special)
     }
 
-    /// Token ids of texts (with the tokenizer's special tokens), `<image>` expanded.
-    pub fn token_ids(&self, text: &str) -> Result<Vec<i64>, String> {
-        let expanded = text.replace(
+    /// The text with each `<image>` placeholder repeated once per image feature, as
+    /// `LlavaProcessor` expands it before tokenising.
+    pub fn expand_images(&self, text: &str) -> String {
+        text.replace(
             &self.image_token,
             &self.image_token.repeat(self.tokens_per_image),
-        );
+        )
+    }
+
+    /// Token ids of an already expanded text (with the tokenizer's special tokens), and the
+    /// byte range of the text each token comes from.
+    pub fn tokens_with_offsets(&self, expanded: &str) -> Result<TokensWithOffsets, String> {
         let encoding = self
             .tokenizer
             .encode(expanded, true)
             .map_err(|e| format!("cannot tokenise: {e}"))?;
-        Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
+        let ids = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
+        Ok((ids, encoding.get_offsets().to_vec()))
+    }
+
+    /// Token ids of texts (with the tokenizer's special tokens), `<image>` expanded.
+    pub fn token_ids(&self, text: &str) -> Result<Vec<i64>, String> {
+        Ok(self.tokens_with_offsets(&self.expand_images(text))?.0)
+    }
+
+    /// The end-of-sequence token's text (`tokenizer_config.json`'s `eos_token`).
+    pub fn eos_token(&self) -> Option<&str> {
+        self.special.eos_token.as_deref()
+    }
+
+    /// The id of the image placeholder token.
+    pub fn image_token_id(&self) -> Option<i64> {
+        self.tokenizer.token_to_id(&self.image_token).map(i64::from)
     }
 
     /// Token ids of a continuation (no special tokens added), as options are scored.

@@ -1,0 +1,130 @@
+//! `finetune` on a pretrained LLaVA checkpoint: the paper's freezing (the vision tower frozen,
+//! the projector and the language model trained), any of the seven methods on batches from
+//! [`super::encode`], and the result written as a checkpoint in the same Hugging Face layout
+//! (the source's config, tokenizer, chat template and processor files, `model.safetensors` in
+//! fp32, and `mipipe.json` naming the method and seed), which `predict` and transformers load.
+
+use std::path::Path;
+
+use mipipe_engine::{StageContext, StageError};
+use mipipe_stage_schema::Item;
+use mipipe_stage_torch_types::{Family, FinetuneParams};
+use tch::Kind;
+
+use super::llava::LlavaModel;
+use super::processor::LlavaProcessor;
+use crate::kinds::{method_config, method_name};
+use crate::mixture::BatchRow;
+use crate::training::{train, write_log};
+
+/// What a fine-tuned checkpoint says of its training, beside the Hugging Face files.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Labels {
+    /// The method (`vanilla`: not fine-tuned by mipipe).
+    pub method: String,
+    /// The training seed.
+    pub seed: u64,
+    /// Where it was trained (`cpu`, `cuda:0`).
+    pub trained_on: String,
+}
+
+/// The labels file of a fine-tuned checkpoint.
+pub const LABELS_FILE: &str = "mipipe.json";
+
+/// The files of a checkpoint folder besides its weights, copied into a fine-tuned one.
+const CARRIED: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+];
+
+fn failed(e: impl std::fmt::Display) -> StageError {
+    StageError::failed(e.to_string())
+}
+
+/// Fine-tunes the checkpoint in `dir` over `plan`.
+pub fn run(
+    dir: &Path,
+    device: tch::Device,
+    params: &FinetuneParams,
+    items: &[Item],
+    plan: &[(u32, Vec<BatchRow>)],
+    ctx: &StageContext,
+) -> Result<(), StageError> {
+    if let Some(family) = params.family.filter(|f| *f != Family::Llava) {
+        return Err(StageError::failed(format!(
+            "`family: {family:?}` but `checkpoint` `{}` is a LLaVA checkpoint",
+            dir.display()
+        )));
+    }
+    if params.size.is_some() {
+        return Err(StageError::failed(
+            "`size` labels mipipe's own models; a pretrained `checkpoint` has none",
+        ));
+    }
+    let (vs, model) = LlavaModel::load(dir, device, Kind::Float).map_err(failed)?;
+    let processor = LlavaProcessor::load(dir, model.config()).map_err(failed)?;
+    model.freeze_for_finetune(&vs);
+    tch::manual_seed(params.seed as i64);
+    let log = train(
+        &vs,
+        &model,
+        plan,
+        |batch| super::encode::encode(&processor, items, batch),
+        &method_config(params),
+        params.lr,
+        &params.optimizer,
+        ctx,
+    )?;
+    write_log(ctx.output_path("log")?, &log)?;
+    let out = ctx.output_path("model")?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| failed(format!("cannot create `{}`: {e}", out.display())))?;
+    for name in CARRIED {
+        let from = dir.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name))
+                .map_err(|e| failed(format!("cannot copy `{}`: {e}", from.display())))?;
+        }
+    }
+    super::weights::save(&vs, out, Kind::Float, model.config().text.tie_embeddings)
+        .map_err(failed)?;
+    let labels = Labels {
+        method: method_name(params.method),
+        seed: params.seed,
+        trained_on: crate::device::name(device),
+    };
+    let json = serde_json::to_vec_pretty(&labels).map_err(failed)?;
+    std::fs::write(out.join(LABELS_FILE), json)
+        .map_err(|e| failed(format!("cannot write {LABELS_FILE}: {e}")))
+}
+
+/// The labels of a checkpoint folder: its `mipipe.json`, or `vanilla` for a pretrained one.
+pub fn labels(dir: &Path) -> Result<Option<Labels>, String> {
+    match std::fs::read(dir.join(LABELS_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("`{}/{LABELS_FILE}`: {e}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot read `{}/{LABELS_FILE}`: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// Whether a folder holds a Hugging Face LLaVA checkpoint (its `config.json` says
+/// `"model_type": "llava"`) rather than one of mipipe's own.
+pub fn is_llava_checkpoint(dir: &Path) -> bool {
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("model_type").and_then(|t| t.as_str()) == Some("llava"))
+}
