@@ -491,3 +491,29 @@ fn the_real_data_example_pipeline_runs_on_the_fixtures() {
         .filter(|r| r.perturbation == "ri")
         .all(|r| r.image.is_some()));
 }
+
+/// The whole study on the real datasets (pipelines/examples/real-data/study.yaml) resolves:
+/// every reference, matrix join and param of its from-scratch and LLaVA-1.5 halves.
+#[test]
+fn the_real_data_study_resolves() {
+    let study =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/examples/real-data/study.yaml");
+    let output = std::process::Command::new(crate::mipipe_bin())
+        .args(["dag", study.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let run = crate::Run::from(output);
+    run.expect_code(0);
+    for stage in [
+        "llava15_finetune[method=ours,seed=0]",
+        "llava15_predict[method=ours,seed=0]",
+        "llava15_predict_vanilla",
+        "predict[family=qwen,method=ours,seed=0]",
+    ] {
+        assert!(
+            run.stdout.contains(stage),
+            "{stage} missing:\n{}",
+            run.stdout
+        );
+    }
+}
