@@ -286,13 +286,24 @@ fn predict_gives_the_same_answers_with_batch_size_1_and_64() {
     }
 }
 
-/// `predict` on a pretrained LLaVA checkpoint in the Hugging Face layout (the tiny random one
-/// the parity tests compare with transformers): no `model` input, the folder's content in the
-/// key, one prediction per test item with a finite log-probability per option letter.
-#[test]
-fn predict_answers_with_a_hugging_face_llava_checkpoint() {
-    crate::require_torch_worker();
-    let project = Project::new();
+/// The tensor names of a safetensors file (its header), sorted.
+fn safetensors_keys(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    let mut keys: Vec<String> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The tiny LLaVA checkpoint of the parity tests, copied to `llava-tiny/` in the project.
+fn copy_llava_checkpoint(project: &Project) -> std::path::PathBuf {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("stages/torch/tests/fixtures/llava/checkpoint");
     let target = project.path().join("llava-tiny");
@@ -301,6 +312,17 @@ fn predict_answers_with_a_hugging_face_llava_checkpoint() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, target.join(path.file_name().unwrap())).unwrap();
     }
+    target
+}
+
+/// `predict` on a pretrained LLaVA checkpoint in the Hugging Face layout (the tiny random one
+/// the parity tests compare with transformers): no `model` input, the folder's content in the
+/// key, one prediction per test item with a finite log-probability per option letter.
+#[test]
+fn predict_answers_with_a_hugging_face_llava_checkpoint() {
+    crate::require_torch_worker();
+    let project = Project::new();
+    let target = copy_llava_checkpoint(&project);
     project.write(
         "mipipe.yaml",
         r#"
@@ -370,14 +392,7 @@ stages:
 fn finetune_trains_a_hugging_face_llava_checkpoint_that_predict_reads() {
     crate::require_torch_worker();
     let project = Project::new();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("stages/torch/tests/fixtures/llava/checkpoint");
-    let target = project.path().join("llava-tiny");
-    std::fs::create_dir_all(&target).unwrap();
-    for entry in std::fs::read_dir(&fixture).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, target.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_llava_checkpoint(&project);
     let pipeline = r#"
 version: 1
 stages:
@@ -395,6 +410,14 @@ stages:
     kind: predict
     inputs: {model: finetune.model, items: conditions.items}
     params: {method: ours, batch_size: 4, max_new_tokens: 2}
+  finetune_lora:
+    kind: finetune
+    inputs: {items: conditions.items}
+    params: {checkpoint: llava-tiny, method: adv, batch_size: 2, lr: 1e-4, lora: {rank: 2}}
+  predict_lora:
+    kind: predict
+    inputs: {model: finetune_lora.model, items: conditions.items}
+    params: {method: adv, batch_size: 4, max_new_tokens: 2}
 "#;
     project.write("mipipe.yaml", pipeline);
     project.mipipe(&["run"]).expect_code(0);
@@ -422,6 +445,22 @@ stages:
         mipipe_stage_schema::read_predictions(&project.output_object("predict", "predictions"))
             .unwrap();
     assert!(!predictions.is_empty());
+    // The LoRA run writes a merged checkpoint: the original keys, no adapters.
+    let merged = safetensors_keys(
+        &project
+            .output_object("finetune_lora", "model")
+            .join("model.safetensors"),
+    );
+    assert!(
+        merged.iter().all(|name| !name.contains("lora_")),
+        "{merged:?}"
+    );
+    assert_eq!(merged, safetensors_keys(&model.join("model.safetensors")));
+    assert!(!mipipe_stage_schema::read_predictions(
+        &project.output_object("predict_lora", "predictions")
+    )
+    .unwrap()
+    .is_empty());
     // A mis-labelled predict fails, naming both methods.
     project.write(
         "mipipe.yaml",

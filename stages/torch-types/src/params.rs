@@ -357,6 +357,49 @@ impl Default for PgdParams {
     }
 }
 
+/// LoRA adapters (Hu et al., 2021) on the language model's projections, in place of full
+/// fine-tuning: each targeted weight W gets a trainable update (α/r)·B·A, B zero at the start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraParams {
+    /// Rank r of each adapter.
+    #[serde(default = "default_lora_rank")]
+    pub rank: i64,
+    /// Scale numerator α (the update is α/r · B·A).
+    #[serde(default = "default_lora_alpha")]
+    pub alpha: f64,
+    /// Dropout on each adapter's input while training.
+    #[serde(default = "default_lora_dropout")]
+    pub dropout: f64,
+    /// The projections that get adapters, by name (`q_proj`, `k_proj`, `v_proj`, `o_proj`,
+    /// `gate_proj`, `up_proj`, `down_proj`).
+    #[serde(default = "default_lora_targets")]
+    pub targets: Vec<String>,
+}
+
+fn default_lora_rank() -> i64 {
+    16
+}
+fn default_lora_alpha() -> f64 {
+    32.0
+}
+fn default_lora_dropout() -> f64 {
+    0.05
+}
+fn default_lora_targets() -> Vec<String> {
+    [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// D_mixed (paper §4.1): anchors per batch by task.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -388,6 +431,10 @@ pub struct FinetuneParams {
     /// checkpoint in the same layout.
     #[serde(default)]
     pub checkpoint: Option<String>,
+    /// LoRA adapters instead of full fine-tuning (Hugging Face checkpoints only): the adapters
+    /// and the projector train, the rest is frozen, and the output is merged (W + α/r·B·A).
+    #[serde(default)]
+    pub lora: Option<LoraParams>,
     /// The family the input checkpoint must be (checked; lets a matrix over families join
     /// `pretrain[family=...]`).
     #[serde(default)]
@@ -452,6 +499,9 @@ impl Serialize for FinetuneParams {
         map.serialize_entry("method", &self.method)?;
         if let Some(checkpoint) = &self.checkpoint {
             map.serialize_entry("checkpoint", checkpoint)?;
+        }
+        if let Some(lora) = &self.lora {
+            map.serialize_entry("lora", lora)?;
         }
         if let Some(family) = &self.family {
             map.serialize_entry("family", family)?;

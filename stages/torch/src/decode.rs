@@ -3,6 +3,7 @@
 //! scored as a continuation of that same prompt pass ([`Decoding::score`]), what the `predict`
 //! stage writes into the predictions table.
 
+use mipipe_stage_schema::Item;
 use tch::{Kind, Tensor};
 
 use crate::layers::{position_ids, Attending, Decoder, KvCache};
@@ -155,6 +156,36 @@ impl<'m> Decoding<'m> {
             Vec::<f64>::try_from(sums.to_kind(Kind::Double).to_device(tch::Device::Cpu))
                 .expect("one score per row")
         })
+    }
+
+    /// The score of every option of every row's item: `continuation(item, option)` is the
+    /// option's token ids, scored after the row's prompt by [`Decoding::score`], one pass per
+    /// option index over the rows that have it.
+    pub fn score_options(
+        &self,
+        items: &[Item],
+        continuation: impl Fn(&Item, usize) -> Vec<i64>,
+    ) -> Vec<Vec<f64>> {
+        let most = items.iter().map(|i| i.options.len()).max().unwrap_or(0);
+        let mut scores = vec![Vec::new(); items.len()];
+        for option in 0..most {
+            let continuations: Vec<Vec<i64>> = items
+                .iter()
+                .map(|item| {
+                    if option < item.options.len() {
+                        continuation(item, option)
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            for (row, score) in self.score(&continuations).into_iter().enumerate() {
+                if option < items[row].options.len() {
+                    scores[row].push(score);
+                }
+            }
+        }
+        scores
     }
 
     /// Greedy continuation of each prompt, up to `max_new` tokens (at least one) or `eos`

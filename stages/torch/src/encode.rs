@@ -8,7 +8,7 @@
 
 use tch::{Kind, Tensor};
 
-use mipipe_stage_schema::{Item, Task};
+use mipipe_stage_schema::{parse_option, Item, Prediction, Task};
 use mipipe_stage_torch_types::AnswerFormat;
 
 use crate::methods::Rows;
@@ -20,15 +20,7 @@ use crate::tokenizer::{Tokenizer, BOS, EOS, PAD};
 /// its tokens play: the template (`Question :`, `Options :`, `A :`, `Answer :`), the question
 /// with any prepended context, and the options' words.
 pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
-    let context = item
-        .meta
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
-        .and_then(|m| {
-            m.get("context")
-                .and_then(|c| c.as_str())
-                .map(str::to_string)
-        });
+    let context = item_context(item);
     let mut segments = vec![("Question :".to_string(), TokenRole::Template)];
     if let Some(context) = context {
         segments.push((context, TokenRole::Question));
@@ -41,6 +33,36 @@ pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
     }
     segments.push(("Answer :".to_string(), TokenRole::Template));
     segments
+}
+
+/// The text prepended to an item's question (its `meta`'s `context`: a lecture, a hint, or
+/// the UF perturbation's facts), if any.
+pub fn item_context(item: &Item) -> Option<String> {
+    item.meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .and_then(|m| {
+            m.get("context")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        })
+}
+
+/// The prediction of one item: its identity, the parsed letter of the raw answer and the
+/// options' log-probabilities.
+pub fn prediction(item: &Item, raw_text: String, option_logprobs: Vec<f64>) -> Prediction {
+    Prediction {
+        id: item.id.clone(),
+        origin_id: item.origin_id.clone(),
+        dataset: item.dataset.clone(),
+        task: item.task.as_str().to_string(),
+        perturbation: item.perturbation.clone(),
+        answer: item.answer,
+        options: item.options.clone(),
+        predicted: parse_option(&raw_text, &item.options).map(letter),
+        raw_text,
+        option_logprobs: Some(option_logprobs),
+    }
 }
 
 /// The prompt text of an item (everything before the answer).
@@ -182,12 +204,7 @@ pub fn encode(
     format: AnswerFormat,
     image_size: i64,
 ) -> Result<Rows, String> {
-    let position: std::collections::BTreeMap<usize, usize> = batch
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.anchor.is_none())
-        .map(|(i, r)| (r.item, i))
-        .collect();
+    let position = crate::mixture::anchor_positions(batch);
     let sequences: Vec<Sequence> = batch
         .iter()
         .map(|row| {

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use mipipe_engine::{StageContext, StageError};
 use mipipe_stage_schema::{
-    parse_option, read_corpus, read_items, read_tables, write_predictions, Item, ItemRng,
-    Prediction, Task,
+    read_corpus, read_items, read_tables, write_predictions, Item, ItemRng, Prediction, Task,
 };
 use mipipe_stage_torch_types::{
     AnswerFormat, Family, FinetuneParams, Method, PredictParams, PretrainParams, Size, TorchBackend,
@@ -17,7 +16,8 @@ use tch::nn;
 use crate::checkpoint;
 use crate::decode::{Decoding, Prompts};
 use crate::encode::{
-    answer_ids, encode, encode_sequences, letter, prompt, prompt_tokens, row_task, Sequence,
+    answer_ids, encode, encode_sequences, letter, prediction, prompt, prompt_tokens, row_task,
+    Sequence,
 };
 use crate::methods::MethodConfig;
 use crate::mixture::{batches, Mixture};
@@ -269,6 +269,12 @@ impl TorchBackend for TchBackend {
                 ctx,
             );
         }
+        if params.lora.is_some() {
+            return Err(StageError::failed(
+                "`lora` fine-tunes Hugging Face checkpoints (`checkpoint`); mipipe's own small \
+                 models train in full",
+            ));
+        }
         let (vs, model, mut sidecar) = load(ctx.input_path("model")?, device)?;
         check_labels(&sidecar, params.family, params.size, None, None)?;
         model.freeze_for_finetune(&vs);
@@ -442,18 +448,7 @@ fn predict_own(
         let generated = decoding.generate(params.max_new_tokens, eos);
         for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
             let raw_text = tokenizer.decode(tokens);
-            out.push(Prediction {
-                id: item.id.clone(),
-                origin_id: item.origin_id.clone(),
-                dataset: item.dataset.clone(),
-                task: item.task.as_str().to_string(),
-                perturbation: item.perturbation.clone(),
-                answer: item.answer,
-                options: item.options.clone(),
-                predicted: parse_option(&raw_text, &item.options).map(letter),
-                raw_text,
-                option_logprobs: Some(logprobs),
-            });
+            out.push(prediction(item, raw_text, logprobs));
         }
         ctx.progress(n as u64 + 1, chunks.len() as u64, "predicting");
     }
@@ -518,26 +513,9 @@ pub fn option_text_scores(
     chunk: &[Item],
     tokenizer: &Tokenizer,
 ) -> Vec<Vec<f64>> {
-    let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
-    let mut scores = vec![Vec::new(); chunk.len()];
-    for option in 0..most {
-        let continuations: Vec<Vec<i64>> = chunk
-            .iter()
-            .map(|item| {
-                if option < item.options.len() {
-                    answer_ids(item, option, AnswerFormat::Text, tokenizer)
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        for (row, score) in decoding.score(&continuations).into_iter().enumerate() {
-            if option < chunk[row].options.len() {
-                scores[row].push(score);
-            }
-        }
-    }
-    scores
+    decoding.score_options(chunk, |item, option| {
+        answer_ids(item, option, AnswerFormat::Text, tokenizer)
+    })
 }
 
 /// Rescales the new model's image tokens to the text embeddings' RMS

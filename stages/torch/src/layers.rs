@@ -16,6 +16,8 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use crate::lora::{Adapters, Projection};
+
 /// Decoder hyper-parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DecoderConfig {
@@ -247,10 +249,10 @@ impl AttentionShape<'_> {
 /// transformers' `repeat_kv` does.
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -259,19 +261,26 @@ pub struct Attention {
 impl Attention {
     /// Projections at `path.{q,k,v}_proj` and `path.{shape.output}`.
     pub fn new(path: nn::Path, shape: AttentionShape, init: Init) -> Self {
+        Self::with_adapters(path, shape, init, None)
+    }
+
+    /// The same, with LoRA adapters on the projections `adapters` targets.
+    pub fn with_adapters(
+        path: nn::Path,
+        shape: AttentionShape,
+        init: Init,
+        adapters: Option<&Adapters>,
+    ) -> Self {
         let inner = shape.heads * shape.head_dim;
         let kv = shape.kv_heads * shape.head_dim;
+        let projection = |name: &str, input: i64, output: i64| {
+            Projection::new(&path, name, input, output, shape.bias, init, adapters)
+        };
         Self {
-            q_proj: linear(&path / "q_proj", shape.query_dim, inner, shape.bias, init),
-            k_proj: linear(&path / "k_proj", shape.key_dim, kv, shape.bias, init),
-            v_proj: linear(&path / "v_proj", shape.key_dim, kv, shape.bias, init),
-            o_proj: linear(
-                &path / shape.output,
-                inner,
-                shape.query_dim,
-                shape.bias,
-                init,
-            ),
+            q_proj: projection("q_proj", shape.query_dim, inner),
+            k_proj: projection("k_proj", shape.key_dim, kv),
+            v_proj: projection("v_proj", shape.key_dim, kv),
+            o_proj: projection(shape.output, inner, shape.query_dim),
             heads: shape.heads,
             kv_heads: shape.kv_heads,
             head_dim: shape.head_dim,
@@ -367,36 +376,22 @@ impl Attention {
 /// SwiGLU feed-forward.
 #[derive(Debug)]
 pub struct SwiGlu {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
 }
 
 impl SwiGlu {
-    /// Projections at `path.{gate,up,down}_proj`.
-    pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
+    /// Projections at `path.{gate,up,down}_proj`, with LoRA adapters where `adapters` says.
+    pub fn new(path: nn::Path, config: &DecoderConfig, adapters: Option<&Adapters>) -> Self {
+        let (h, f) = (config.hidden, config.ffn);
+        let projection = |name: &str, input: i64, output: i64| {
+            Projection::new(&path, name, input, output, false, Init::Llama, adapters)
+        };
         Self {
-            gate_proj: linear(
-                &path / "gate_proj",
-                config.hidden,
-                config.ffn,
-                false,
-                Init::Llama,
-            ),
-            up_proj: linear(
-                &path / "up_proj",
-                config.hidden,
-                config.ffn,
-                false,
-                Init::Llama,
-            ),
-            down_proj: linear(
-                &path / "down_proj",
-                config.ffn,
-                config.hidden,
-                false,
-                Init::Llama,
-            ),
+            gate_proj: projection("gate_proj", h, f),
+            up_proj: projection("up_proj", h, f),
+            down_proj: projection("down_proj", f, h),
         }
     }
 }
@@ -417,8 +412,8 @@ pub struct Block {
 }
 
 impl Block {
-    /// A block at `path`.
-    pub fn new(path: nn::Path, config: &DecoderConfig) -> Self {
+    /// A block at `path`, with LoRA adapters where `adapters` says.
+    pub fn new(path: nn::Path, config: &DecoderConfig, adapters: Option<&Adapters>) -> Self {
         let shape = AttentionShape {
             query_dim: config.hidden,
             key_dim: config.hidden,
@@ -434,13 +429,13 @@ impl Block {
                 config.hidden,
                 config.norm_eps,
             ),
-            self_attn: Attention::new(&path / "self_attn", shape, Init::Llama),
+            self_attn: Attention::with_adapters(&path / "self_attn", shape, Init::Llama, adapters),
             post_attention_layernorm: RmsNorm::new(
                 &path / "post_attention_layernorm",
                 config.hidden,
                 config.norm_eps,
             ),
-            mlp: SwiGlu::new(&path / "mlp", config),
+            mlp: SwiGlu::new(&path / "mlp", config, adapters),
         }
     }
 
@@ -482,8 +477,18 @@ impl Decoder {
     /// configuration ties the head to the token embeddings), as Hugging Face checkpoints keep
     /// `lm_head` beside the model rather than inside it.
     pub fn with_head(body: nn::Path, head: nn::Path, config: &DecoderConfig) -> Self {
+        Self::with_adapters(body, head, config, None)
+    }
+
+    /// The same, with LoRA adapters on the projections `adapters` targets.
+    pub fn with_adapters(
+        body: nn::Path,
+        head: nn::Path,
+        config: &DecoderConfig,
+        adapters: Option<&Adapters>,
+    ) -> Self {
         let blocks = (0..config.layers)
-            .map(|i| Block::new(&body / "layers" / i, config))
+            .map(|i| Block::new(&body / "layers" / i, config, adapters))
             .collect();
         let embed_tokens = nn::embedding(
             &body / "embed_tokens",

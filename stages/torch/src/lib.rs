@@ -14,6 +14,7 @@ pub mod encode;
 pub mod hf;
 pub mod kinds;
 pub mod layers;
+pub mod lora;
 pub mod methods;
 pub mod mixture;
 pub mod model;

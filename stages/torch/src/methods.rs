@@ -117,6 +117,8 @@ pub trait Trainable {
     /// Logits `[batch, seq, vocab]` of input embeddings with `real` (`[batch, seq]`) marking
     /// the real positions.
     fn logits_of(&self, embeddings: &Tensor, real: &Tensor) -> Tensor;
+    /// Training mode on or off (LoRA's dropout); the default has nothing to switch.
+    fn set_training(&self, _on: bool) {}
 }
 
 impl Trainable for MultimodalModel {

@@ -21,6 +21,17 @@ pub struct BatchRow {
     pub anchor: Option<usize>,
 }
 
+/// For each clean row of a batch, its position: where a variant's `anchor` (a row of the
+/// table) sits in the batch.
+pub fn anchor_positions(batch: &[BatchRow]) -> std::collections::BTreeMap<usize, usize> {
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.anchor.is_none())
+        .map(|(i, r)| (r.item, i))
+        .collect()
+}
+
 /// Mixture settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mixture {

@@ -107,6 +107,7 @@ pub fn train<B>(
     let started = Instant::now();
     let mut log = Vec::with_capacity(plan.len());
     let every = (plan.len() / 20).max(1);
+    model.set_training(true);
     for (step, (epoch, batch)) in plan.iter().enumerate() {
         if ctx.is_cancelled() {
             return Err(StageError::failed("Cancelled"));
@@ -151,6 +152,7 @@ pub fn train<B>(
             terms,
         });
     }
+    model.set_training(false);
     Ok(log)
 }
 

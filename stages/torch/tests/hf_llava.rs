@@ -554,3 +554,112 @@ fn the_seven_methods_train_a_pretrained_llava() {
         }
     }
 }
+
+#[test]
+fn lora_adapters_start_neutral_train_alone_and_merge_into_an_ordinary_checkpoint() {
+    use mipipe_stage_torch::lora::{Adapters, LoraParams};
+    let golden = golden();
+    let batch = batch_of(&golden);
+    let (_plain_vs, plain, processor) = load();
+    let params = LoraParams {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+    };
+    tch::manual_seed(5);
+    let adapters = Adapters::new(&params);
+    let (vs, model) =
+        LlavaModel::load_with_adapters(&checkpoint(), Device::Cpu, Kind::Float, Some(&adapters))
+            .unwrap();
+    let adapter_names: Vec<String> = vs
+        .variables()
+        .into_keys()
+        .filter(|n| mipipe_stage_torch::lora::is_adapter(n))
+        .collect();
+    // Two layers x three targets x (A, B).
+    assert_eq!(adapter_names.len(), 12, "{adapter_names:?}");
+    assert!(adapter_names
+        .iter()
+        .any(|n| n == "language_model.model.layers.1.mlp.down_proj.lora_A.weight"));
+    // B starts at zero: the adapted model is the checkpoint.
+    let diff = max_diff(&logits(&model, &batch), &logits(&plain, &batch));
+    assert_eq!(diff, 0.0, "fresh adapters change logits by {diff}");
+
+    // Train: only the adapters and the projector move.
+    model.freeze_for_finetune(&vs);
+    let before: HashMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    let items = vec![
+        item(
+            "a",
+            Task::ImageHeavy,
+            Some(png("images/rgb-47x35.png")),
+            true,
+        ),
+        item("b", Task::TextHeavy, None, true),
+    ];
+    let rows = encode(
+        &processor,
+        &items,
+        &[
+            BatchRow {
+                item: 0,
+                anchor: None,
+            },
+            BatchRow {
+                item: 1,
+                anchor: None,
+            },
+        ],
+    )
+    .unwrap();
+    let config = MethodConfig::paper(Method::Ours);
+    let mut optimizer = tch::nn::AdamW::default().build(&vs, 1e-2).unwrap();
+    use mipipe_stage_torch::methods::Trainable;
+    model.set_training(true);
+    let first = training_loss(&model, &rows, &config).total;
+    let first_value = first.double_value(&[]);
+    optimizer.backward_step(&first);
+    for _ in 0..4 {
+        let loss = training_loss(&model, &rows, &config).total;
+        optimizer.backward_step(&loss);
+    }
+    model.set_training(false);
+    let last = training_loss(&model, &rows, &config)
+        .total
+        .double_value(&[]);
+    assert!(last < first_value, "{first_value} -> {last}");
+    for (name, value) in vs.variables() {
+        let moved = !value.equal(&before[&name]);
+        let trains = mipipe_stage_torch::lora::is_adapter(&name)
+            || name.starts_with("multi_modal_projector.");
+        if name.contains(".lora_B.") || name.starts_with("multi_modal_projector.") {
+            assert!(moved, "{name} did not train");
+        }
+        if !trains {
+            assert!(!moved, "{name} moved but is frozen");
+        }
+    }
+
+    // Merged and saved, it is an ordinary checkpoint with the adapted model's logits.
+    let adapted = logits(&model, &batch);
+    let merged = mipipe_stage_torch::lora::merge(&vs, &params);
+    assert_eq!(merged.len(), 12);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        checkpoint().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    mipipe_stage_torch::hf::weights::save(&vs, dir.path(), Kind::Float, false).unwrap();
+    let (_vs2, reloaded) = LlavaModel::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+    let diff = max_diff(&logits(&reloaded, &batch), &adapted);
+    assert!(
+        diff < 1e-4,
+        "the merged checkpoint differs from the adapted model by {diff}"
+    );
+}

@@ -77,12 +77,7 @@ pub fn encode(
     items: &[Item],
     batch: &[BatchRow],
 ) -> Result<Rows, String> {
-    let position: std::collections::BTreeMap<usize, usize> = batch
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.anchor.is_none())
-        .map(|(i, r)| (r.item, i))
-        .collect();
+    let position = crate::mixture::anchor_positions(batch);
     let mut sequences = Vec::with_capacity(batch.len());
     let mut pictures = Vec::new();
     for row in batch {

@@ -1,5 +1,6 @@
 //! `finetune` on a pretrained LLaVA checkpoint: the paper's freezing (the vision tower frozen,
-//! the projector and the language model trained), any of the seven methods on batches from
+//! the projector and the language model trained; with `lora`, adapters on the language model
+//! instead of its weights, merged into them at the end), any of the seven methods on batches from
 //! [`super::encode`], and the result written as a checkpoint in the same Hugging Face layout
 //! (the source's config, tokenizer, chat template and processor files, `model.safetensors` in
 //! fp32, and `mipipe.json` naming the method and seed), which `predict` and transformers load.
@@ -8,12 +9,13 @@ use std::path::Path;
 
 use mipipe_engine::{StageContext, StageError};
 use mipipe_stage_schema::Item;
-use mipipe_stage_torch_types::{Family, FinetuneParams};
+use mipipe_stage_torch_types::{Family, FinetuneParams, Size};
 use tch::Kind;
 
 use super::llava::LlavaModel;
 use super::processor::LlavaProcessor;
 use crate::kinds::{method_config, method_name};
+use crate::lora::Adapters;
 use crate::mixture::BatchRow;
 use crate::training::{train, write_log};
 
@@ -58,21 +60,14 @@ pub fn run(
     plan: &[(u32, Vec<BatchRow>)],
     ctx: &StageContext,
 ) -> Result<(), StageError> {
-    if let Some(family) = params.family.filter(|f| *f != Family::Llava) {
-        return Err(StageError::failed(format!(
-            "`family: {family:?}` but `checkpoint` `{}` is a LLaVA checkpoint",
-            dir.display()
-        )));
-    }
-    if params.size.is_some() {
-        return Err(StageError::failed(
-            "`size` labels mipipe's own models; a pretrained `checkpoint` has none",
-        ));
-    }
-    let (vs, model) = LlavaModel::load(dir, device, Kind::Float).map_err(failed)?;
+    check_family_and_size(params.family, params.size, dir)?;
+    // Adapters draw their initialisation from the run's seed.
+    tch::manual_seed(params.seed as i64);
+    let adapters = params.lora.as_ref().map(Adapters::new);
+    let (vs, model) = LlavaModel::load_with_adapters(dir, device, Kind::Float, adapters.as_ref())
+        .map_err(failed)?;
     let processor = LlavaProcessor::load(dir, model.config()).map_err(failed)?;
     model.freeze_for_finetune(&vs);
-    tch::manual_seed(params.seed as i64);
     let log = train(
         &vs,
         &model,
@@ -94,6 +89,13 @@ pub fn run(
                 .map_err(|e| failed(format!("cannot copy `{}`: {e}", from.display())))?;
         }
     }
+    if let Some(lora) = &params.lora {
+        let merged = crate::lora::merge(&vs, lora);
+        ctx.log(&format!(
+            "merged {} LoRA adapters into their weights",
+            merged.len() / 2
+        ));
+    }
     super::weights::save(&vs, out, Kind::Float, model.config().text.tie_embeddings)
         .map_err(failed)?;
     let labels = Labels {
@@ -104,6 +106,26 @@ pub fn run(
     let json = serde_json::to_vec_pretty(&labels).map_err(failed)?;
     std::fs::write(out.join(LABELS_FILE), json)
         .map_err(|e| failed(format!("cannot write {LABELS_FILE}: {e}")))
+}
+
+/// A `family` label must be `llava`, and `size` (which labels mipipe's own models) absent.
+pub fn check_family_and_size(
+    family: Option<Family>,
+    size: Option<Size>,
+    dir: &Path,
+) -> Result<(), StageError> {
+    if let Some(family) = family.filter(|f| *f != Family::Llava) {
+        return Err(StageError::failed(format!(
+            "`family: {family:?}` but `{}` is a LLaVA checkpoint",
+            dir.display()
+        )));
+    }
+    if size.is_some() {
+        return Err(StageError::failed(
+            "`size` labels mipipe's own models; a Hugging Face checkpoint has none",
+        ));
+    }
+    Ok(())
 }
 
 /// The labels of a checkpoint folder: its `mipipe.json`, or `vanilla` for a pretrained one.

@@ -16,6 +16,7 @@ use super::clip::ClipVision;
 use super::config::LlavaConfig;
 use crate::decode::Decoding;
 use crate::layers::Decoder;
+use crate::lora::Adapters;
 use crate::methods::{Layout, Rows, Trainable};
 use crate::objectives::TokenRole;
 use crate::vision::MlpProjector;
@@ -29,11 +30,22 @@ pub struct LlavaModel {
     pub decoder: Decoder,
     config: LlavaConfig,
     feature_indices: Vec<usize>,
+    adapters: Option<Adapters>,
 }
 
 impl LlavaModel {
     /// The model's variables under `root`, randomly initialised.
     pub fn new(root: nn::Path, config: &LlavaConfig) -> Result<Self, String> {
+        Self::with_adapters(root, config, None)
+    }
+
+    /// The same, with LoRA adapters on the language model's projections that `adapters`
+    /// targets.
+    pub fn with_adapters(
+        root: nn::Path,
+        config: &LlavaConfig,
+        adapters: Option<&Adapters>,
+    ) -> Result<Self, String> {
         let feature_indices = config.feature_indices()?;
         let vision = ClipVision::new(&root / "vision_tower" / "vision_model", &config.vision);
         let projector = MlpProjector::with(
@@ -44,13 +56,19 @@ impl LlavaModel {
             config.projector_activation,
         );
         let language = &root / "language_model";
-        let decoder = Decoder::with_head(&language / "model", &language / "lm_head", &config.text);
+        let decoder = Decoder::with_adapters(
+            &language / "model",
+            &language / "lm_head",
+            &config.text,
+            adapters,
+        );
         Ok(Self {
             vision,
             projector,
             decoder,
             config: config.clone(),
             feature_indices,
+            adapters: adapters.cloned(),
         })
     }
 
@@ -61,9 +79,19 @@ impl LlavaModel {
         device: tch::Device,
         kind: Kind,
     ) -> Result<(nn::VarStore, Self), String> {
+        Self::load_with_adapters(dir, device, kind, None)
+    }
+
+    /// The same, with fresh LoRA adapters (which change nothing until trained).
+    pub fn load_with_adapters(
+        dir: &Path,
+        device: tch::Device,
+        kind: Kind,
+        adapters: Option<&Adapters>,
+    ) -> Result<(nn::VarStore, Self), String> {
         let config = LlavaConfig::load(dir)?;
         let mut vs = nn::VarStore::new(device);
-        let model = Self::new(vs.root(), &config)?;
+        let model = Self::with_adapters(vs.root(), &config, adapters)?;
         if kind != Kind::Float {
             vs.set_kind(kind);
         }
@@ -157,10 +185,15 @@ impl LlavaModel {
     }
 
     /// Freezes what the paper's fine-tuning leaves alone: the vision tower (the projector and
-    /// the language model train).
+    /// the language model train). With LoRA adapters, the language model's own weights are
+    /// frozen too: the adapters and the projector train (LLaVA's LoRA recipe).
     pub fn freeze_for_finetune(&self, vs: &nn::VarStore) {
         for (name, var) in vs.variables() {
-            if name.starts_with("vision_tower.") {
+            let frozen = name.starts_with("vision_tower.")
+                || (self.adapters.is_some()
+                    && name.starts_with("language_model.")
+                    && !crate::lora::is_adapter(&name));
+            if frozen {
                 let _ = var.set_requires_grad(false);
             }
         }
@@ -193,5 +226,11 @@ impl Trainable for LlavaModel {
 
     fn logits_of(&self, embeddings: &Tensor, real: &Tensor) -> Tensor {
         self.logits(embeddings, real)
+    }
+
+    fn set_training(&self, on: bool) {
+        if let Some(adapters) = &self.adapters {
+            adapters.set_training(on);
+        }
     }
 }

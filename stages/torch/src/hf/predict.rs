@@ -7,13 +7,13 @@ use std::path::Path;
 
 use mipipe_engine::{StageContext, StageError};
 use mipipe_stage_schema::image::RgbImage;
-use mipipe_stage_schema::{parse_option, Item, Prediction};
-use mipipe_stage_torch_types::{Family, PredictParams};
+use mipipe_stage_schema::{Item, Prediction};
+use mipipe_stage_torch_types::PredictParams;
 use tch::Kind;
 
 use super::llava::LlavaModel;
 use super::processor::{Content, LlavaProcessor, Message};
-use crate::encode::letter;
+use crate::encode::{item_context, letter, prediction};
 use crate::objectives::TokenRole;
 
 /// The authors' evaluation system message (`qa_image_prompt`, seed-repo.md §1.8).
@@ -25,15 +25,7 @@ option, no explanation and further question.";
 /// prepended context and the question, `\nOption:\n`, then each option as `{letter}: {text}`
 /// on its own line.
 pub fn user_segments(item: &Item) -> Vec<(String, TokenRole)> {
-    let context = item
-        .meta
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
-        .and_then(|m| {
-            m.get("context")
-                .and_then(|c| c.as_str())
-                .map(str::to_string)
-        });
+    let context = item_context(item);
     let mut segments = vec![("Question:\n".to_string(), TokenRole::Template)];
     if let Some(context) = context.filter(|c| !c.is_empty()) {
         segments.push((format!("{context} "), TokenRole::Question));
@@ -82,17 +74,7 @@ pub fn answer(
     items: &[Item],
     ctx: &StageContext,
 ) -> Result<Vec<Prediction>, StageError> {
-    if let Some(family) = params.family.filter(|f| *f != Family::Llava) {
-        return Err(StageError::failed(format!(
-            "`family: {family:?}` but `checkpoint` `{}` is a LLaVA checkpoint",
-            dir.display()
-        )));
-    }
-    if params.size.is_some() {
-        return Err(StageError::failed(
-            "`size` labels mipipe's own models; a Hugging Face `checkpoint` has none",
-        ));
-    }
+    super::finetune::check_family_and_size(params.family, params.size, dir)?;
     let labels = super::finetune::labels(dir).map_err(failed)?;
     let (method, seed) = labels
         .as_ref()
@@ -122,6 +104,13 @@ pub fn answer(
         .map(|i| processor.continuation_ids(&letter(i)))
         .collect::<Result<_, _>>()
         .map_err(failed)?;
+    if let Some(item) = items.iter().find(|i| i.options.len() > letters.len()) {
+        return Err(StageError::failed(format!(
+            "item `{}` has {} options; letters go to Z (26)",
+            item.id,
+            item.options.len()
+        )));
+    }
     let mut out = Vec::with_capacity(items.len());
     let chunks: Vec<&[Item]> = items.chunks(params.batch_size.max(1)).collect();
     for (n, chunk) in chunks.iter().enumerate() {
@@ -152,40 +141,11 @@ pub fn answer(
                 pixels.as_ref(),
             )
             .map_err(failed)?;
-        let most = chunk.iter().map(|i| i.options.len()).max().unwrap_or(0);
-        let mut scores = vec![Vec::new(); chunk.len()];
-        for (option, letter_ids) in letters.iter().enumerate().take(most) {
-            let continuations: Vec<Vec<i64>> = chunk
-                .iter()
-                .map(|item| {
-                    if option < item.options.len() {
-                        letter_ids.clone()
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect();
-            for (row, score) in decoding.score(&continuations).into_iter().enumerate() {
-                if option < chunk[row].options.len() {
-                    scores[row].push(score);
-                }
-            }
-        }
+        let scores = decoding.score_options(chunk, |_, option| letters[option].clone());
         let generated = decoding.generate(params.max_new_tokens, eos);
         for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
             let raw_text = processor.decode(tokens).map_err(failed)?;
-            out.push(Prediction {
-                id: item.id.clone(),
-                origin_id: item.origin_id.clone(),
-                dataset: item.dataset.clone(),
-                task: item.task.as_str().to_string(),
-                perturbation: item.perturbation.clone(),
-                answer: item.answer,
-                options: item.options.clone(),
-                predicted: parse_option(&raw_text, &item.options).map(letter),
-                raw_text,
-                option_logprobs: Some(logprobs),
-            });
+            out.push(prediction(item, raw_text, logprobs));
         }
         ctx.progress(n as u64 + 1, chunks.len() as u64, "predicting");
     }

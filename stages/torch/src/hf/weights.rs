@@ -145,7 +145,11 @@ pub fn load(vs: &nn::VarStore, dir: &Path) -> Result<(), String> {
             filled.insert(name);
         }
     }
-    let missing: Vec<&String> = variables.keys().filter(|k| !filled.contains(*k)).collect();
+    // LoRA adapters are the model's own additions, never in a checkpoint.
+    let missing: Vec<&String> = variables
+        .keys()
+        .filter(|k| !filled.contains(*k) && !crate::lora::is_adapter(k))
+        .collect();
     if !missing.is_empty() {
         let mut missing: Vec<&String> = missing;
         missing.sort();
@@ -169,12 +173,14 @@ fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
 
 /// Writes the variables as `model.safetensors` in `dir` under their canonical keys, in `kind`
 /// (the checkpoint's dtype, say), through a temporary file renamed into place. A head tied to
-/// the embeddings is not written twice: transformers ties it again on load.
+/// the embeddings is not written twice: transformers ties it again on load. LoRA adapters are
+/// not written ([`crate::lora::merge`] them first).
 pub fn save(vs: &nn::VarStore, dir: &Path, kind: Kind, tied_head: bool) -> Result<(), String> {
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
         .filter(|(name, _)| !(tied_head && name == "language_model.lm_head.weight"))
+        .filter(|(name, _)| !crate::lora::is_adapter(name))
         .map(|(name, t)| (name, t.detach().to_device(tch::Device::Cpu).to_kind(kind)))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
