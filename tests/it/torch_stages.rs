@@ -335,6 +335,10 @@ stages:
     kind: predict
     inputs: {items: world.items}
     params: {checkpoint: llava-tiny, batch_size: 4, max_new_tokens: 3}
+  predict_bf16:
+    kind: predict
+    inputs: {items: world.items}
+    params: {checkpoint: llava-tiny, batch_size: 4, max_new_tokens: 3, dtype: bfloat16}
 "#,
     );
     project.mipipe(&["run"]).expect_code(0);
@@ -356,6 +360,17 @@ stages:
             "{logprobs:?}"
         );
     }
+    // In bf16 the same items get finite scores too (their closeness to transformers' bf16 is
+    // the parity tests' business).
+    let bf16 = mipipe_stage_schema::read_predictions(
+        &project.output_object("predict_bf16", "predictions"),
+    )
+    .unwrap();
+    assert_eq!(bf16.len(), predictions.len());
+    assert!(bf16
+        .iter()
+        .flat_map(|p| p.option_logprobs.clone().unwrap())
+        .all(|l| l.is_finite() && l <= 0.0));
     // Unchanged: cached. A changed checkpoint (one byte of its config): rerun, and the reason
     // names the folder.
     let again = project.mipipe(&["run"]);
@@ -382,7 +397,10 @@ stages:
     );
     let rerun = project.mipipe(&["run"]);
     rerun.expect_code(0);
-    assert_eq!(rerun.stages_with("ran"), vec!["predict".to_string()]);
+    assert_eq!(
+        rerun.stages_with("ran"),
+        vec!["predict".to_string(), "predict_bf16".to_string()]
+    );
 }
 
 /// `finetune` on the same checkpoint with the paper's method, then `predict` on its output: a

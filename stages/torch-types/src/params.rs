@@ -588,6 +588,30 @@ pub struct PredictParams {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[serde(default)]
     pub device: Device,
+    /// The dtype of the weights and activations of a Hugging Face `checkpoint`: `float32`
+    /// (the default), `bfloat16` or `float16` (half the memory; what GPUs run 7B models in).
+    #[serde(default, skip_serializing_if = "Dtype::is_float32")]
+    pub dtype: Dtype,
+}
+
+/// A floating-point dtype.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit IEEE.
+    #[default]
+    Float32,
+    /// bfloat16.
+    Bfloat16,
+    /// IEEE half.
+    Float16,
+}
+
+impl Dtype {
+    /// Whether it is the default, `float32`.
+    pub fn is_float32(&self) -> bool {
+        *self == Dtype::Float32
+    }
 }
 
 fn default_split() -> String {

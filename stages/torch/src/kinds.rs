@@ -392,6 +392,11 @@ fn predict_own(
     device: tch::Device,
     items: &[Item],
 ) -> Result<Vec<Prediction>, StageError> {
+    if !params.dtype.is_float32() {
+        return Err(StageError::failed(
+            "`dtype` applies to Hugging Face checkpoints; mipipe's own models run in float32",
+        ));
+    }
     let (_vs, model, sidecar) = load(ctx.input_path("model")?, device)?;
     check_labels(
         &sidecar,

@@ -663,3 +663,26 @@ fn lora_adapters_start_neutral_train_alone_and_merge_into_an_ordinary_checkpoint
         "the merged checkpoint differs from the adapted model by {diff}"
     );
 }
+
+#[test]
+fn bf16_logits_are_as_close_to_transformers_bf16_as_bf16_is_to_fp32() {
+    let golden = golden();
+    let batch = batch_of(&golden);
+    let (_vs, model) = LlavaModel::load(&checkpoint(), Device::Cpu, Kind::BFloat16).unwrap();
+    let ours = logits(&model, &batch).to_kind(Kind::Float);
+    assert!(ours.isfinite().all().int64_value(&[]) == 1);
+    let theirs = &golden.tensors["logits_bf16"];
+    let fp32 = &golden.tensors["logits"];
+    let mask = &batch.attention_mask;
+    let to_transformers = real_diff(&ours, theirs, mask);
+    // What rounding to bf16 costs transformers itself: the yardstick.
+    let rounding = real_diff(theirs, fp32, mask);
+    let to_fp32 = real_diff(&ours, fp32, mask);
+    // Ours must be as accurate as transformers' own bf16 (within a quarter of its error
+    // against fp32); two such bf16 results can then differ by up to twice that error.
+    assert!(
+        to_fp32 <= 1.25 * rounding && to_transformers <= 2.0 * rounding,
+        "bf16 logits differ from fp32 by {to_fp32} and from transformers' bf16 by \
+         {to_transformers}; bf16 rounding itself moves transformers' by {rounding}"
+    );
+}

@@ -31,6 +31,7 @@ pub struct LlavaModel {
     config: LlavaConfig,
     feature_indices: Vec<usize>,
     adapters: Option<Adapters>,
+    kind: Kind,
 }
 
 impl LlavaModel {
@@ -69,6 +70,7 @@ impl LlavaModel {
             config: config.clone(),
             feature_indices,
             adapters: adapters.cloned(),
+            kind: Kind::Float,
         })
     }
 
@@ -91,9 +93,10 @@ impl LlavaModel {
     ) -> Result<(nn::VarStore, Self), String> {
         let config = LlavaConfig::load(dir)?;
         let mut vs = nn::VarStore::new(device);
-        let model = Self::with_adapters(vs.root(), &config, adapters)?;
+        let mut model = Self::with_adapters(vs.root(), &config, adapters)?;
         if kind != Kind::Float {
             vs.set_kind(kind);
+            model.kind = kind;
         }
         super::weights::load(&vs, dir)?;
         Ok((vs, model))
@@ -107,9 +110,10 @@ impl LlavaModel {
     /// Image features `[pictures, tokens_per_image, hidden]` of pixel values
     /// `[pictures, 3, size, size]` (as the processor makes them).
     pub fn image_features(&self, pixel_values: &Tensor) -> Tensor {
+        let pixel_values = pixel_values.to_kind(self.kind);
         let states = self
             .vision
-            .hidden_states(pixel_values, &self.feature_indices);
+            .hidden_states(&pixel_values, &self.feature_indices);
         let states: Vec<Tensor> = states
             .into_iter()
             .map(|s| {

@@ -8,7 +8,7 @@ use std::path::Path;
 use mipipe_engine::{StageContext, StageError};
 use mipipe_stage_schema::image::RgbImage;
 use mipipe_stage_schema::{Item, Prediction};
-use mipipe_stage_torch_types::PredictParams;
+use mipipe_stage_torch_types::{Dtype, PredictParams};
 use tch::Kind;
 
 use super::llava::LlavaModel;
@@ -92,7 +92,12 @@ pub fn answer(
             ))
         )));
     }
-    let (_vs, model) = LlavaModel::load(dir, device, Kind::Float).map_err(failed)?;
+    let kind = match params.dtype {
+        Dtype::Float32 => Kind::Float,
+        Dtype::Bfloat16 => Kind::BFloat16,
+        Dtype::Float16 => Kind::Half,
+    };
+    let (_vs, model) = LlavaModel::load(dir, device, kind).map_err(failed)?;
     let processor = LlavaProcessor::load(dir, model.config()).map_err(failed)?;
     let eos = model.config().eos_token_id.ok_or_else(|| {
         StageError::failed(format!(
