@@ -588,6 +588,11 @@ pub struct PredictParams {
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[serde(default)]
     pub device: Device,
+    /// Repetition penalty of greedy decoding, as transformers applies it: the logit of every
+    /// token already in the row (prompt and answer so far) is divided by it where positive and
+    /// multiplied where negative. 1 (the default) turns it off; the authors evaluate with 1.2.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repetition_penalty: f64,
     /// The dtype of the weights and activations of a Hugging Face `checkpoint`: `float32`
     /// (the default), `bfloat16` or `float16` (half the memory; what GPUs run 7B models in).
     #[serde(default, skip_serializing_if = "Dtype::is_float32")]
@@ -612,6 +617,13 @@ impl Dtype {
     pub fn is_float32(&self) -> bool {
         *self == Dtype::Float32
     }
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn is_one(value: &f64) -> bool {
+    *value == 1.0
 }
 
 fn default_split() -> String {

@@ -190,15 +190,39 @@ impl<'m> Decoding<'m> {
 
     /// Greedy continuation of each prompt, up to `max_new` tokens (at least one) or `eos`
     /// (not included in the output).
-    pub fn generate(mut self, max_new: usize, eos: i64) -> Vec<Vec<i64>> {
+    pub fn generate(self, max_new: usize, eos: i64) -> Vec<Vec<i64>> {
+        self.generate_with(max_new, eos, None)
+    }
+
+    /// The same with a repetition penalty as transformers applies it
+    /// (`RepetitionPenaltyLogitsProcessor`): before each choice, the logit of every token already
+    /// in the row (`history`, `[batch, seq]`: the prompt's ids, padding included, then what was
+    /// generated) is divided by `penalty` where positive and multiplied by it where negative.
+    pub fn generate_with(
+        mut self,
+        max_new: usize,
+        eos: i64,
+        repetition: Option<(f64, &Tensor)>,
+    ) -> Vec<Vec<i64>> {
         tch::no_grad(|| {
             let b = self.last_logits.size()[0] as usize;
+            let device = self.last_logits.device();
             let mut answers = Answers::new(b, eos);
             let mut logits = self.last_logits.shallow_clone();
+            let mut history = repetition.map(|(_, h)| h.to_device(device));
             for step in 0..max_new.max(1) {
-                let next = logits.argmax(-1, false);
+                let scores = match (repetition, &history) {
+                    (Some((penalty, _)), Some(seen)) if penalty != 1.0 => {
+                        penalise_repetition(&logits, seen, penalty)
+                    }
+                    _ => logits.shallow_clone(),
+                };
+                let next = scores.argmax(-1, false);
                 if answers.push(&next) || step + 1 >= max_new {
                     break;
+                }
+                if let Some(seen) = &mut history {
+                    *seen = Tensor::cat(&[&*seen, &next.unsqueeze(1)], 1);
                 }
                 logits = self
                     .seen
@@ -208,6 +232,16 @@ impl<'m> Decoding<'m> {
             answers.finish()
         })
     }
+}
+
+/// Logits `[batch, vocab]` with the tokens of `seen` (`[batch, n]`) penalised: divided by
+/// `penalty` where positive, multiplied where negative (in fp32, as transformers scores).
+fn penalise_repetition(logits: &Tensor, seen: &Tensor, penalty: f64) -> Tensor {
+    let logits = logits.to_kind(Kind::Float);
+    let picked = logits.gather(1, seen, false);
+    // `a.where_self(c, b)`: a where c holds, else b.
+    let penalised = (&picked * penalty).where_self(&picked.lt(0.0), &(&picked / penalty));
+    logits.scatter(1, seen, &penalised)
 }
 
 /// The tokens greedy decoding has produced per row, and which rows have ended.

@@ -450,7 +450,11 @@ fn predict_own(
                 .collect(),
             AnswerFormat::Text => option_text_scores(&decoding, chunk, tokenizer),
         };
-        let generated = decoding.generate(params.max_new_tokens, eos);
+        let generated = decoding.generate_with(
+            params.max_new_tokens,
+            eos,
+            Some((params.repetition_penalty, &prompts.tokens)),
+        );
         for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
             let raw_text = tokenizer.decode(tokens);
             out.push(prediction(item, raw_text, logprobs));

@@ -686,3 +686,49 @@ fn bf16_logits_are_as_close_to_transformers_bf16_as_bf16_is_to_fp32() {
          {to_transformers}; bf16 rounding itself moves transformers' by {rounding}"
     );
 }
+
+#[test]
+fn greedy_generation_with_the_authors_repetition_penalty_matches_transformers() {
+    let golden = golden();
+    let (_vs, model, _) = load();
+    let batch = batch_of(&golden);
+    let eos = model.config().eos_token_id.unwrap();
+    let expected: Vec<Vec<i64>> = golden.json["generated_repetition_penalty_1.2"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .take_while(|&t| t != eos)
+                .collect()
+        })
+        .collect();
+    let plain: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(
+        &Tensor::from_slice(
+            &golden.json["generated"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()))
+                .collect::<Vec<_>>(),
+        )
+        .view([3, -1]),
+    )
+    .unwrap();
+    assert_ne!(
+        plain, expected,
+        "the penalty must change something to be tested"
+    );
+    let decoding = model
+        .prefill(
+            &batch.input_ids,
+            &batch.attention_mask,
+            batch.pixel_values.as_ref(),
+        )
+        .unwrap();
+    let generated = decoding.generate_with(8, eos, Some((1.2, &batch.input_ids)));
+    assert_eq!(generated, expected);
+}

@@ -147,7 +147,12 @@ pub fn answer(
             )
             .map_err(failed)?;
         let scores = decoding.score_options(chunk, |_, option| letters[option].clone());
-        let generated = decoding.generate(params.max_new_tokens, eos);
+        let history = batch.input_ids.to_device(device);
+        let generated = decoding.generate_with(
+            params.max_new_tokens,
+            eos,
+            Some((params.repetition_penalty, &history)),
+        );
         for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
             let raw_text = processor.decode(tokens).map_err(failed)?;
             out.push(prediction(item, raw_text, logprobs));
