@@ -185,7 +185,8 @@ impl Project {
 }
 
 /// Compiles each of `tables` (paths relative to the project) with pdflatex inside a minimal
-/// article, as a paper would `\input` it. Returns false (after saying so) when pdflatex is
+/// article (booktabs, graphicx), as a paper would `\input` it, and checks that none is wider
+/// than the text. Returns false (after saying so) when pdflatex is
 /// missing and `MIPIPE_REQUIRE_PDFLATEX` is unset; panics with pdflatex's log on a failure.
 pub fn compile_latex(project: &Project, tables: &[&str]) -> bool {
     let available = Command::new("pdflatex")
@@ -204,7 +205,7 @@ pub fn compile_latex(project: &Project, tables: &[&str]) -> bool {
         project.write(
             "doc.tex",
             &format!(
-                "\\documentclass{{article}}\n\\usepackage{{booktabs}}\n\\begin{{document}}\n\\input{{{table}}}\n\\end{{document}}\n"
+                "\\documentclass{{article}}\n\\usepackage{{booktabs}}\n\\usepackage{{graphicx}}\n\\begin{{document}}\n\\input{{{table}}}\n\\end{{document}}\n"
             ),
         );
         let out = Command::new("pdflatex")
@@ -212,10 +213,12 @@ pub fn compile_latex(project: &Project, tables: &[&str]) -> bool {
             .current_dir(project.path())
             .output()
             .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{table} does not compile:\n{log}");
+        // A table wider than the text runs into the margin: pdflatex reports it, quietly.
         assert!(
-            out.status.success(),
-            "{table} does not compile:\n{}",
-            String::from_utf8_lossy(&out.stdout)
+            !log.contains("Overfull \\hbox"),
+            "{table} is wider than the page:\n{log}"
         );
     }
     true

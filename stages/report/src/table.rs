@@ -51,6 +51,24 @@ pub struct TableParams {
     /// LaTeX caption.
     #[serde(default)]
     pub caption: String,
+    /// How the LaTeX table meets the page: `fit` (shrunk to the text width when wider; needs
+    /// `\usepackage{graphicx}`), `column` (a `table` at its natural width) or `page` (a
+    /// `table*` across both columns of a two-column paper).
+    #[serde(default)]
+    pub width: LatexWidth,
+}
+
+/// How a LaTeX table meets the page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LatexWidth {
+    /// Shrunk to `\linewidth` when wider (graphicx's `\resizebox`), natural width otherwise.
+    #[default]
+    Fit,
+    /// A `table` at its natural width.
+    Column,
+    /// A `table*` spanning the page in two-column documents.
+    Page,
 }
 
 fn default_methods() -> Vec<String> {
@@ -74,7 +92,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 7;
+    const VERSION: u32 = 8;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -456,7 +474,17 @@ impl Table {
     pub fn latex(&self, params: &TableParams) -> String {
         let mut out = String::new();
         let n = self.columns.len();
-        let _ = writeln!(out, "\\begin{{table}}[t]\n\\centering\n\\small");
+        let float = match params.width {
+            LatexWidth::Page => "table*",
+            LatexWidth::Fit | LatexWidth::Column => "table",
+        };
+        let _ = writeln!(out, "\\begin{{{float}}}[t]\n\\centering\n\\small");
+        if params.width == LatexWidth::Fit {
+            let _ = writeln!(
+                out,
+                "\\resizebox{{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}}{{!}}{{%"
+            );
+        }
         let _ = writeln!(out, "\\begin{{tabular}}{{l{}}}\n\\toprule", "c".repeat(n));
         let mut header = String::from("Method");
         let mut rules = String::new();
@@ -496,10 +524,13 @@ impl Table {
             }
         }
         let _ = writeln!(out, "\\bottomrule\n\\end{{tabular}}");
+        if params.width == LatexWidth::Fit {
+            let _ = writeln!(out, "}}");
+        }
         if !params.caption.is_empty() {
             let _ = writeln!(out, "\\caption{{{}}}", latex_text(&params.caption));
         }
-        let _ = writeln!(out, "\\end{{table}}");
+        let _ = writeln!(out, "\\end{{{float}}}");
         out
     }
 

@@ -64,10 +64,10 @@ pub struct Batch {
 }
 
 /// The image processor's settings (`preprocessor_config.json`, or the `image_processor` part of
-/// `processor_config.json`).
+/// `processor_config.json`). Pictures always arrive as 8-bit RGB (`RgbImage` expands grey and
+/// palettes and drops alpha), so `do_convert_rgb` has nothing left to do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageProcessor {
-    convert_rgb: bool,
     pad_to_square: bool,
     resize: Option<(TargetSize, Filter)>,
     center_crop: Option<(usize, usize)>,
@@ -146,7 +146,6 @@ impl ImageProcessor {
             }
         };
         Ok(Self {
-            convert_rgb: flag("do_convert_rgb", true),
             pad_to_square: flag("do_pad", false),
             resize: flag("do_resize", true).then_some((size, filter)),
             center_crop: flag("do_center_crop", true).then_some(crop),
@@ -169,7 +168,6 @@ impl ImageProcessor {
 
     /// Pixel values `[3, height, width]` of one picture.
     pub fn preprocess(&self, image: &RgbImage) -> Tensor {
-        let _ = self.convert_rgb; // our images are always RGB already
         let mut image = Image8 {
             width: image.width as usize,
             height: image.height as usize,
