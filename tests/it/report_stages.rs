@@ -92,7 +92,7 @@ fn predictions_become_metrics_and_a_table_and_a_table_option_reruns_only_the_tab
         "{md}"
     );
     assert_eq!(
-        lines[2], "| llava-s | vanilla | 100.0 | 50.0 | 75.0 |",
+        lines[2], "| llava-s | Vanilla | 100.0 | 50.0 | 75.0 |",
         "{md}"
     );
     assert_eq!(lines[3], "|  | Ours | 100.0 | **100.0** | 75.0 |", "{md}");
@@ -123,7 +123,7 @@ fn predictions_become_metrics_and_a_table_and_a_table_option_reruns_only_the_tab
     assert_eq!(run.stages_with("ran"), ["table"], "{}", run.stderr);
     assert!(project
         .read("table.md")
-        .contains("| llava-s | vanilla | 100.00 | 50.00 | 75.00 |"));
+        .contains("| llava-s | Vanilla | 100.00 | 50.00 | 75.00 |"));
 }
 
 #[test]

@@ -78,7 +78,7 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     for family in FAMILIES {
         assert!(table1.contains(&format!("{family}-xs")), "{table1}");
     }
-    for method in ["vanilla", "fft_mix", "ours"] {
+    for method in ["Vanilla", "FFT w/ D_mixed", "Ours"] {
         assert!(table1.contains(&format!("| {method} |")), "{table1}");
     }
     assert!(project.path().join("results/quick/figures").is_dir());

@@ -36,7 +36,9 @@ pub struct TableParams {
     /// Datasets, in column order [default: every dataset in the metrics, by task then name].
     #[serde(default)]
     pub datasets: Vec<String>,
-    /// Display names of datasets and methods (`{shapes: Mini-ImageNet role, fft_mix: FFT w/ D_mixed}`).
+    /// Display names of datasets, models and methods (`{shapes: Mini-ImageNet role}`); the
+    /// methods have the paper's row labels by default (`fft_mix`: `FFT w/ D_mixed`, `kl`:
+    /// `+KL`, ...), which entries here replace. The CSV keeps the ids.
     #[serde(default)]
     pub names: BTreeMap<String, String>,
     /// Method order within each model group [default: the paper's order].
@@ -78,6 +80,22 @@ fn default_methods() -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+/// The paper's row labels for the methods, which `names` entries replace.
+fn default_names() -> BTreeMap<String, String> {
+    [
+        ("vanilla", "Vanilla"),
+        ("fft_vqa", "FFT w/ D_VQA"),
+        ("fft_mix", "FFT w/ D_mixed"),
+        ("kl", "+KL"),
+        ("js", "+JS"),
+        ("rg", "+RG"),
+        ("adv", "+ADV"),
+        ("ours", "Ours"),
+    ]
+    .into_iter()
+    .map(|(id, label)| (id.to_string(), label.to_string()))
+    .collect()
+}
 fn default_baseline() -> String {
     "vanilla".into()
 }
@@ -92,7 +110,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 8;
+    const VERSION: u32 = 9;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -359,7 +377,10 @@ pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> 
     Ok(Table {
         columns,
         groups,
-        names: params.names.clone(),
+        names: default_names()
+            .into_iter()
+            .chain(params.names.clone())
+            .collect(),
         baseline: params.baseline.clone(),
         decimals: params.decimals,
     })
@@ -721,10 +742,21 @@ mod tests {
             lines[0],
             "| Model | Method | Shapes Orig | Shapes Perturbed | VQA Overall |"
         );
-        assert_eq!(lines[2], "| llava-s | vanilla | 90.0 | 40.0 | 50.0 |");
+        assert_eq!(lines[2], "| llava-s | Vanilla | 90.0 | 40.0 | 50.0 |");
         assert_eq!(
             lines[3],
-            "|  | ours | **96.0±1.4** | **91.0±1.4** | **61.0±1.4** |"
+            "|  | Ours | **96.0±1.4** | **91.0±1.4** | **61.0±1.4** |"
+        );
+        // The paper's row labels by default; a `names` entry replaces one, in LaTeX escaped.
+        let mut renamed = params(Layout::OrigPerturbed);
+        renamed.names.insert("ours".into(), "Ours (JS, K=2)".into());
+        let table = build(&rows(), &renamed).unwrap();
+        let md = table.markdown(&renamed);
+        assert!(md.contains("|  | Ours (JS, K=2) |"), "{md}");
+        let tex = table.latex(&renamed);
+        assert!(
+            tex.contains("Ours (JS, K=2) &") && tex.contains("Vanilla &"),
+            "{tex}"
         );
     }
 
@@ -824,10 +856,10 @@ mod tests {
         let table = build(&tied, &params(Layout::OrigPerturbed)).unwrap();
         let md = table.markdown(&params(Layout::OrigPerturbed));
         assert!(
-            md.contains("| llava-s | vanilla | 90.0 | 40.0 | 50.0 |"),
+            md.contains("| llava-s | Vanilla | 90.0 | 40.0 | 50.0 |"),
             "{md}"
         );
-        assert!(md.contains("|  | ours | 90.0 | **50.0** | 50.0 |"), "{md}");
+        assert!(md.contains("|  | Ours | 90.0 | **50.0** | 50.0 |"), "{md}");
         let table = build(&tied, &params(Layout::Vqa)).unwrap();
         let md = table.markdown(&params(Layout::Vqa));
         assert!(md.contains("50.0 (0.0%)"), "{md}");
