@@ -82,6 +82,15 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
         assert!(table1.contains(&format!("| {method} |")), "{table1}");
     }
     assert!(project.path().join("results/quick/figures").is_dir());
+    // Every number behind the tables, in one Parquet table: a row per evaluated metric of
+    // every model and method.
+    let metrics =
+        mipipe_stage_schema::read_metrics(&project.path().join("results/quick/metrics.parquet"))
+            .unwrap();
+    for method in ["vanilla", "fft_mix", "ours"] {
+        assert!(metrics.iter().any(|m| m.method == method), "{method}");
+    }
+    assert!(metrics.iter().all(|m| m.value.is_finite()));
     // The tables the shipped pipeline writes compile as a paper would include them.
     let tex: Vec<String> = TABLES
         .iter()

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
-use mipipe_stage_schema::{read_metrics, read_tables, MetricRow};
+use mipipe_stage_schema::{read_metrics, read_tables, write_metrics, MetricRow};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +110,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 9;
+    const VERSION: u32 = 10;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -120,6 +120,7 @@ impl Stage for TableStage {
             OutputSpec::file("csv", "table.csv"),
             OutputSpec::file("provenance", "table.provenance.csv"),
             OutputSpec::dir("figures", "figures"),
+            OutputSpec::file("metrics", "metrics.parquet"),
         ]
     }
 
@@ -135,6 +136,9 @@ impl Stage for TableStage {
         write("md", table.markdown(params))?;
         write("csv", table.csv())?;
         write("provenance", table.provenance())?;
+        // Every number the table was made from, in one Parquet table (pandas, polars, DuckDB).
+        write_metrics(ctx.output_path("metrics")?, &rows)
+            .map_err(|e| StageError::environment(e.to_string()))?;
         let dir = ctx.output_path("figures")?;
         for (name, svg) in figures::render(&table) {
             let png = figures::to_png(&svg).map_err(StageError::failed)?;
