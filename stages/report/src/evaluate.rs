@@ -117,13 +117,14 @@ pub struct EvaluateStage;
 impl Stage for EvaluateStage {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "Score predictions: accuracy, perturbed accuracy, causal effect, VQA overall, unparseable answers";
 
     fn outputs(_params: &EvaluateParams) -> Vec<OutputSpec> {
         vec![
             OutputSpec::file("metrics", "metrics.parquet"),
             OutputSpec::file("unparseable", "unparseable.json"),
+            OutputSpec::file("samples", "samples.jsonl"),
         ]
     }
 
@@ -151,6 +152,11 @@ impl Stage for EvaluateStage {
         ));
         write_metrics(ctx.output_path("metrics")?, &rows)
             .map_err(|e| StageError::environment(e.to_string()))?;
+        std::fs::write(
+            ctx.output_path("samples")?,
+            samples_jsonl(&predictions, params),
+        )
+        .map_err(|e| StageError::environment(e.to_string()))?;
         let report = serde_json::json!({"count": unparseable.len(), "examples": examples});
         std::fs::write(
             ctx.output_path("unparseable")?,
@@ -206,6 +212,39 @@ pub fn parse_answer(raw: &str, options: &[String], task: &str, parser: Parser) -
 /// (condition, accuracy, items).
 type ConditionAccuracy = (String, f64, u64);
 
+/// The option a prediction is scored as having chosen: its parsed generated answer or its
+/// most likely option, as `answer_from` says; `None` when the answer cannot be read.
+pub fn scored_answer(p: &Prediction, params: &EvaluateParams) -> Option<usize> {
+    match params.answer_from {
+        AnswerFrom::Generated => parse_answer(&p.raw_text, &p.options, &p.task, params.parser),
+        AnswerFrom::Likelihood => most_likely(p),
+    }
+}
+
+/// lmms-eval's per-sample log (`--log_samples`), one JSON object per line, so a result can be
+/// checked against that harness: `doc_id`, `task` (the dataset), `condition`, `target` (the
+/// gold letter), `resps` (the raw answer), `filtered_resps` (the letter scored, empty when
+/// unreadable), and the metric `accuracy` (1 or 0).
+pub fn samples_jsonl(predictions: &[Prediction], params: &EvaluateParams) -> String {
+    let letter = |i: usize| ((b'A' + i as u8) as char).to_string();
+    let mut out = String::new();
+    for p in predictions {
+        let answer = scored_answer(p, params);
+        let line = serde_json::json!({
+            "doc_id": p.id,
+            "task": p.dataset,
+            "condition": p.perturbation,
+            "target": letter(p.answer),
+            "resps": [[p.raw_text]],
+            "filtered_resps": [answer.map(letter).unwrap_or_default()],
+            "accuracy": if answer == Some(p.answer) { 1.0 } else { 0.0 },
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
+
 /// Computes every metric of one model's predictions.
 pub fn evaluate<'p>(
     predictions: &'p [Prediction],
@@ -231,10 +270,7 @@ pub fn evaluate<'p>(
     let mut parsed: BTreeMap<(String, String), BTreeMap<String, Option<usize>>> = BTreeMap::new();
     let mut unparseable = Vec::new();
     for p in predictions {
-        let answer = match params.answer_from {
-            AnswerFrom::Generated => parse_answer(&p.raw_text, &p.options, &p.task, params.parser),
-            AnswerFrom::Likelihood => most_likely(p),
-        };
+        let answer = scored_answer(p, params);
         let entry = groups
             .entry((p.dataset.clone(), p.perturbation.clone()))
             .or_insert((p.task.clone(), 0, 0, 0));
@@ -513,5 +549,43 @@ mod tests {
             1,
             "a prediction without scores has no answer"
         );
+    }
+
+    #[test]
+    fn samples_are_lmms_eval_lines_scored_as_the_metrics_are() {
+        let preds = vec![
+            prediction("a", "shapes", "image_heavy", "none", 0, "A"),
+            prediction("b", "shapes", "image_heavy", "md", 1, "The answer is C."),
+            prediction("c", "shapes", "image_heavy", "uf", 2, "no idea"),
+        ];
+        let params: EvaluateParams =
+            serde_json::from_value(serde_json::json!({"family": "llava", "method": "vanilla"}))
+                .unwrap();
+        let text = samples_jsonl(&preds, &params);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["doc_id"], "a#none");
+        assert_eq!(lines[0]["target"], "A");
+        assert_eq!(lines[0]["resps"], serde_json::json!([["A"]]));
+        assert_eq!(lines[0]["filtered_resps"], serde_json::json!(["A"]));
+        assert_eq!(lines[0]["accuracy"], 1.0);
+        assert_eq!(lines[1]["filtered_resps"], serde_json::json!(["C"]));
+        assert_eq!(lines[1]["accuracy"], 0.0);
+        assert_eq!(
+            lines[2]["filtered_resps"],
+            serde_json::json!([""]),
+            "unreadable"
+        );
+        // The samples' mean accuracy is the metrics table's.
+        let (rows, _) = evaluate(&preds, &params, &label());
+        let correct: f64 = lines.iter().map(|l| l["accuracy"].as_f64().unwrap()).sum();
+        let from_metrics: f64 = ["none", "md", "uf"]
+            .iter()
+            .map(|c| metric(&rows, "shapes", c, "accuracy").value)
+            .sum();
+        assert_eq!(correct, from_metrics);
     }
 }
