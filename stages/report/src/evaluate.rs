@@ -473,6 +473,11 @@ mod tests {
         }
     }
 
+    /// `evaluate`'s params with only the labels set (every scoring choice at its default).
+    fn default_params() -> EvaluateParams {
+        serde_json::from_value(serde_json::json!({"family": "llava", "method": "vanilla"})).unwrap()
+    }
+
     fn label() -> Label {
         Label {
             family: "llava".into(),
@@ -507,9 +512,7 @@ mod tests {
             prediction("y", "spatial", "vqa", "none", 0, "B"),
             prediction("z", "spatial", "vqa", "none", 0, "A"),
         ];
-        let params: EvaluateParams =
-            serde_json::from_value(serde_json::json!({"family": "llava", "method": "vanilla"}))
-                .unwrap();
+        let params = default_params();
         let label = label();
         let (rows, unparseable) = evaluate(&preds, &params, &label);
         assert_eq!(metric(&rows, "shapes", "none", "accuracy").value, 1.0);
@@ -558,9 +561,7 @@ mod tests {
             prediction("b", "shapes", "image_heavy", "md", 1, "The answer is C."),
             prediction("c", "shapes", "image_heavy", "uf", 2, "no idea"),
         ];
-        let params: EvaluateParams =
-            serde_json::from_value(serde_json::json!({"family": "llava", "method": "vanilla"}))
-                .unwrap();
+        let params = default_params();
         let text = samples_jsonl(&preds, &params);
         let lines: Vec<serde_json::Value> = text
             .lines()

@@ -54,7 +54,8 @@ pub struct Sidecar {
     pub trained_on: Option<String>,
 }
 
-fn failed(e: impl std::fmt::Display) -> StageError {
+/// A stage failure carrying `e`'s message.
+pub(crate) fn failed(e: impl std::fmt::Display) -> StageError {
     StageError::failed(e.to_string())
 }
 

@@ -81,6 +81,33 @@ fn prompts(processor: &LlavaProcessor, golden: &Golden) -> (Vec<String>, Vec<Rgb
     (prompts, pictures)
 }
 
+/// A list of strings of `golden.json`.
+fn golden_strings(golden: &Golden, key: &str) -> Vec<String> {
+    golden.json[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Token rows transformers generated (`golden.json`'s `key`), each cut at `eos`.
+fn golden_tokens(golden: &Golden, key: &str, eos: i64) -> Vec<Vec<i64>> {
+    golden.json[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .take_while(|&t| t != eos)
+                .collect()
+        })
+        .collect()
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
         .abs()
@@ -97,12 +124,7 @@ fn the_processor_gives_transformers_prompts_token_ids_and_pixel_values() {
     let golden = golden();
     let (_vs, _model, processor) = load();
     let (prompts, pictures) = prompts(&processor, &golden);
-    let expected: Vec<String> = golden.json["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let expected = golden_strings(&golden, "prompts");
     assert_eq!(prompts, expected, "chat template");
     let batch = processor.batch(&prompts, &pictures).unwrap();
     assert_eq!(ids(&batch.input_ids), ids(&golden.tensors["input_ids"]));
@@ -218,19 +240,7 @@ fn greedy_generation_and_option_scores_match_transformers() {
         }
     }
     let generated = decoding.generate(max_new, eos);
-    let expected: Vec<Vec<i64>> = golden.json["generated"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap())
-                .take_while(|&t| t != eos)
-                .collect()
-        })
-        .collect();
+    let expected = golden_tokens(&golden, "generated", eos);
     assert_eq!(generated, expected);
 }
 
@@ -239,12 +249,7 @@ fn one_adamw_step_of_the_supervised_loss_matches_torch() {
     let golden = golden();
     let (vs, model, processor) = load();
     let (prompts, pictures) = prompts(&processor, &golden);
-    let answers: Vec<String> = golden.json["answers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let answers = golden_strings(&golden, "answers");
     let texts: Vec<String> = prompts
         .iter()
         .zip(&answers)
@@ -693,31 +698,8 @@ fn greedy_generation_with_the_authors_repetition_penalty_matches_transformers() 
     let (_vs, model, _) = load();
     let batch = batch_of(&golden);
     let eos = model.config().eos_token_id.unwrap();
-    let expected: Vec<Vec<i64>> = golden.json["generated_repetition_penalty_1.2"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap())
-                .take_while(|&t| t != eos)
-                .collect()
-        })
-        .collect();
-    let plain: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(
-        &Tensor::from_slice(
-            &golden.json["generated"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()))
-                .collect::<Vec<_>>(),
-        )
-        .view([3, -1]),
-    )
-    .unwrap();
+    let expected = golden_tokens(&golden, "generated_repetition_penalty_1.2", eos);
+    let plain = golden_tokens(&golden, "generated", eos);
     assert_ne!(
         plain, expected,
         "the penalty must change something to be tested"

@@ -14,7 +14,7 @@ use tch::Kind;
 
 use super::llava::LlavaModel;
 use super::processor::LlavaProcessor;
-use crate::kinds::{method_config, method_name};
+use crate::kinds::{failed, method_config, method_name};
 use crate::lora::Adapters;
 use crate::mixture::BatchRow;
 use crate::training::{train, write_log};
@@ -46,10 +46,6 @@ const CARRIED: &[&str] = &[
     "preprocessor_config.json",
     "processor_config.json",
 ];
-
-fn failed(e: impl std::fmt::Display) -> StageError {
-    StageError::failed(e.to_string())
-}
 
 /// Fine-tunes the checkpoint in `dir` over `plan`.
 pub fn run(

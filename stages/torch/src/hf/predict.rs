@@ -14,6 +14,7 @@ use tch::Kind;
 use super::llava::LlavaModel;
 use super::processor::{Content, LlavaProcessor, Message};
 use crate::encode::{item_context, letter, prediction};
+use crate::kinds::failed;
 use crate::objectives::TokenRole;
 
 /// The authors' evaluation system message (`qa_image_prompt`, seed-repo.md §1.8).
@@ -59,10 +60,6 @@ pub fn conversation(item: &Item) -> Vec<Message> {
         },
         Message::user(&user_text(item), item.image.is_some()),
     ]
-}
-
-fn failed(e: impl std::fmt::Display) -> StageError {
-    StageError::failed(e.to_string())
 }
 
 /// Answers `items` with the checkpoint in `dir` (pretrained, or fine-tuned by mipipe: then
