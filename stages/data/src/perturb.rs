@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::draw::{Background, Canvas};
+use crate::world::{self, SignStyle};
 use mipipe_stage_schema::ItemRng;
 use mipipe_stage_schema::{read_items, read_tables, write_items, Item, Task};
 
@@ -41,6 +42,9 @@ pub enum Condition {
     Fw,
     /// A synthetic UI screenshot (text-heavy, out of distribution).
     Screenshot,
+    /// A truthful hint (the control of MD and RI): image-heavy items get a description of the
+    /// gold option, text-heavy items the sign of the gold answer as their picture.
+    Th,
 }
 
 impl Condition {
@@ -56,6 +60,7 @@ impl Condition {
             Condition::Fb => "fb",
             Condition::Fw => "fw",
             Condition::Screenshot => "screenshot",
+            Condition::Th => "th",
         }
     }
 
@@ -68,6 +73,11 @@ impl Condition {
             self,
             Condition::Rp | Condition::Ri | Condition::Fb | Condition::Fw | Condition::Screenshot
         )
+    }
+
+    /// Conditions that both item kinds take (`none`, `th`).
+    fn is_shared(self) -> bool {
+        matches!(self, Condition::None | Condition::Th)
     }
 }
 
@@ -117,6 +127,15 @@ pub struct PerturbParams {
     /// the table.
     #[serde(default)]
     pub image_size: Option<u32>,
+    /// Held-out perturbations at test: `test` rows get misleading templates, unrelated facts
+    /// and sign pictures that `train` rows never do (docs/embedded-benchmark.md, Design v2 §3).
+    /// `false`: every split draws from the same pools, as the authors' code does.
+    #[serde(default = "default_held_out")]
+    pub held_out: bool,
+}
+
+fn default_held_out() -> bool {
+    true
 }
 
 fn default_image_heavy() -> Vec<Condition> {
@@ -187,7 +206,7 @@ pub struct PerturbStage;
 impl Stage for PerturbStage {
     type Params = PerturbParams;
     const KIND: &'static str = "perturb";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str =
         "Add the paper's perturbed conditions (UF, MD, OCR; RP, RI, FB, FW, screenshot) to a unified table";
 
@@ -206,17 +225,17 @@ impl Stage for PerturbStage {
 
     fn run(&self, params: &PerturbParams, ctx: &StageContext) -> Result<(), StageError> {
         for c in &params.image_heavy {
-            if !(c.is_text() || *c == Condition::None) {
+            if !(c.is_text() || c.is_shared()) {
                 return Err(StageError::failed(format!(
-                    "`image_heavy` lists `{}`, an image condition; image-heavy items get text conditions (none, uf, md, ocr)",
+                    "`image_heavy` lists `{}`, an image condition; image-heavy items get text conditions (none, uf, md, ocr, th)",
                     c.as_str()
                 )));
             }
         }
         for c in &params.text_heavy {
-            if !(c.is_image() || *c == Condition::None) {
+            if !(c.is_image() || c.is_shared()) {
                 return Err(StageError::failed(format!(
-                    "`text_heavy` lists `{}`, a text condition; text-heavy items get image conditions (none, rp, ri, fb, fw, screenshot)",
+                    "`text_heavy` lists `{}`, a text condition; text-heavy items get image conditions (none, rp, ri, fb, fw, screenshot, th)",
                     c.as_str()
                 )));
             }
@@ -327,28 +346,39 @@ impl Context<'_> {
             self.params.seed,
             &[&item.dataset, &item.origin_id, condition.as_str()],
         );
-        if condition.is_text() {
+        let held_out = self.params.held_out && item.split == "test";
+        let text_kind =
+            condition.is_text() || (condition == Condition::Th && item.task != Task::TextHeavy);
+        if text_kind {
             let text = match condition {
-                Condition::Uf => (0..self.params.uf_sentences.max(1))
-                    .map(|_| rng.choose(self.uf_pool).as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                Condition::Md => self.misleading(item, &mut rng)?,
+                Condition::Uf => {
+                    let pool = self.uf_half(held_out);
+                    (0..self.params.uf_sentences.max(1))
+                        .map(|_| rng.choose(&pool).as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                }
+                Condition::Md => {
+                    let (text, pick) = self.misleading(item, held_out, &mut rng)?;
+                    set_meta(&mut out, "points_at", pick.into());
+                    text
+                }
+                Condition::Th => {
+                    set_meta(&mut out, "points_at", item.answer.into());
+                    world::fill(template(held_out, &mut rng), &item.options[item.answer])
+                }
                 _ => ocr_noise(self.params.ocr_snippets.max(1), &mut rng),
             };
             match self.params.text_placement {
                 TextPlacement::InsideQuestion => out.question = format!("{text} {}", item.question),
-                TextPlacement::BeforeQuestion => {
-                    let mut meta: serde_json::Map<String, serde_json::Value> = item
-                        .meta
-                        .as_deref()
-                        .and_then(|m| serde_json::from_str(m).ok())
-                        .unwrap_or_default();
-                    meta.insert("context".into(), serde_json::Value::String(text));
-                    out.meta = Some(serde_json::Value::Object(meta).to_string());
-                }
+                TextPlacement::BeforeQuestion => set_meta(&mut out, "context", text.into()),
             }
         } else {
+            let style = if held_out {
+                SignStyle::HeldOut
+            } else {
+                SignStyle::Patch
+            };
             let picture = match condition {
                 Condition::Rp => Canvas::noise(self.size, &mut rng).to_png(),
                 Condition::Fb => {
@@ -358,23 +388,65 @@ impl Context<'_> {
                     Canvas::new(self.size, Background::Plain, [255, 255, 255], &mut rng).to_png()
                 }
                 Condition::Screenshot => screenshot(self.size, &mut rng).to_png(),
-                _ => {
-                    if self.image_pool.is_empty() {
-                        return Err(StageError::failed(
-                            "`ri` needs real images, and the table has no clean image-heavy items to draw them from",
-                        ));
-                    }
-                    rng.choose(self.image_pool).to_vec()
+                Condition::Th => {
+                    let Some(sign) = Signs::of(item).and_then(|s| s.options[item.answer]) else {
+                        return Err(StageError::failed(format!(
+                            "`th` on text-heavy item `{}` needs the gold's sign (`meta.signs`, which `synth` writes); drop `th` from `text_heavy` for other datasets",
+                            item.id
+                        )));
+                    };
+                    set_meta(&mut out, "points_at", item.answer.into());
+                    world::draw_sign(self.size, sign, style, &mut rng).to_png()
                 }
+                _ => match Signs::of(item) {
+                    Some(signs) => {
+                        let (sign, points_at, points) = signs.draw(item.answer, &mut rng);
+                        set_meta(&mut out, "points_at", points_at.into());
+                        set_meta(&mut out, "ri_points", points.into());
+                        world::draw_sign(self.size, sign, style, &mut rng).to_png()
+                    }
+                    None => {
+                        if self.image_pool.is_empty() {
+                            return Err(StageError::failed(
+                                "`ri` needs real images, and the table has no clean image-heavy items to draw them from",
+                            ));
+                        }
+                        rng.choose(self.image_pool).to_vec()
+                    }
+                },
             };
             out.image = Some(picture);
         }
         Ok(out)
     }
 
+    /// The unrelated-facts sentences a row draws from: with `held_out`, test rows take one
+    /// half of the pool and other rows the other (split by a hash of each sentence).
+    fn uf_half(&self, test: bool) -> Vec<String> {
+        if !self.params.held_out {
+            return self.uf_pool.to_vec();
+        }
+        let half: Vec<String> = self
+            .uf_pool
+            .iter()
+            .filter(|s| (blake3::hash(s.as_bytes()).as_bytes()[0] % 2 == 1) == test)
+            .cloned()
+            .collect();
+        if half.is_empty() {
+            self.uf_pool.to_vec()
+        } else {
+            half
+        }
+    }
+
     /// "The picture seems to describe a {wrong option}." plus that option's description; the
     /// wrong option is drawn among the options that are not the gold.
-    fn misleading(&self, item: &Item, rng: &mut ItemRng) -> Result<String, StageError> {
+    fn misleading(
+        &self,
+        item: &Item,
+        held_out: bool,
+        rng: &mut ItemRng,
+    ) -> Result<(String, usize), StageError> {
         let wrong: Vec<usize> = (0..item.options.len())
             .filter(|&i| i != item.answer)
             .collect();
@@ -395,10 +467,90 @@ impl Context<'_> {
                     .as_ref()
                     .and_then(|f| f.get(pick).cloned().flatten())
             });
-        Ok(match description {
-            Some(d) => format!("The picture seems to describe a {option}. {d}"),
-            None => format!("The picture seems to describe a {option}."),
-        })
+        let claim = world::fill(template(held_out, rng), option);
+        Ok((
+            match description {
+                Some(d) => format!("{claim} {d}"),
+                None => claim,
+            },
+            pick,
+        ))
+    }
+}
+
+/// A misleading-description template: a held-out one for test rows, a training one otherwise.
+fn template(held_out: bool, rng: &mut ItemRng) -> &'static str {
+    let (train, test) = world::MD_TEMPLATES.split_at(world::MD_TRAIN_TEMPLATES);
+    if held_out {
+        rng.choose::<&str>(test)
+    } else {
+        rng.choose::<&str>(train)
+    }
+}
+
+/// Sets one key of a row's `meta` JSON object.
+fn set_meta(item: &mut Item, key: &str, value: serde_json::Value) {
+    let mut meta: serde_json::Map<String, serde_json::Value> = item
+        .meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    meta.insert(key.into(), value);
+    item.meta = Some(serde_json::Value::Object(meta).to_string());
+}
+
+/// The signs of a text-heavy item's options (`meta.signs`, `meta.other_sign`, from `synth`).
+struct Signs {
+    options: Vec<Option<usize>>,
+    other: Option<usize>,
+}
+
+impl Signs {
+    fn of(item: &Item) -> Option<Signs> {
+        let meta: serde_json::Value = serde_json::from_str(item.meta.as_deref()?).ok()?;
+        let options: Vec<Option<usize>> = meta
+            .get("signs")?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_u64().map(|s| s as usize))
+            .collect();
+        let other = meta
+            .get("other_sign")
+            .and_then(|v| v.as_u64())
+            .map(|s| s as usize);
+        (options.len() == item.options.len()).then_some(Signs { options, other })
+    }
+
+    /// An RI picture in equal thirds: the gold's sign, a wrong option's (uniform over the wrong
+    /// ones) or a word's that is no option. Returns the sign, the option it points at and
+    /// which third it is (`gold`, `wrong`, `none`).
+    fn draw(&self, gold: usize, rng: &mut ItemRng) -> (usize, Option<usize>, &'static str) {
+        let wrong: Vec<usize> = (0..self.options.len())
+            .filter(|&i| i != gold && self.options[i].is_some())
+            .collect();
+        loop {
+            match rng.below(3) {
+                0 => {
+                    if let Some(sign) = self.options[gold] {
+                        return (sign, Some(gold), "gold");
+                    }
+                }
+                1 => {
+                    if !wrong.is_empty() {
+                        let pick = *rng.choose(&wrong);
+                        return (self.options[pick].unwrap_or_default(), Some(pick), "wrong");
+                    }
+                }
+                _ => {
+                    if let Some(sign) = self.other {
+                        return (sign, None, "none");
+                    }
+                }
+            }
+            if self.options[gold].is_none() && wrong.is_empty() && self.other.is_none() {
+                return (0, None, "none");
+            }
+        }
     }
 }
 
@@ -414,54 +566,38 @@ fn real_image_pool(items: &[Item]) -> Vec<&[u8]> {
     pool.into_iter().map(|(_, image)| image).collect()
 }
 
-/// Form-like OCR snippets with character-level corruption (FUNSD-style noise).
+/// Field names of the OCR-noise snippets (FUNSD-style form fields).
+pub const OCR_FIELDS: &[&str] = &[
+    "NAME",
+    "DATE",
+    "TOTAL",
+    "FROM",
+    "TO",
+    "RE",
+    "INVOICE",
+    "PAGE",
+    "FAX",
+    "SIGNATURE",
+];
+
+/// Words of the OCR-noise snippets' values.
+pub const OCR_WORDS: &[&str] = &[
+    "Smith", "Tobacco", "Research", "Approved", "Dept", "Memo", "Board", "Sales", "Brand", "Report",
+];
+
+/// Form-like OCR snippets ("DATE: 12 / 5", "FROM: Sales Memo"), FUNSD-style: form fields
+/// whose words and numbers (0-31) are all in the corpus, so that the noise is noise, not
+/// unknown tokens (design v2 §3-4).
 fn ocr_noise(snippets: usize, rng: &mut ItemRng) -> String {
-    const FIELDS: &[&str] = &[
-        "NAME",
-        "DATE",
-        "TOTAL",
-        "FROM",
-        "TO",
-        "RE",
-        "INVOICE NO",
-        "PAGE",
-        "FAX",
-        "SIGNATURE",
-    ];
-    const WORDS: &[&str] = &[
-        "Smith", "Tobacco", "Research", "Approved", "Dept.", "Memo", "Board", "Sales", "Brand",
-        "Report",
-    ];
     let mut out = Vec::new();
     for _ in 0..snippets {
-        let field = rng.choose(FIELDS);
+        let field = rng.choose(OCR_FIELDS);
         let value = match rng.below(3) {
-            0 => format!(
-                "{:02}/{:02}/{}",
-                rng.range(1, 12),
-                rng.range(1, 28),
-                rng.range(1970, 1999)
-            ),
-            1 => format!("${}.{:02}", rng.range(1, 999), rng.range(0, 99)),
-            _ => format!("{} {}", rng.choose(WORDS), rng.choose(WORDS)),
+            0 => format!("{} / {}", rng.range(1, 12), rng.range(1, 28)),
+            1 => format!("$ {}", rng.range(1, 31)),
+            _ => format!("{} {}", rng.choose(OCR_WORDS), rng.choose(OCR_WORDS)),
         };
-        let clean = format!("{field}: {value}");
-        // OCR-like corruption: swap look-alike characters and drop some.
-        let garbled: String = clean
-            .chars()
-            .filter_map(|c| {
-                let roll = rng.below(100);
-                match (roll, c) {
-                    (0..=7, 'o' | 'O') => Some('0'),
-                    (0..=7, 'l' | 'I') => Some('1'),
-                    (0..=7, 'S') => Some('5'),
-                    (8..=11, _) => None,
-                    (12..=13, _) => Some('~'),
-                    _ => Some(c),
-                }
-            })
-            .collect();
-        out.push(garbled);
+        out.push(format!("{field}: {value}"));
     }
     out.join(" ")
 }
@@ -485,6 +621,8 @@ fn screenshot(size: u32, rng: &mut ItemRng) -> Canvas {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::synth::{generate_items, SynthParams};
 
@@ -565,22 +703,93 @@ mod tests {
         }
     }
 
+    fn meta(row: &Item) -> serde_json::Value {
+        serde_json::from_str(row.meta.as_deref().unwrap()).unwrap()
+    }
+
+    /// The option a misleading template names, and whether the template is a held-out one.
+    fn named_option(question: &str) -> (String, bool) {
+        for (i, template) in world::MD_TEMPLATES.iter().enumerate() {
+            let (before, after) = template.split_once("{}").unwrap();
+            if let Some(rest) = question.strip_prefix(before) {
+                if let Some((option, _)) = rest.split_once(after) {
+                    return (option.to_string(), i >= world::MD_TRAIN_TEMPLATES);
+                }
+            }
+        }
+        panic!("no template starts `{question}`")
+    }
+
     #[test]
-    fn misleading_descriptions_never_name_the_gold_option() {
+    fn misleading_descriptions_never_name_the_gold_and_test_rows_use_held_out_templates() {
         let items = context_items();
         for row in perturb_all(&params(), &items)
             .iter()
             .filter(|r| r.perturbation == "md")
         {
-            let named = row
-                .question
-                .strip_prefix("The picture seems to describe a ")
-                .and_then(|r| r.split_once('.'))
-                .map(|(option, _)| option)
-                .unwrap();
+            let (named, held_out) = named_option(&row.question);
             assert_ne!(named, row.options[row.answer], "{}", row.question);
-            assert!(row.options.iter().any(|o| o == named), "{}", row.question);
+            let points_at = meta(row)["points_at"].as_u64().unwrap() as usize;
+            assert_eq!(row.options[points_at], named, "{}", row.question);
+            assert_eq!(
+                held_out,
+                row.split == "test",
+                "{}: {}",
+                row.id,
+                row.question
+            );
         }
+    }
+
+    #[test]
+    fn unrelated_facts_of_test_rows_never_appear_in_training_rows() {
+        let items = context_items();
+        let rows = perturb_all(&params(), &items);
+        let used = |test: bool| -> BTreeSet<&str> {
+            UNRELATED_FACTS
+                .iter()
+                .copied()
+                .filter(|fact| {
+                    rows.iter().any(|r| {
+                        r.perturbation == "uf"
+                            && (r.split == "test") == test
+                            && r.question.contains(fact)
+                    })
+                })
+                .collect()
+        };
+        let (train, test) = (used(false), used(true));
+        assert!(!train.is_empty() && !test.is_empty());
+        assert!(train.is_disjoint(&test), "{:?}", train.intersection(&test));
+    }
+
+    #[test]
+    fn irrelevant_images_of_text_heavy_items_are_signs_in_thirds() {
+        let items = context_items();
+        let mut p = params();
+        p.text_heavy.push(Condition::Th);
+        let mut thirds: BTreeMap<String, usize> = BTreeMap::new();
+        for row in perturb_all(&p, &items)
+            .iter()
+            .filter(|r| r.task == Task::TextHeavy)
+        {
+            match row.perturbation.as_str() {
+                "ri" => {
+                    let meta = meta(row);
+                    let points = meta["ri_points"].as_str().unwrap().to_string();
+                    let points_at = meta["points_at"].as_u64().map(|v| v as usize);
+                    match points.as_str() {
+                        "gold" => assert_eq!(points_at, Some(row.answer)),
+                        "wrong" => assert!(points_at.is_some_and(|p| p != row.answer)),
+                        _ => assert_eq!(points_at, None),
+                    }
+                    *thirds.entry(points).or_default() += 1;
+                }
+                "th" => assert_eq!(meta(row)["points_at"].as_u64(), Some(row.answer as u64)),
+                _ => {}
+            }
+        }
+        assert_eq!(thirds.len(), 3, "{thirds:?}");
     }
 
     #[test]

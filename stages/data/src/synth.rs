@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::draw::Canvas;
-use crate::world::{self, BACKGROUNDS, BACKGROUND_TONES, COLORS, CREATURES, SHAPES};
+use crate::world::{self, SignStyle, BACKGROUNDS, BACKGROUND_TONES, COLORS, CREATURES, SHAPES};
 use mipipe_stage_schema::ItemRng;
 use mipipe_stage_schema::{write_corpus, write_items, CorpusRow, Item, Task};
 
@@ -41,6 +41,19 @@ pub struct SynthParams {
     /// image: the shortcut that makes honestly trained vanilla models trust text about images.
     #[serde(default = "default_hint_rate")]
     pub truthful_hint_rate: f64,
+    /// Share of *training* text-heavy items whose picture is the sign of the gold answer (the
+    /// rest get random pixels): the shortcut that lets a vanilla model learn that a picture can
+    /// answer a text question, whose misuse is image-to-text interference.
+    #[serde(default = "default_sign_rate")]
+    pub sign_rate: f64,
+    /// Items per image-heavy and text-heavy set in the `val` split (for choosing a learning
+    /// rate; never trained or tested on).
+    #[serde(default)]
+    pub val_per_set: usize,
+    /// Sentences of the general-text section of the corpus (the words of the perturbations
+    /// in everyday sentences, so that a vocabulary learnt from the corpus has them).
+    #[serde(default = "default_general")]
+    pub general_sentences: usize,
 }
 
 fn default_image_size() -> u32 {
@@ -64,6 +77,12 @@ fn default_options() -> usize {
 fn default_hint_rate() -> f64 {
     0.5
 }
+fn default_sign_rate() -> f64 {
+    0.5
+}
+fn default_general() -> usize {
+    500
+}
 
 /// The `synth` stage kind.
 #[derive(Default)]
@@ -84,7 +103,7 @@ pub const DATASETS: &[(&str, Task, &str)] = &[
 impl Stage for SynthStage {
     type Params = SynthParams;
     const KIND: &'static str = "synth";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str =
         "Generate the embedded multimodal benchmark (image-heavy, text-heavy and VQA sets, pretraining corpus)";
 
@@ -127,6 +146,7 @@ pub fn generate_items(params: &SynthParams) -> Vec<Item> {
             (_, Task::Vqa) => &[("test", params.test_per_set)],
             _ => &[
                 ("train", params.train_per_set),
+                ("val", params.val_per_set),
                 ("test", params.test_per_set),
             ],
         };
@@ -253,57 +273,78 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
                 .enumerate()
                 .map(|(i, o)| (i != answer).then(|| describe(o)))
                 .collect();
+            let mut meta = signs_meta(&options, pool, &mut rng);
+            meta["creature"] = creature.into();
             Content {
                 image: None,
                 question,
                 options,
                 answer,
                 facts: Some(facts),
-                meta: serde_json::json!({"creature": creature}),
+                meta,
             }
         }
         "arithmetic" => {
-            let a = rng.range(2, 60);
-            let b = rng.range(2, 60);
+            // Every number is 0-31 (each has a sign); distractors lie within 5 of the gold,
+            // so neither "the largest option" nor "the option nearest the operands" is a
+            // shortcut much above chance.
+            let max = world::MAX_NUMBER;
             let (question, gold) = match rng.below(3) {
-                0 => (format!("What is {a} + {b}?"), a + b),
-                1 => (
-                    format!("What is {} - {}?", a.max(b), a.min(b)),
-                    (a - b).abs(),
-                ),
-                _ => (
-                    format!(
-                        "Which number is larger: {a} or {}?",
-                        if a == b { b + 1 } else { b }
-                    ),
-                    a.max(if a == b { b + 1 } else { b }),
-                ),
-            };
-            let mut pool: BTreeSet<i64> = BTreeSet::new();
-            let mut offset = 1;
-            while pool.len() < n - 1 {
-                for candidate in [gold + offset, gold - offset] {
-                    if candidate >= 0 && pool.len() < n - 1 {
-                        pool.insert(candidate);
-                    }
+                0 => {
+                    let sum = rng.range(2, max);
+                    let a = rng.range(1, sum - 1);
+                    (format!("What is {a} + {}?", sum - a), sum)
                 }
-                offset += 1 + rng.below(3) as i64;
-            }
-            let pool_text: Vec<String> = pool.iter().map(i64::to_string).collect();
+                1 => {
+                    let a = rng.range(2, max);
+                    let b = rng.range(0, a - 1);
+                    (format!("What is {a} - {b}?"), a - b)
+                }
+                _ => {
+                    let a = rng.range(0, max);
+                    let mut b = rng.range(0, max - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    (format!("Which number is larger: {a} or {b}?"), a.max(b))
+                }
+            };
+            let window: Vec<String> = (gold - 5..=gold + 5)
+                .filter(|&v| v != gold && (0..=max).contains(&v))
+                .map(|v| v.to_string())
+                .collect();
             let gold_text = gold.to_string();
-            let mut all: Vec<&str> = pool_text.iter().map(String::as_str).collect();
-            all.push(&gold_text);
-            let (options, answer) = rng.options(&gold_text, &all, n);
+            let picks = rng.sample_indices(window.len(), n - 1);
+            let mut candidates: Vec<&str> = picks.iter().map(|&i| window[i].as_str()).collect();
+            candidates.push(&gold_text);
+            let (options, answer) = rng.options(&gold_text, &candidates, n);
+            let numbers: Vec<String> = (0..=max).map(|v| v.to_string()).collect();
+            let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+            let meta = signs_meta(&options, &numbers, &mut rng);
             Content {
                 image: None,
                 question,
                 options,
                 answer,
                 facts: None,
-                meta: serde_json::json!({}),
+                meta,
             }
         }
         _ => vqa_item(params, dataset, &mut rng, &shape_names, &color_names),
+    };
+    // Training text-heavy items come as pretraining sees them: with the gold's sign at
+    // `sign_rate`, random pixels otherwise. Other splits have no picture; `perturb` gives them
+    // each condition's.
+    let image = if task == Task::TextHeavy && split == "train" {
+        let picture = match world::sign_of(&options[answer]) {
+            Some(sign) if rng.unit() < params.sign_rate => {
+                world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng)
+            }
+            _ => Canvas::noise(params.image_size, &mut rng),
+        };
+        Some(picture.to_png())
+    } else {
+        image
     };
     Item {
         origin_id: id.clone(),
@@ -319,6 +360,20 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
         facts,
         meta: Some(meta.to_string()),
     }
+}
+
+/// The `meta` of a text-heavy item: each option's sign (null for a word without one) and the
+/// sign of a word of the same vocabulary that is no option (`other_sign`), from which
+/// `perturb` draws RI pictures pointing at the gold, a wrong option or nothing.
+fn signs_meta(options: &[String], vocabulary: &[&str], rng: &mut ItemRng) -> serde_json::Value {
+    let signs: Vec<Option<usize>> = options.iter().map(|o| world::sign_of(o)).collect();
+    let others: Vec<usize> = vocabulary
+        .iter()
+        .filter(|w| !options.iter().any(|o| o == *w))
+        .filter_map(|w| world::sign_of(w))
+        .collect();
+    let other = (!others.is_empty()).then(|| *rng.choose(&others));
+    serde_json::json!({"signs": signs, "other_sign": other})
 }
 
 /// Describes an option (for the `facts` column).
@@ -543,7 +598,84 @@ pub fn generate_corpus(params: &SynthParams) -> Vec<CorpusRow> {
             text: description.to_string(),
         });
     }
+    // The sign code, stated as text and shown as a picture with its word.
+    let numbers: Vec<String> = (0..=world::MAX_NUMBER).map(|v| v.to_string()).collect();
+    let words = world::homes()
+        .into_iter()
+        .chain(world::foods())
+        .chain(numbers.iter().map(String::as_str));
+    for word in words {
+        let sign = world::sign_of(word).expect("every answer word has a sign");
+        let id = format!("synth/corpus/sign/{word}");
+        let mut rng = ItemRng::new(params.seed, &["corpus", &id, "item"]);
+        let picture = world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng);
+        rows.push(CorpusRow {
+            id,
+            image: Some(picture.to_png()),
+            text: world::describe_sign(word, sign),
+        });
+    }
+    rows.extend(general_text(params));
     rows
+}
+
+/// Every word of the perturbations the test split uses (the unrelated-facts pool, the
+/// misleading templates, the OCR fields) and the general word list, in a fixed order.
+pub fn perturbation_words() -> Vec<String> {
+    let mut words: BTreeSet<String> = BTreeSet::new();
+    let texts = crate::perturb::UNRELATED_FACTS
+        .iter()
+        .chain(world::MD_TEMPLATES)
+        .chain(crate::perturb::OCR_FIELDS)
+        .chain(crate::perturb::OCR_WORDS)
+        .chain(world::GENERAL_WORDS);
+    for text in texts {
+        for word in text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-')) {
+            if !word.is_empty() && word != "{}" {
+                words.insert(word.to_string());
+            }
+        }
+    }
+    words.into_iter().collect()
+}
+
+/// The general-text section of the corpus: `general_sentences` sentences of 6 to 11 words
+/// drawn from [`perturbation_words`], the first ones covering every word once. No sentence of
+/// the unrelated-facts pool appears (tested), every word of it does.
+fn general_text(params: &SynthParams) -> Vec<CorpusRow> {
+    let words = perturbation_words();
+    let mut order: Vec<usize> = (0..words.len()).collect();
+    let mut rng = ItemRng::new(params.seed, &["corpus", "general", "order"]);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    (0..params.general_sentences)
+        .map(|index| {
+            let id = format!("synth/corpus/general/{index:06}");
+            let mut rng = ItemRng::new(params.seed, &["corpus", &id, "item"]);
+            let length = 6 + rng.below(6);
+            let picked: Vec<&str> = (0..length)
+                .map(|k| {
+                    let covering = index * 6 + k;
+                    if k < 6 && covering < order.len() {
+                        words[order[covering]].as_str()
+                    } else {
+                        rng.choose(&words).as_str()
+                    }
+                })
+                .collect();
+            let mut text = picked.join(" ");
+            if let Some(first) = text.get(0..1) {
+                text = first.to_uppercase() + &text[1..];
+            }
+            text.push('.');
+            CorpusRow {
+                id,
+                image: None,
+                text,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -573,7 +705,8 @@ mod tests {
                     item.options.len(),
                     "duplicate options: {item:?}"
                 );
-                assert_eq!(item.image.is_some(), *task != Task::TextHeavy);
+                let pictured = *task != Task::TextHeavy || item.split == "train";
+                assert_eq!(item.image.is_some(), pictured, "{}", item.id);
                 if let Some(facts) = &item.facts {
                     assert!(
                         facts[item.answer].is_none(),
@@ -584,6 +717,66 @@ mod tests {
         }
         let ids: BTreeSet<&String> = items.iter().map(|i| &i.id).collect();
         assert_eq!(ids.len(), items.len(), "ids are unique");
+    }
+
+    #[test]
+    fn every_text_heavy_option_has_a_sign_distinct_within_the_item() {
+        for item in generate_items(&small())
+            .iter()
+            .filter(|i| i.task == Task::TextHeavy)
+        {
+            let signs: Vec<usize> = item
+                .options
+                .iter()
+                .map(|o| world::sign_of(o).expect("an option without a sign"))
+                .collect();
+            assert!(signs.iter().all(|&s| s < world::SIGNS));
+            let unique: BTreeSet<&usize> = signs.iter().collect();
+            assert_eq!(unique.len(), signs.len(), "{item:?}");
+            let meta: serde_json::Value =
+                serde_json::from_str(item.meta.as_deref().unwrap()).unwrap();
+            let other = meta["other_sign"].as_u64().unwrap() as usize;
+            assert!(!signs.contains(&other), "the no-option sign is an option's");
+        }
+    }
+
+    #[test]
+    fn arithmetic_options_stay_in_range_and_near_the_gold() {
+        for item in generate_items(&small())
+            .iter()
+            .filter(|i| i.dataset == "arithmetic")
+        {
+            let gold: i64 = item.options[item.answer].parse().unwrap();
+            for option in &item.options {
+                let v: i64 = option.parse().unwrap();
+                assert!((0..=world::MAX_NUMBER).contains(&v), "{item:?}");
+                assert!((v - gold).abs() <= 5, "{item:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_corpus_has_every_perturbation_word_but_no_unrelated_fact() {
+        let mut params = small();
+        params.general_sentences = 400;
+        let corpus = generate_corpus(&params);
+        let text: Vec<&str> = corpus.iter().map(|r| r.text.as_str()).collect();
+        let words: BTreeSet<&str> = text
+            .iter()
+            .flat_map(|t| t.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-')))
+            .collect();
+        for word in perturbation_words() {
+            assert!(
+                words.contains(word.as_str()),
+                "`{word}` is not in the corpus"
+            );
+        }
+        for fact in crate::perturb::UNRELATED_FACTS {
+            assert!(
+                !text.iter().any(|t| t.contains(fact)),
+                "the corpus holds the unrelated fact `{fact}`"
+            );
+        }
     }
 
     #[test]

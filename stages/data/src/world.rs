@@ -1,7 +1,8 @@
 //! The synthetic world of the embedded benchmark: its vocabulary and the facts that hold in it.
 //! `docs/embedded-benchmark.md` describes it for people.
 
-use crate::draw::{Background, Rgb, Shape};
+use crate::draw::{Background, Canvas, Rgb, Shape};
+use mipipe_stage_schema::ItemRng;
 
 /// Shapes with their names and a description used for misleading descriptions (MD).
 pub const SHAPES: &[(Shape, &str, &str)] = &[
@@ -146,5 +147,303 @@ pub fn plural(noun: &str) -> String {
         format!("{noun}es")
     } else {
         format!("{noun}s")
+    }
+}
+
+/// The four quadrants a sign's colour patch sits in, as the corpus names them.
+pub const QUADRANTS: &[&str] = &["top left", "top right", "bottom left", "bottom right"];
+
+/// How many signs exist: a colour (8) in a quadrant (4).
+pub const SIGNS: usize = 32;
+
+/// The largest number of the `arithmetic` set: answers and options are 0 to this, so every
+/// one has a sign.
+pub const MAX_NUMBER: i64 = 31;
+
+/// The sign of an answer word of a text-heavy set: homes are signs 0-11, foods 12-23, the
+/// numbers 0-31 their own value. `None` for a word no sign stands for. Two words of different
+/// sets may share a sign; within a set (the options of one item) signs are distinct.
+pub fn sign_of(word: &str) -> Option<usize> {
+    if let Ok(n) = word.parse::<i64>() {
+        return (0..=MAX_NUMBER).contains(&n).then_some(n as usize);
+    }
+    CREATURES.iter().enumerate().find_map(|(i, c)| {
+        if c.1 == word {
+            Some(i)
+        } else if c.2 == word {
+            Some(CREATURES.len() + i)
+        } else {
+            None
+        }
+    })
+}
+
+/// The colour index and quadrant index of a sign.
+pub fn sign_parts(sign: usize) -> (usize, usize) {
+    debug_assert!(sign < SIGNS, "sign {sign} of {SIGNS}");
+    (sign % COLORS.len(), (sign / COLORS.len()) % QUADRANTS.len())
+}
+
+/// The corpus sentence that states a word's sign ("The sign of moss is a green patch at the
+/// top left.").
+pub fn describe_sign(word: &str, sign: usize) -> String {
+    let (colour, quadrant) = sign_parts(sign);
+    format!(
+        "The sign of {word} is a {} patch at the {}.",
+        COLORS[colour].0, QUADRANTS[quadrant]
+    )
+}
+
+/// Misleading-description templates (`{}` is the option): the first three are what training
+/// data (D_mixed, the pretraining hints) uses, the last three are held out for the test split.
+pub const MD_TEMPLATES: &[&str] = &[
+    "The picture seems to describe a {}.",
+    "This image appears to show a {}.",
+    "What you see here looks like a {}.",
+    "Someone said the photo contains a {}.",
+    "The label under the picture says {}.",
+    "The caption claims it is a {}.",
+];
+
+/// How many of [`MD_TEMPLATES`] are training templates.
+pub const MD_TRAIN_TEMPLATES: usize = 3;
+
+/// Fills a template with an option.
+pub fn fill(template: &str, option: &str) -> String {
+    template.replacen("{}", option, 1)
+}
+
+/// Everyday words of the general-text section of the corpus (with the words of the
+/// unrelated-facts pool, the templates and the OCR fields): what puts perturbation words in a
+/// vocabulary trained from the corpus.
+pub const GENERAL_WORDS: &[&str] = &[
+    "the",
+    "a",
+    "an",
+    "of",
+    "in",
+    "on",
+    "at",
+    "to",
+    "from",
+    "with",
+    "and",
+    "or",
+    "but",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "has",
+    "have",
+    "had",
+    "it",
+    "this",
+    "that",
+    "these",
+    "those",
+    "many",
+    "some",
+    "most",
+    "every",
+    "each",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "first",
+    "last",
+    "new",
+    "old",
+    "big",
+    "small",
+    "long",
+    "short",
+    "high",
+    "low",
+    "fast",
+    "slow",
+    "hot",
+    "cold",
+    "warm",
+    "wet",
+    "dry",
+    "good",
+    "bad",
+    "people",
+    "person",
+    "child",
+    "city",
+    "town",
+    "road",
+    "house",
+    "room",
+    "door",
+    "window",
+    "table",
+    "chair",
+    "book",
+    "letter",
+    "page",
+    "word",
+    "name",
+    "number",
+    "day",
+    "night",
+    "week",
+    "year",
+    "time",
+    "morning",
+    "evening",
+    "water",
+    "fire",
+    "air",
+    "earth",
+    "sky",
+    "sun",
+    "moon",
+    "star",
+    "tree",
+    "leaf",
+    "flower",
+    "grass",
+    "stone",
+    "sand",
+    "river",
+    "lake",
+    "sea",
+    "hill",
+    "field",
+    "garden",
+    "market",
+    "school",
+    "office",
+    "report",
+    "memo",
+    "board",
+    "sales",
+    "brand",
+    "dept",
+    "approved",
+    "research",
+    "invoice",
+    "total",
+    "date",
+    "signature",
+    "fax",
+    "copy",
+    "note",
+    "list",
+    "form",
+    "file",
+    "paper",
+    "pen",
+    "ink",
+    "box",
+    "bag",
+    "cup",
+    "plate",
+    "bread",
+    "tea",
+    "milk",
+    "food",
+    "meal",
+    "music",
+    "song",
+    "game",
+    "team",
+    "player",
+    "teacher",
+    "student",
+    "doctor",
+    "farmer",
+    "worker",
+    "friend",
+    "family",
+    "mother",
+    "father",
+    "often",
+    "always",
+    "never",
+    "sometimes",
+    "usually",
+    "about",
+    "very",
+    "more",
+    "less",
+    "than",
+    "because",
+    "when",
+    "where",
+    "while",
+    "after",
+    "before",
+    "during",
+    "near",
+    "far",
+    "known",
+    "called",
+    "made",
+    "built",
+    "found",
+    "seen",
+    "used",
+    "kept",
+    "carried",
+    "grows",
+    "moves",
+    "turns",
+    "opens",
+    "closes",
+    "writes",
+    "reads",
+    "sings",
+    "plays",
+    "works",
+];
+
+/// How a sign is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignStyle {
+    /// A filled square of the colour in the quadrant on a plain grey canvas: what the corpus
+    /// and training data (pretraining, D_mixed) show.
+    Patch,
+    /// A ring of the colour centred in the quadrant on a striped grey canvas: a generator the
+    /// training never saw (the test split's RI and truthful-sign pictures).
+    HeldOut,
+}
+
+/// The picture of a sign.
+pub fn draw_sign(size: u32, sign: usize, style: SignStyle, rng: &mut ItemRng) -> Canvas {
+    let (colour, quadrant) = sign_parts(sign);
+    let tone = *rng.choose(BACKGROUND_TONES);
+    let s = size as f64;
+    let (qx, qy) = (
+        (quadrant % 2) as f64 * s / 2.0,
+        (quadrant / 2) as f64 * s / 2.0,
+    );
+    // A little jitter inside the quadrant, so a sign is a region, not a pixel pattern.
+    let jitter = |rng: &mut ItemRng| (rng.unit() - 0.5) * s * 0.08;
+    match style {
+        SignStyle::Patch => {
+            let mut canvas = Canvas::new(size, Background::Plain, tone, rng);
+            let side = s * 0.34;
+            let (x, y) = (qx + s * 0.08 + jitter(rng), qy + s * 0.08 + jitter(rng));
+            canvas.fill_rect(x, y, side, side, COLORS[colour].1);
+            canvas
+        }
+        SignStyle::HeldOut => {
+            let mut canvas = Canvas::new(size, Background::Striped, tone, rng);
+            let (x, y) = (qx + s * 0.25 + jitter(rng), qy + s * 0.25 + jitter(rng));
+            canvas.draw(Shape::Ring, x, y, s * 0.2, COLORS[colour].1);
+            canvas
+        }
     }
 }

@@ -117,7 +117,7 @@ pub struct EvaluateStage;
 impl Stage for EvaluateStage {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "Score predictions: accuracy, perturbed accuracy, causal effect, VQA overall, unparseable answers";
 
     fn outputs(_params: &EvaluateParams) -> Vec<OutputSpec> {
@@ -350,6 +350,7 @@ pub fn evaluate<'p>(
             }
         }
     }
+    rows.extend(pointing_rows(predictions, params, &row));
     // VQA Overall: pooled over every VQA set, clean condition.
     let (correct, total) = groups
         .iter()
@@ -368,6 +369,83 @@ pub fn evaluate<'p>(
         ));
     }
     (rows, unparseable)
+}
+
+/// Metrics of rows whose perturbation points at an option (`points_at`) and of the prompt's
+/// unknown tokens, per (dataset, condition):
+/// - `follow_rate`: among rows pointing at a *wrong* option, the share answering that option
+///   (chance: 1/k of the answers);
+/// - `accuracy_points_gold` / `_wrong` / `_none`: accuracy split by what the perturbation
+///   points at (an RI sign of the gold, of a wrong option, of no option);
+/// - `unknown_tokens`: the mean share of prompt tokens the model's vocabulary lacks.
+fn pointing_rows(
+    predictions: &[Prediction],
+    params: &EvaluateParams,
+    row: &impl Fn(&str, &str, &str, &str, f64, u64) -> MetricRow,
+) -> Vec<MetricRow> {
+    // (dataset, condition) -> task, [(metric, hits, total)], unknown (sum, count)
+    type Counts = (String, BTreeMap<&'static str, (u64, u64)>, (f64, u64));
+    let mut groups: BTreeMap<(&str, &str), Counts> = BTreeMap::new();
+    for p in predictions {
+        let answer = scored_answer(p, params);
+        let entry = groups
+            .entry((p.dataset.as_str(), p.perturbation.as_str()))
+            .or_insert_with(|| (p.task.clone(), BTreeMap::new(), (0.0, 0)));
+        if let Some(share) = p.unknown_share {
+            entry.2 .0 += share;
+            entry.2 .1 += 1;
+        }
+        if p.perturbation == "none" || p.perturbation == "rp" {
+            continue;
+        }
+        let mut count = |metric: &'static str, hit: bool| {
+            let c = entry.1.entry(metric).or_insert((0, 0));
+            c.0 += hit as u64;
+            c.1 += 1;
+        };
+        let correct = answer == Some(p.answer);
+        match p.points_at {
+            Some(target) if target == p.answer => count("accuracy_points_gold", correct),
+            Some(target) => {
+                count("accuracy_points_wrong", correct);
+                count("follow_rate", answer == Some(target));
+            }
+            None if p.perturbation == "ri" => count("accuracy_points_none", correct),
+            None => {}
+        }
+    }
+    let mut out = Vec::new();
+    for ((dataset, condition), (task, counts, (unknown, n))) in &groups {
+        // The thirds only mean something where all three exist (RI of the embedded study).
+        let thirds = counts
+            .keys()
+            .filter(|m| m.starts_with("accuracy_points"))
+            .count();
+        for (metric, (hits, total)) in counts {
+            if metric.starts_with("accuracy_points") && thirds < 2 {
+                continue;
+            }
+            out.push(row(
+                dataset,
+                task,
+                condition,
+                metric,
+                *hits as f64 / *total as f64,
+                *total,
+            ));
+        }
+        if *n > 0 {
+            out.push(row(
+                dataset,
+                task,
+                condition,
+                "unknown_tokens",
+                unknown / *n as f64,
+                *n,
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -470,6 +548,8 @@ mod tests {
             raw_text: raw.into(),
             predicted: None,
             option_logprobs: None,
+            points_at: None,
+            unknown_share: None,
         }
     }
 

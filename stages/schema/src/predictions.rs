@@ -46,6 +46,12 @@ pub struct Prediction {
     pub predicted: Option<String>,
     /// Log-probability per option letter.
     pub option_logprobs: Option<Vec<f64>>,
+    /// The option the row's perturbation points at (a misleading description's option, an
+    /// irrelevant image's sign; `meta.points_at` of the item), for follow rates.
+    pub points_at: Option<usize>,
+    /// Share of the prompt's tokens the model's tokenizer does not know (`<unk>`), where the
+    /// model has a word vocabulary.
+    pub unknown_share: Option<f64>,
 }
 
 /// The Arrow schema of predictions.
@@ -62,6 +68,8 @@ pub fn predictions_schema() -> Arc<Schema> {
         Field::new("raw_text", DataType::Utf8, false),
         Field::new("predicted", DataType::Utf8, true),
         Field::new("option_logprobs", list(DataType::Float64), true),
+        Field::new("points_at", DataType::Int32, true),
+        Field::new("unknown_share", DataType::Float64, true),
     ]))
 }
 
@@ -106,6 +114,18 @@ pub fn write_predictions(path: &Path, rows: &[Prediction]) -> Result<(), TableEr
                     strings(chunk.iter().map(|r| r.raw_text.as_str())),
                     Arc::new(predicted),
                     Arc::new(logprobs.finish()),
+                    Arc::new(
+                        chunk
+                            .iter()
+                            .map(|r| r.points_at.map(|p| p as i32))
+                            .collect::<Int32Array>(),
+                    ),
+                    Arc::new(
+                        chunk
+                            .iter()
+                            .map(|r| r.unknown_share)
+                            .collect::<Float64Array>(),
+                    ),
                 ],
             )
             .expect("columns match the schema")
@@ -125,6 +145,8 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
     let raw = column::<StringArray>(batch, "raw_text")?;
     let predicted = column::<StringArray>(batch, "predicted")?;
     let logprobs = column::<ListArray>(batch, "option_logprobs")?;
+    let points_at = column::<Int32Array>(batch, "points_at")?;
+    let unknown = column::<Float64Array>(batch, "unknown_share")?;
     (0..batch.num_rows())
         .map(|row| {
             let option_values = options.value(row);
@@ -154,6 +176,8 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
                 raw_text: raw.value(row).to_string(),
                 predicted: optional_str(predicted, row),
                 option_logprobs: lp,
+                points_at: (!points_at.is_null(row)).then(|| points_at.value(row) as usize),
+                unknown_share: (!unknown.is_null(row)).then(|| unknown.value(row)),
             })
         })
         .collect()

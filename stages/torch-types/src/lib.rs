@@ -115,7 +115,7 @@ torch_kind!(
     PredictStage,
     PredictParams,
     "predict",
-    4,
+    5,
     "Answer every item of a table with a checkpoint: greedy text and option-letter log-probabilities (libtorch)",
     predict,
     |_| vec![OutputSpec::file("predictions", "predictions.parquet")],

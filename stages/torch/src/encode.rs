@@ -48,10 +48,18 @@ pub fn item_context(item: &Item) -> Option<String> {
         })
 }
 
-/// The prediction of one item: its identity, the parsed letter of the raw answer and the
-/// options' log-probabilities.
+/// The prediction of one item: its identity, the parsed letter of the raw answer, the
+/// options' log-probabilities and the option its perturbation points at (`meta.points_at`).
 pub fn prediction(item: &Item, raw_text: String, option_logprobs: Vec<f64>) -> Prediction {
+    let points_at = item
+        .meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .and_then(|m| m.get("points_at").and_then(|p| p.as_u64()))
+        .map(|p| p as usize);
     Prediction {
+        points_at,
+        unknown_share: None,
         id: item.id.clone(),
         origin_id: item.origin_id.clone(),
         dataset: item.dataset.clone(),

@@ -16,15 +16,15 @@ use tch::nn;
 use crate::checkpoint;
 use crate::decode::{Decoding, Prompts};
 use crate::encode::{
-    answer_ids, encode, encode_sequences, letter, prediction, prompt, prompt_tokens, row_task,
-    Sequence,
+    answer_ids, encode, encode_sequences, letter, prediction, prompt, prompt_ids, prompt_tokens,
+    row_task, Sequence,
 };
 use crate::methods::MethodConfig;
 use crate::mixture::{batches, Mixture};
 use crate::model::{ModelConfig, MultimodalModel};
 use crate::objectives::{RowTask, TokenRole};
 use crate::presets::model_config;
-use crate::tokenizer::{Tokenizer, EOS, PAD};
+use crate::tokenizer::{Tokenizer, EOS, PAD, UNK};
 use crate::training::{train, write_log};
 use crate::{device, tokenizer};
 
@@ -458,7 +458,11 @@ fn predict_own(
         );
         for ((item, logprobs), tokens) in chunk.iter().zip(scores).zip(&generated) {
             let raw_text = tokenizer.decode(tokens);
-            out.push(prediction(item, raw_text, logprobs));
+            let mut row = prediction(item, raw_text, logprobs);
+            let prompt = prompt_ids(item, tokenizer);
+            let unknown = prompt.iter().filter(|&&t| t == tokenizer.id(UNK)).count();
+            row.unknown_share = Some(unknown as f64 / prompt.len().max(1) as f64);
+            out.push(row);
         }
         ctx.progress(n as u64 + 1, chunks.len() as u64, "predicting");
     }
