@@ -38,24 +38,20 @@ pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
 /// The text prepended to an item's question (its `meta`'s `context`: a lecture, a hint, or
 /// the UF perturbation's facts), if any.
 pub fn item_context(item: &Item) -> Option<String> {
-    item.meta
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
-        .and_then(|m| {
-            m.get("context")
-                .and_then(|c| c.as_str())
-                .map(str::to_string)
-        })
+    meta_field(item, "context")?.as_str().map(str::to_string)
+}
+
+/// One field of an item's `meta` JSON object, if the item has one.
+fn meta_field(item: &Item, key: &str) -> Option<serde_json::Value> {
+    let mut meta: serde_json::Value = serde_json::from_str(item.meta.as_deref()?).ok()?;
+    meta.get_mut(key).map(serde_json::Value::take)
 }
 
 /// The prediction of one item: its identity, the parsed letter of the raw answer, the
 /// options' log-probabilities and the option its perturbation points at (`meta.points_at`).
 pub fn prediction(item: &Item, raw_text: String, option_logprobs: Vec<f64>) -> Prediction {
-    let points_at = item
-        .meta
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
-        .and_then(|m| m.get("points_at").and_then(|p| p.as_u64()))
+    let points_at = meta_field(item, "points_at")
+        .and_then(|p| p.as_u64())
         .map(|p| p as usize);
     Prediction {
         points_at,
