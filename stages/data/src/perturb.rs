@@ -585,10 +585,14 @@ pub const OCR_WORDS: &[&str] = &[
     "Smith", "Tobacco", "Research", "Approved", "Dept", "Memo", "Board", "Sales", "Brand", "Report",
 ];
 
+/// The punctuation marks [`ocr_noise`] writes besides its words (every other mark of the
+/// snippets, `:`, is in the corpus's own sentences).
+pub const OCR_SYMBOLS: &[&str] = &["/", "$"];
+
 /// Form-like OCR snippets ("DATE: 12 / 5", "FROM: Sales Memo"), FUNSD-style: form fields
 /// whose words and numbers (0-31) are all in the corpus, so that the noise is noise, not
 /// unknown tokens (design v2 §3-4).
-fn ocr_noise(snippets: usize, rng: &mut ItemRng) -> String {
+pub(crate) fn ocr_noise(snippets: usize, rng: &mut ItemRng) -> String {
     let mut out = Vec::new();
     for _ in 0..snippets {
         let field = rng.choose(OCR_FIELDS);

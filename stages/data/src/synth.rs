@@ -103,7 +103,7 @@ pub const DATASETS: &[(&str, Task, &str)] = &[
 impl Stage for SynthStage {
     type Params = SynthParams;
     const KIND: &'static str = "synth";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Generate the embedded multimodal benchmark (image-heavy, text-heavy and VQA sets, pretraining corpus)";
 
@@ -636,6 +636,7 @@ pub fn perturbation_words() -> Vec<String> {
             }
         }
     }
+    words.extend(crate::perturb::OCR_SYMBOLS.iter().map(|s| s.to_string()));
     words.into_iter().collect()
 }
 
@@ -761,15 +762,26 @@ mod tests {
         params.general_sentences = 400;
         let corpus = generate_corpus(&params);
         let text: Vec<&str> = corpus.iter().map(|r| r.text.as_str()).collect();
-        let words: BTreeSet<&str> = text
+        // Tokens as the model's tokenizer splits text, punctuation included.
+        let tokens: BTreeSet<&str> = text
             .iter()
-            .flat_map(|t| t.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-')))
+            .flat_map(|t| mipipe_stage_schema::split_tokens(t))
             .collect();
         for word in perturbation_words() {
             assert!(
-                words.contains(word.as_str()),
+                tokens.contains(word.as_str()),
                 "`{word}` is not in the corpus"
             );
+        }
+        let mut rng = ItemRng::new(0, &["ocr test"]);
+        for _ in 0..200 {
+            let snippet = crate::perturb::ocr_noise(3, &mut rng);
+            for token in mipipe_stage_schema::split_tokens(&snippet) {
+                assert!(
+                    tokens.contains(token),
+                    "`{token}` of `{snippet}` is not in the corpus"
+                );
+            }
         }
         for fact in crate::perturb::UNRELATED_FACTS {
             assert!(

@@ -13,12 +13,14 @@ use std::collections::BTreeMap;
 use mipipe_engine::template::value_text;
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
 use mipipe_stage_schema::{
-    parse_option, read_predictions, read_tables, standalone_letters, write_metrics, MetricRow,
-    Prediction,
+    parse_option, read_predictions, read_tables, standalone_letters, write_metrics, write_scores,
+    ItemScore, MetricRow, Prediction,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::stats;
 
 /// How answers are read from generated text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -117,7 +119,7 @@ pub struct EvaluateStage;
 impl Stage for EvaluateStage {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const SUMMARY: &'static str = "Score predictions: accuracy, perturbed accuracy, causal effect, VQA overall, unparseable answers";
 
     fn outputs(_params: &EvaluateParams) -> Vec<OutputSpec> {
@@ -125,6 +127,7 @@ impl Stage for EvaluateStage {
             OutputSpec::file("metrics", "metrics.parquet"),
             OutputSpec::file("unparseable", "unparseable.json"),
             OutputSpec::file("samples", "samples.jsonl"),
+            OutputSpec::file("scores", "scores.parquet"),
         ]
     }
 
@@ -138,7 +141,11 @@ impl Stage for EvaluateStage {
             seed: value_text(&params.seed),
             stage: ctx.stage_name().to_string(),
         };
-        let (rows, unparseable) = evaluate(&predictions, params, &label);
+        let Evaluation {
+            metrics: rows,
+            scores,
+            unparseable,
+        } = evaluate(&predictions, params, &label);
         let examples: Vec<Value> = unparseable
             .iter()
             .take(50)
@@ -151,6 +158,8 @@ impl Stage for EvaluateStage {
             rows.len()
         ));
         write_metrics(ctx.output_path("metrics")?, &rows)
+            .map_err(|e| StageError::environment(e.to_string()))?;
+        write_scores(ctx.output_path("scores")?, &scores)
             .map_err(|e| StageError::environment(e.to_string()))?;
         std::fs::write(
             ctx.output_path("samples")?,
@@ -209,9 +218,6 @@ pub fn parse_answer(raw: &str, options: &[String], task: &str, parser: Parser) -
     }
 }
 
-/// (condition, accuracy, items).
-type ConditionAccuracy = (String, f64, u64);
-
 /// The option a prediction is scored as having chosen: its parsed generated answer or its
 /// most likely option, as `answer_from` says; `None` when the answer cannot be read.
 pub fn scored_answer(p: &Prediction, params: &EvaluateParams) -> Option<usize> {
@@ -245,204 +251,221 @@ pub fn samples_jsonl(predictions: &[Prediction], params: &EvaluateParams) -> Str
     out
 }
 
-/// Computes every metric of one model's predictions.
+/// What [`evaluate`] computes from one model's predictions.
+pub struct Evaluation<'p> {
+    /// One row per (dataset, condition, metric): the mean over items, with its interval.
+    pub metrics: Vec<MetricRow>,
+    /// The per-item values behind every metric.
+    pub scores: Vec<ItemScore>,
+    /// Predictions whose answer could not be read.
+    pub unparseable: Vec<&'p Prediction>,
+}
+
+/// Computes every metric of one model's predictions: first each item's value of each metric
+/// (the `scores`), then each metric as the mean of its items' values with a 95% bootstrap
+/// interval over them, so that the metrics and the scores cannot disagree.
 pub fn evaluate<'p>(
     predictions: &'p [Prediction],
     params: &EvaluateParams,
     label: &Label,
-) -> (Vec<MetricRow>, Vec<&'p Prediction>) {
-    let row =
-        |dataset: &str, task: &str, condition: &str, metric: &str, value: f64, n: u64| MetricRow {
-            family: label.family.clone(),
-            size: label.size.clone(),
-            method: label.method.clone(),
-            seed: label.seed.clone(),
-            dataset: dataset.to_string(),
-            task: task.to_string(),
-            condition: condition.to_string(),
-            metric: metric.to_string(),
-            value,
-            n,
-            stage: label.stage.clone(),
-        };
-    // (dataset, condition) -> (task, correct, unparseable, total); parsed answers by origin.
-    let mut groups: BTreeMap<(String, String), (String, u64, u64, u64)> = BTreeMap::new();
-    let mut parsed: BTreeMap<(String, String), BTreeMap<String, Option<usize>>> = BTreeMap::new();
+) -> Evaluation<'p> {
+    let score = |p: &Prediction, condition: &str, metric: &str, value: f64| ItemScore {
+        family: label.family.clone(),
+        size: label.size.clone(),
+        method: label.method.clone(),
+        seed: label.seed.clone(),
+        dataset: p.dataset.clone(),
+        task: p.task.clone(),
+        condition: condition.to_string(),
+        metric: metric.to_string(),
+        origin_id: p.origin_id.clone(),
+        value,
+    };
+    let mut scores = Vec::new();
     let mut unparseable = Vec::new();
+    // (dataset, condition) -> origin -> (prediction, scored answer)
+    type Answers<'a> = BTreeMap<&'a str, (&'a Prediction, Option<usize>)>;
+    let mut answers: BTreeMap<(&str, &str), Answers> = BTreeMap::new();
     for p in predictions {
         let answer = scored_answer(p, params);
-        let entry = groups
-            .entry((p.dataset.clone(), p.perturbation.clone()))
-            .or_insert((p.task.clone(), 0, 0, 0));
-        entry.3 += 1;
-        match answer {
-            Some(a) if a == p.answer => entry.1 += 1,
-            Some(_) => {}
-            None => {
-                entry.2 += 1;
-                unparseable.push(p);
-            }
-        }
-        parsed
-            .entry((p.dataset.clone(), p.perturbation.clone()))
-            .or_default()
-            .insert(p.origin_id.clone(), answer);
-    }
-    let mut rows = Vec::new();
-    // dataset -> (task, [(condition, accuracy, n)])
-    let mut by_dataset: BTreeMap<String, (String, Vec<ConditionAccuracy>)> = BTreeMap::new();
-    for ((dataset, condition), (task, correct, bad, total)) in &groups {
-        let accuracy = *correct as f64 / *total as f64;
-        rows.push(row(dataset, task, condition, "accuracy", accuracy, *total));
-        rows.push(row(
-            dataset,
-            task,
+        let condition = p.perturbation.as_str();
+        scores.push(score(
+            p,
             condition,
-            "unparseable",
-            *bad as f64 / *total as f64,
-            *total,
+            "accuracy",
+            hit(answer == Some(p.answer)),
         ));
-        by_dataset
-            .entry(dataset.clone())
-            .or_insert_with(|| (task.clone(), Vec::new()))
-            .1
-            .push((condition.clone(), accuracy, *total));
+        scores.push(score(p, condition, "unparseable", hit(answer.is_none())));
+        if answer.is_none() {
+            unparseable.push(p);
+        }
+        answers
+            .entry((p.dataset.as_str(), condition))
+            .or_default()
+            .insert(p.origin_id.as_str(), (p, answer));
     }
-    for (dataset, (task, conditions)) in &by_dataset {
-        let (clean, wanted) = match task.as_str() {
+    let datasets: BTreeMap<&str, &str> = predictions
+        .iter()
+        .map(|p| (p.dataset.as_str(), p.task.as_str()))
+        .collect();
+    for (&dataset, &task) in &datasets {
+        let (clean, wanted) = match task {
             "image_heavy" => ("none", params.perturbed.image_heavy.as_str()),
             "text_heavy" => ("rp", params.perturbed.text_heavy.as_str()),
             _ => continue,
         };
-        let candidates: Vec<&ConditionAccuracy> =
-            conditions.iter().filter(|(c, _, _)| c != clean).collect();
+        let candidates: Vec<(&str, &Answers)> = answers
+            .iter()
+            .filter(|((d, c), _)| *d == dataset && *c != clean)
+            .map(|((_, c), a)| (*c, a))
+            .collect();
+        let accuracy = |a: &Answers| {
+            a.values().filter(|(p, x)| *x == Some(p.answer)).count() as f64 / a.len() as f64
+        };
         let perturbed = if wanted == "worst" {
             candidates
                 .iter()
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .copied()
+                .min_by(|a, b| accuracy(a.1).total_cmp(&accuracy(b.1)))
         } else {
-            candidates.iter().find(|(c, _, _)| c == wanted).copied()
+            candidates.iter().find(|(c, _)| *c == wanted)
         };
-        if let Some((_, accuracy, n)) = perturbed {
-            rows.push(row(dataset, task, "perturbed", "accuracy", *accuracy, *n));
-        }
-        // Causal effect of each intervention against the clean condition.
-        let Some(clean_answers) = parsed.get(&(dataset.clone(), clean.to_string())) else {
-            continue;
-        };
-        for (condition, _, _) in candidates {
-            let answers = &parsed[&(dataset.clone(), condition.clone())];
-            let pairs: Vec<bool> = answers
-                .iter()
-                .filter_map(|(origin, a)| clean_answers.get(origin).map(|c| c != a))
-                .collect();
-            if !pairs.is_empty() {
-                let changed = pairs.iter().filter(|c| **c).count();
-                rows.push(row(
-                    dataset,
-                    task,
-                    condition,
-                    "causal_effect",
-                    changed as f64 / pairs.len() as f64,
-                    pairs.len() as u64,
+        if let Some((_, items)) = perturbed {
+            for (p, answer) in items.values() {
+                scores.push(score(
+                    p,
+                    "perturbed",
+                    "accuracy",
+                    hit(*answer == Some(p.answer)),
                 ));
             }
         }
+        // Causal effect of each intervention against the clean condition, paired by origin
+        // (an unparseable answer is a value of its own: unparseable in both is no change).
+        let Some(clean_answers) = answers.get(&(dataset, clean)) else {
+            continue;
+        };
+        for (condition, items) in &candidates {
+            for (origin, (p, answer)) in items.iter() {
+                if let Some((_, before)) = clean_answers.get(origin) {
+                    scores.push(score(p, condition, "causal_effect", hit(before != answer)));
+                }
+            }
+        }
     }
-    rows.extend(pointing_rows(predictions, params, &row));
-    // VQA Overall: pooled over every VQA set, clean condition.
-    let (correct, total) = groups
+    scores.extend(pointing_scores(predictions, params, &score));
+    // VQA Overall: pooled over every VQA set, clean condition; an item is named with its set.
+    let overall: Vec<ItemScore> = scores
         .iter()
-        .filter(|((_, condition), (task, ..))| task == "vqa" && condition == "none")
-        .fold((0, 0), |(c, t), (_, (_, correct, _, total))| {
-            (c + correct, t + total)
-        });
-    if total > 0 {
-        rows.push(row(
-            "vqa_overall",
-            "vqa",
-            "none",
-            "accuracy",
-            correct as f64 / total as f64,
-            total,
-        ));
+        .filter(|s| s.task == "vqa" && s.condition == "none" && s.metric == "accuracy")
+        .map(|s| ItemScore {
+            origin_id: format!("{}/{}", s.dataset, s.origin_id),
+            dataset: "vqa_overall".into(),
+            ..s.clone()
+        })
+        .collect();
+    scores.extend(overall);
+    Evaluation {
+        metrics: metrics_of(&scores, &label.stage),
+        scores,
+        unparseable,
     }
-    (rows, unparseable)
 }
 
-/// Metrics of rows whose perturbation points at an option (`points_at`) and of the prompt's
-/// unknown tokens, per (dataset, condition):
-/// - `follow_rate`: among rows pointing at a *wrong* option, the share answering that option
+fn hit(yes: bool) -> f64 {
+    if yes {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Each (dataset, condition, metric)'s mean over its items, their number and a 95% bootstrap
+/// interval over them (seeded by the stage and the metric's names), in the order the scores
+/// first name them.
+fn metrics_of(scores: &[ItemScore], stage: &str) -> Vec<MetricRow> {
+    let mut order: Vec<(&str, &str, &str)> = Vec::new();
+    let mut groups: BTreeMap<(&str, &str, &str), Vec<&ItemScore>> = BTreeMap::new();
+    for s in scores {
+        let key = (s.dataset.as_str(), s.condition.as_str(), s.metric.as_str());
+        let group = groups.entry(key).or_default();
+        if group.is_empty() {
+            order.push(key);
+        }
+        group.push(s);
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let group = &groups[&key];
+            let values: Vec<f64> = group.iter().map(|s| s.value).collect();
+            let first = group[0];
+            MetricRow {
+                family: first.family.clone(),
+                size: first.size.clone(),
+                method: first.method.clone(),
+                seed: first.seed.clone(),
+                dataset: first.dataset.clone(),
+                task: first.task.clone(),
+                condition: first.condition.clone(),
+                metric: first.metric.clone(),
+                value: values.iter().sum::<f64>() / values.len() as f64,
+                n: values.len() as u64,
+                stage: stage.to_string(),
+                ci: stats::mean_interval(&values, &[stage, key.0, key.1, key.2]),
+            }
+        })
+        .collect()
+}
+
+/// Per-item values of rows whose perturbation points at an option (`points_at`) and of the
+/// prompt's unknown tokens, per (dataset, condition):
+/// - `follow_rate`: among rows pointing at a *wrong* option, whether the answer is that option
 ///   (chance: 1/k of the answers);
 /// - `accuracy_points_gold` / `_wrong` / `_none`: accuracy split by what the perturbation
-///   points at (an RI sign of the gold, of a wrong option, of no option);
-/// - `unknown_tokens`: the mean share of prompt tokens the model's vocabulary lacks.
-fn pointing_rows(
+///   points at (an RI sign of the gold, of a wrong option, of no option), kept only where at
+///   least two of the three exist (RI of the embedded study);
+/// - `unknown_tokens`: the share of prompt tokens the model's vocabulary lacks.
+fn pointing_scores(
     predictions: &[Prediction],
     params: &EvaluateParams,
-    row: &impl Fn(&str, &str, &str, &str, f64, u64) -> MetricRow,
-) -> Vec<MetricRow> {
-    // (dataset, condition) -> task, [(metric, hits, total)], unknown (sum, count)
-    type Counts = (String, BTreeMap<&'static str, (u64, u64)>, (f64, u64));
-    let mut groups: BTreeMap<(&str, &str), Counts> = BTreeMap::new();
+    score: &impl Fn(&Prediction, &str, &str, f64) -> ItemScore,
+) -> Vec<ItemScore> {
+    let mut out = Vec::new();
+    let mut thirds: BTreeMap<(&str, &str), Vec<ItemScore>> = BTreeMap::new();
     for p in predictions {
-        let answer = scored_answer(p, params);
-        let entry = groups
-            .entry((p.dataset.as_str(), p.perturbation.as_str()))
-            .or_insert_with(|| (p.task.clone(), BTreeMap::new(), (0.0, 0)));
+        let condition = p.perturbation.as_str();
         if let Some(share) = p.unknown_share {
-            entry.2 .0 += share;
-            entry.2 .1 += 1;
+            out.push(score(p, condition, "unknown_tokens", share));
         }
-        if p.perturbation == "none" || p.perturbation == "rp" {
+        if condition == "none" || condition == "rp" {
             continue;
         }
-        let mut count = |metric: &'static str, hit: bool| {
-            let c = entry.1.entry(metric).or_insert((0, 0));
-            c.0 += hit as u64;
-            c.1 += 1;
-        };
-        let correct = answer == Some(p.answer);
-        match p.points_at {
-            Some(target) if target == p.answer => count("accuracy_points_gold", correct),
+        let answer = scored_answer(p, params);
+        let correct = hit(answer == Some(p.answer));
+        let third = match p.points_at {
+            Some(target) if target == p.answer => "accuracy_points_gold",
             Some(target) => {
-                count("accuracy_points_wrong", correct);
-                count("follow_rate", answer == Some(target));
+                out.push(score(
+                    p,
+                    condition,
+                    "follow_rate",
+                    hit(answer == Some(target)),
+                ));
+                "accuracy_points_wrong"
             }
-            None if p.perturbation == "ri" => count("accuracy_points_none", correct),
-            None => {}
-        }
+            None if condition == "ri" => "accuracy_points_none",
+            None => continue,
+        };
+        thirds
+            .entry((p.dataset.as_str(), condition))
+            .or_default()
+            .push(score(p, condition, third, correct));
     }
-    let mut out = Vec::new();
-    for ((dataset, condition), (task, counts, (unknown, n))) in &groups {
-        // The thirds only mean something where all three exist (RI of the embedded study).
-        let thirds = counts
-            .keys()
-            .filter(|m| m.starts_with("accuracy_points"))
-            .count();
-        for (metric, (hits, total)) in counts {
-            if metric.starts_with("accuracy_points") && thirds < 2 {
-                continue;
-            }
-            out.push(row(
-                dataset,
-                task,
-                condition,
-                metric,
-                *hits as f64 / *total as f64,
-                *total,
-            ));
-        }
-        if *n > 0 {
-            out.push(row(
-                dataset,
-                task,
-                condition,
-                "unknown_tokens",
-                unknown / *n as f64,
-                *n,
-            ));
+    for rows in thirds.into_values() {
+        let kinds: std::collections::BTreeSet<&str> =
+            rows.iter().map(|s| s.metric.as_str()).collect();
+        if kinds.len() >= 2 {
+            out.extend(rows);
         }
     }
     out
@@ -594,7 +617,11 @@ mod tests {
         ];
         let params = default_params();
         let label = label();
-        let (rows, unparseable) = evaluate(&preds, &params, &label);
+        let Evaluation {
+            metrics: rows,
+            unparseable,
+            ..
+        } = evaluate(&preds, &params, &label);
         assert_eq!(metric(&rows, "shapes", "none", "accuracy").value, 1.0);
         assert_eq!(metric(&rows, "shapes", "md", "accuracy").value, 0.5);
         assert_eq!(metric(&rows, "shapes", "perturbed", "accuracy").value, 0.5);
@@ -625,7 +652,11 @@ mod tests {
         .unwrap();
         let label = label();
         let predictions = [scored, unscored];
-        let (rows, unparseable) = evaluate(&predictions, &params, &label);
+        let Evaluation {
+            metrics: rows,
+            unparseable,
+            ..
+        } = evaluate(&predictions, &params, &label);
         assert_eq!(metric(&rows, "shapes", "none", "accuracy").value, 0.5);
         assert_eq!(
             unparseable.len(),
@@ -661,12 +692,60 @@ mod tests {
             "unreadable"
         );
         // The samples' mean accuracy is the metrics table's.
-        let (rows, _) = evaluate(&preds, &params, &label());
+        let rows = evaluate(&preds, &params, &label()).metrics;
         let correct: f64 = lines.iter().map(|l| l["accuracy"].as_f64().unwrap()).sum();
         let from_metrics: f64 = ["none", "md", "uf"]
             .iter()
             .map(|c| metric(&rows, "shapes", c, "accuracy").value)
             .sum();
         assert_eq!(correct, from_metrics);
+    }
+
+    #[test]
+    fn every_metric_is_the_mean_of_its_item_scores_with_an_interval() {
+        let mut preds = Vec::new();
+        for i in 0..40 {
+            let origin = format!("o{i}");
+            let right = if i % 4 == 0 { "B" } else { "A" };
+            preds.push(prediction(
+                &origin,
+                "shapes",
+                "image_heavy",
+                "none",
+                0,
+                right,
+            ));
+            preds.push(prediction(&origin, "shapes", "image_heavy", "md", 0, "A"));
+            preds.push(prediction(&origin, "counting", "vqa", "none", 0, right));
+        }
+        let evaluation = evaluate(&preds, &default_params(), &label());
+        for row in &evaluation.metrics {
+            let values: Vec<f64> = evaluation
+                .scores
+                .iter()
+                .filter(|s| {
+                    s.dataset == row.dataset
+                        && s.condition == row.condition
+                        && s.metric == row.metric
+                })
+                .map(|s| s.value)
+                .collect();
+            assert_eq!(values.len() as u64, row.n, "{row:?}");
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            assert!((mean - row.value).abs() < 1e-12, "{row:?}");
+            let (lo, hi) = row.ci.unwrap();
+            assert!(lo <= row.value && row.value <= hi, "{row:?}");
+        }
+        let clean = metric(&evaluation.metrics, "shapes", "none", "accuracy");
+        assert_eq!(clean.value, 0.75);
+        let (lo, hi) = clean.ci.unwrap();
+        assert!(lo > 0.55 && hi < 0.92 && hi - lo > 0.15, "{lo} {hi}");
+        // Pooled VQA items are named with their set, so they stay distinct units.
+        assert!(evaluation
+            .scores
+            .iter()
+            .any(|s| s.dataset == "vqa_overall" && s.origin_id == "counting/o3"));
+        let change = metric(&evaluation.metrics, "shapes", "md", "causal_effect");
+        assert_eq!(change.value, 0.25);
     }
 }

@@ -9,9 +9,11 @@
 
 mod evaluate;
 mod figures;
+pub mod stats;
 mod table;
 
 pub use evaluate::{
-    evaluate, parse_answer, EvaluateParams, EvaluateStage, Label, Parser, PerturbedConditions,
+    evaluate, parse_answer, EvaluateParams, EvaluateStage, Evaluation, Label, Parser,
+    PerturbedConditions,
 };
 pub use table::{build, Layout, Table, TableParams, TableStage};

@@ -5,11 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use mipipe_engine::{OutputSpec, Stage, StageContext, StageError};
-use mipipe_stage_schema::{read_metrics, read_tables, write_metrics, MetricRow};
+use mipipe_stage_schema::{
+    read_metrics, read_scores, read_tables, write_metrics, ItemScore, MetricRow,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::figures;
+use crate::stats::{self, Draws, RESAMPLES};
 
 /// The paper's table layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -25,6 +28,10 @@ pub enum Layout {
     Ood,
     /// The causal effect of each intervention (not in the paper: the authors never computed it).
     CausalEffect,
+    /// What a perturbation that points at an option does (design v2, H2; not in the paper):
+    /// the follow rate of misleading text (MD) and of RI pictures, and the accuracy under RI
+    /// split by whether the picture points at the gold, a wrong option or no option.
+    Pointing,
 }
 
 /// Params of the `table` kind.
@@ -58,6 +65,15 @@ pub struct TableParams {
     /// `table*` across both columns of a two-column paper).
     #[serde(default)]
     pub width: LatexWidth,
+    /// The method every other method of a model group is tested against, where the `scores`
+    /// input is given: the difference with a paired bootstrap interval and an exact McNemar
+    /// test on the same (item, seed) pairs, Holm-corrected over the table's comparisons; cells
+    /// whose difference survives are marked with a dagger.
+    #[serde(default = "default_reference")]
+    pub reference: String,
+    /// Family-wise error rate of the dagger marks.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
 }
 
 /// How a LaTeX table meets the page.
@@ -102,6 +118,12 @@ fn default_baseline() -> String {
 fn default_decimals() -> usize {
     1
 }
+fn default_reference() -> String {
+    "fft_mix".into()
+}
+fn default_alpha() -> f64 {
+    0.05
+}
 
 /// The `table` stage kind.
 #[derive(Default)]
@@ -110,7 +132,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 10;
+    const VERSION: u32 = 11;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -127,7 +149,16 @@ impl Stage for TableStage {
     fn run(&self, params: &TableParams, ctx: &StageContext) -> Result<(), StageError> {
         let rows = read_tables(ctx.input_paths("metrics")?, read_metrics)
             .map_err(|e| StageError::failed(e.to_string()))?;
-        let table = build(&rows, params).map_err(StageError::failed)?;
+        let mut table = build(&rows, params).map_err(StageError::failed)?;
+        // Per-item scores (optional): read one table at a time, keeping the table's columns.
+        if let Some(paths) = ctx.inputs().get("scores") {
+            let mut scores = Vec::new();
+            for path in paths {
+                let rows = read_scores(path).map_err(|e| StageError::failed(e.to_string()))?;
+                scores.extend(rows.into_iter().filter(|s| table.shows(s)));
+            }
+            table.add_statistics(&scores, params);
+        }
         let write = |name: &str, text: String| -> Result<(), StageError> {
             std::fs::write(ctx.output_path(name)?, text)
                 .map_err(|e| StageError::environment(e.to_string()))
@@ -176,6 +207,27 @@ pub struct Cell {
     pub n: Vec<u64>,
     /// Stages they came from.
     pub stages: BTreeSet<String>,
+    /// 95% percentile bootstrap interval over items (all seeds pooled), from per-item scores.
+    pub bootstrap: Option<(f64, f64)>,
+    /// The test against the table's reference method, from per-item scores.
+    pub comparison: Option<Comparison>,
+}
+
+/// A method's cell against the reference method's, on the same items and seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// Mean of this cell minus the reference's (means over seeds).
+    pub difference: f64,
+    /// 95% paired bootstrap interval of the difference.
+    pub interval: Option<(f64, f64)>,
+    /// (item, seed) pairs only this method gets right (0/1 values only).
+    pub only_this: u64,
+    /// Pairs only the reference gets right.
+    pub only_reference: u64,
+    /// Exact McNemar p-value (None where the values are not 0/1).
+    pub p: Option<f64>,
+    /// Holm-adjusted over the table's tests.
+    pub p_holm: Option<f64>,
 }
 
 impl Cell {
@@ -185,9 +237,13 @@ impl Cell {
             .then(|| self.values.iter().sum::<f64>() / self.values.len() as f64)
     }
 
-    /// A 95% interval of the mean: over seeds (Student's t) when there are several; for one
-    /// value that is a proportion of `n` items (an accuracy), Wilson's score interval.
+    /// A 95% interval of the mean: the bootstrap over items where per-item scores were given;
+    /// else over seeds (Student's t) when there are several, and for one value that is a
+    /// proportion of `n` items (an accuracy), Wilson's score interval.
     pub fn interval(&self) -> Option<(f64, f64)> {
+        if self.bootstrap.is_some() {
+            return self.bootstrap;
+        }
         let mean = self.mean()?;
         match (self.values.as_slice(), self.n.as_slice()) {
             ([value], [n]) if *n > 0 && (0.0..=1.0).contains(value) => Some(wilson(*value, *n)),
@@ -256,6 +312,11 @@ pub struct Table {
     pub baseline: String,
     /// Decimals.
     pub decimals: usize,
+    /// The reference of the tests and how many tests the table made, once per-item scores were
+    /// added.
+    pub tests: Option<(String, usize)>,
+    /// Family-wise error rate of the marks.
+    pub alpha: f64,
 }
 
 fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
@@ -274,14 +335,22 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
                 &[("none", "Orig"), ("perturbed", "Perturbed")]
             }
             (Layout::OrigPerturbed, "text_heavy") => &[("rp", "Orig"), ("perturbed", "Perturbed")],
-            (Layout::Conditions, "image_heavy") => &[("none", "Orig"), ("uf", "UF"), ("md", "MD")],
-            (Layout::Conditions, "text_heavy") => {
-                &[("rp", "RP"), ("ri", "RI"), ("fb", "FB"), ("fw", "FW")]
+            (Layout::Conditions, "image_heavy") => {
+                &[("none", "Orig"), ("uf", "UF"), ("md", "MD"), ("th", "TH")]
             }
+            (Layout::Conditions, "text_heavy") => &[
+                ("rp", "RP"),
+                ("ri", "RI"),
+                ("fb", "FB"),
+                ("fw", "FW"),
+                ("th", "TH"),
+            ],
             (Layout::Ood, "image_heavy") => &[("none", "Orig"), ("ocr", "OCR")],
             (Layout::Ood, "text_heavy") => &[("rp", "RP"), ("screenshot", "Screenshot")],
-            (Layout::CausalEffect, "image_heavy") => &[("uf", "UF"), ("md", "MD")],
-            (Layout::CausalEffect, "text_heavy") => &[("ri", "RI"), ("fb", "FB"), ("fw", "FW")],
+            (Layout::CausalEffect, "image_heavy") => &[("uf", "UF"), ("md", "MD"), ("th", "TH")],
+            (Layout::CausalEffect, "text_heavy") => {
+                &[("ri", "RI"), ("fb", "FB"), ("fw", "FW"), ("th", "TH")]
+            }
             (Layout::Vqa, "vqa") => &[("none", "Acc")],
             _ => &[],
         };
@@ -293,6 +362,22 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
         for (condition, header) in conditions {
             let mut c = column(dataset, condition, metric, header);
             c.relative = layout == Layout::Vqa;
+            out.push(c);
+        }
+        // (condition, metric, header, higher is better)
+        let pointing: &[(&str, &str, &str, bool)] = match (layout, task.as_str()) {
+            (Layout::Pointing, "image_heavy") => &[("md", "follow_rate", "MD follow", false)],
+            (Layout::Pointing, "text_heavy") => &[
+                ("ri", "follow_rate", "RI follow", false),
+                ("ri", "accuracy_points_gold", "RI gold", true),
+                ("ri", "accuracy_points_wrong", "RI wrong", true),
+                ("ri", "accuracy_points_none", "RI none", true),
+            ],
+            _ => &[],
+        };
+        for (condition, metric, header, higher) in pointing {
+            let mut c = column(dataset, condition, metric, header);
+            c.higher_is_better = *higher;
             out.push(c);
         }
     }
@@ -387,6 +472,8 @@ pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> 
             .collect(),
         baseline: params.baseline.clone(),
         decimals: params.decimals,
+        tests: None,
+        alpha: params.alpha,
     })
 }
 
@@ -397,6 +484,167 @@ enum Markup {
 }
 
 impl Table {
+    /// Whether a per-item score belongs to one of the table's columns.
+    pub fn shows(&self, s: &ItemScore) -> bool {
+        self.columns
+            .iter()
+            .any(|c| c.dataset == s.dataset && c.condition == s.condition && c.metric == s.metric)
+    }
+
+    /// Adds, from per-item scores, each cell's bootstrap interval and each method's test
+    /// against `params.reference` in its model group (docs/reports.md, "Statistics"). Items
+    /// are resampled per column with the same draws for every cell of the column, each item
+    /// carrying its values under every seed, so differences are paired; McNemar counts the
+    /// discordant (item, seed) pairs; Holm runs over every test of the table.
+    pub fn add_statistics(&mut self, scores: &[ItemScore], params: &TableParams) {
+        // column -> group -> method -> (origin, seed) -> value
+        type Values<'a> = BTreeMap<(&'a str, &'a str), f64>;
+        let mut index: Vec<BTreeMap<String, BTreeMap<&str, Values>>> =
+            vec![BTreeMap::new(); self.columns.len()];
+        for s in scores {
+            for (c, column) in self.columns.iter().enumerate() {
+                if column.dataset == s.dataset
+                    && column.condition == s.condition
+                    && column.metric == s.metric
+                {
+                    index[c]
+                        .entry(format!("{}-{}", s.family, s.size))
+                        .or_default()
+                        .entry(s.method.as_str())
+                        .or_default()
+                        .insert((s.origin_id.as_str(), s.seed.as_str()), s.value);
+                }
+            }
+        }
+        let mut tests: Vec<(usize, usize, usize)> = Vec::new();
+        for (c, by_group) in index.iter().enumerate() {
+            let units: Vec<&str> = by_group
+                .values()
+                .flat_map(|m| m.values())
+                .flat_map(|v| v.keys().map(|k| k.0))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if units.is_empty() {
+                continue;
+            }
+            let unit_of: BTreeMap<&str, usize> =
+                units.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+            let column = &self.columns[c];
+            let draws = Draws::new(
+                units.len(),
+                RESAMPLES,
+                &[&column.dataset, &column.condition, &column.metric],
+            );
+            let estimates = |values: &Values| {
+                let mut sums = vec![0.0; units.len()];
+                let mut counts = vec![0u32; units.len()];
+                for ((origin, _), v) in values {
+                    sums[unit_of[origin]] += v;
+                    counts[unit_of[origin]] += 1;
+                }
+                draws.estimates(&sums, &counts)
+            };
+            for (g, group) in self.groups.iter_mut().enumerate() {
+                let Some(methods) = by_group.get(&group.name) else {
+                    continue;
+                };
+                let reference = methods.get(params.reference.as_str());
+                let reference_estimates = reference.map(estimates);
+                let reference_mean = group
+                    .rows
+                    .iter()
+                    .find(|(m, _)| *m == params.reference)
+                    .and_then(|(_, cells)| cells[c].mean());
+                for (r, (method, cells)) in group.rows.iter_mut().enumerate() {
+                    let Some(values) = methods.get(method.as_str()) else {
+                        continue;
+                    };
+                    let own = estimates(values);
+                    cells[c].bootstrap = stats::percentile_interval(&own);
+                    let (Some(reference), Some(reference_estimates), Some(reference_mean)) =
+                        (reference, &reference_estimates, reference_mean)
+                    else {
+                        continue;
+                    };
+                    if *method == params.reference {
+                        continue;
+                    }
+                    let differences: Vec<Option<f64>> = own
+                        .iter()
+                        .zip(reference_estimates)
+                        .map(|(a, b)| Some((*a)? - (*b)?))
+                        .collect();
+                    let binary = values
+                        .values()
+                        .chain(reference.values())
+                        .all(|v| *v == 0.0 || *v == 1.0);
+                    let (mut only_this, mut only_reference) = (0, 0);
+                    for (pair, v) in values {
+                        match (v, reference.get(pair)) {
+                            (a, Some(b)) if *a > *b => only_this += 1,
+                            (a, Some(b)) if *a < *b => only_reference += 1,
+                            _ => {}
+                        }
+                    }
+                    let Some(mean) = cells[c].mean() else {
+                        continue;
+                    };
+                    let p = binary.then(|| stats::mcnemar_exact(only_this, only_reference));
+                    if p.is_some() {
+                        tests.push((g, r, c));
+                    }
+                    cells[c].comparison = Some(Comparison {
+                        difference: mean - reference_mean,
+                        interval: stats::percentile_interval(&differences),
+                        only_this,
+                        only_reference,
+                        p,
+                        p_holm: None,
+                    });
+                }
+            }
+        }
+        let p: Vec<f64> = tests
+            .iter()
+            .map(|&(g, r, c)| self.comparison(g, r, c).and_then(|t| t.p).unwrap_or(1.0))
+            .collect();
+        for (&(g, r, c), adjusted) in tests.iter().zip(stats::holm(&p)) {
+            if let Some(test) = self.groups[g].rows[r].1[c].comparison.as_mut() {
+                test.p_holm = Some(adjusted);
+            }
+        }
+        self.tests = Some((params.reference.clone(), tests.len()));
+    }
+
+    fn comparison(&self, g: usize, r: usize, c: usize) -> Option<&Comparison> {
+        self.groups[g].rows[r].1[c].comparison.as_ref()
+    }
+
+    /// Whether a cell differs from the reference method after Holm's correction.
+    fn significant(cell: &Cell, alpha: f64) -> bool {
+        cell.comparison
+            .as_ref()
+            .and_then(|t| t.p_holm)
+            .is_some_and(|p| p < alpha)
+    }
+
+    /// The sentence under a table that says what its intervals and marks mean.
+    fn statistics_note(&self, markup: &Markup) -> Option<String> {
+        let (reference, tests) = self.tests.as_ref()?;
+        let text = format!(
+            ": differs from {} on the same items and seeds (exact McNemar test, Holm's \
+             correction over the {tests} tests of this table, family-wise error {}). Intervals \
+             in the CSV: 95% paired bootstrap over items ({RESAMPLES} resamples).",
+            self.name(reference),
+            self.alpha
+        );
+        Some(match markup {
+            Markup::Latex => format!("$^\\dagger${}", latex_text(&text)),
+            Markup::Markdown => format!("†{text}"),
+        })
+    }
+
     fn name<'a>(&'a self, key: &'a str) -> &'a str {
         self.names.get(key).map(String::as_str).unwrap_or(key)
     }
@@ -469,6 +717,12 @@ impl Table {
                 (_, false, true) => format!("{text} (↑{magnitude}%)"),
                 (_, false, false) => format!("{text} (↓{magnitude}%)"),
             };
+        }
+        if Self::significant(cell, self.alpha) {
+            text.push_str(match markup {
+                Markup::Latex => "$^\\dagger$",
+                Markup::Markdown => "†",
+            });
         }
         let bold = self.is_best(group, row, c);
         match (markup, bold) {
@@ -552,8 +806,16 @@ impl Table {
         if params.width == LatexWidth::Fit {
             let _ = writeln!(out, "}}");
         }
-        if !params.caption.is_empty() {
-            let _ = writeln!(out, "\\caption{{{}}}", latex_text(&params.caption));
+        let note = self.statistics_note(&Markup::Latex);
+        if !params.caption.is_empty() || note.is_some() {
+            let mut caption = latex_text(&params.caption);
+            if let Some(note) = note {
+                if !caption.is_empty() {
+                    caption.push(' ');
+                }
+                caption.push_str(&note);
+            }
+            let _ = writeln!(out, "\\caption{{{caption}}}");
         }
         let _ = writeln!(out, "\\end{{{float}}}");
         out
@@ -593,6 +855,9 @@ impl Table {
                 );
             }
         }
+        if let Some(note) = self.statistics_note(&Markup::Markdown) {
+            let _ = writeln!(out, "\n{note}");
+        }
         out
     }
 
@@ -616,6 +881,14 @@ impl Table {
             "seeds",
             "n",
             "change_vs_baseline",
+            "reference",
+            "diff_vs_reference",
+            "diff_ci_low",
+            "diff_ci_high",
+            "only_this",
+            "only_reference",
+            "p_value",
+            "p_holm",
         ];
         writer.write_record(header).expect("writes to memory");
         let percent = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.4}", v * 100.0));
@@ -625,6 +898,11 @@ impl Table {
                     let column = &self.columns[c];
                     let interval = cell.interval();
                     let change = self.change_vs_baseline(group, r, c);
+                    let test = cell.comparison.as_ref();
+                    let reference = self.tests.as_ref().map(|t| t.0.as_str());
+                    let count = |n: Option<u64>| n.map_or(String::new(), |n| n.to_string());
+                    let probability =
+                        |p: Option<f64>| p.map_or(String::new(), |p| format!("{p:.6}"));
                     writer
                         .write_record([
                             group.name.clone(),
@@ -639,6 +917,14 @@ impl Table {
                             cell.values.len().to_string(),
                             cell.n.iter().sum::<u64>().to_string(),
                             percent(change),
+                            test.and(reference).unwrap_or_default().to_string(),
+                            percent(test.map(|t| t.difference)),
+                            percent(test.and_then(|t| t.interval).map(|i| i.0)),
+                            percent(test.and_then(|t| t.interval).map(|i| i.1)),
+                            count(test.map(|t| t.only_this)),
+                            count(test.map(|t| t.only_reference)),
+                            probability(test.and_then(|t| t.p)),
+                            probability(test.and_then(|t| t.p_holm)),
                         ])
                         .expect("writes to memory");
                 }
@@ -715,6 +1001,7 @@ mod tests {
             value,
             n: 100,
             stage: format!("evaluate[method={method},seed={seed}]"),
+            ci: None,
         }
     }
 
@@ -794,7 +1081,15 @@ mod tests {
                 "std",
                 "seeds",
                 "n",
-                "change_vs_baseline"
+                "change_vs_baseline",
+                "reference",
+                "diff_vs_reference",
+                "diff_ci_low",
+                "diff_ci_high",
+                "only_this",
+                "only_reference",
+                "p_value",
+                "p_holm"
             ]
         );
         let rows: Vec<Vec<String>> = reader
@@ -868,5 +1163,120 @@ mod tests {
         let md = table.markdown(&params(Layout::Vqa));
         assert!(md.contains("50.0 (0.0%)"), "{md}");
         assert!(!md.contains('↑') && !md.contains('↓'), "{md}");
+    }
+
+    fn score(method: &str, seed: &str, item: usize, value: f64) -> ItemScore {
+        ItemScore {
+            family: "llava".into(),
+            size: "s".into(),
+            method: method.into(),
+            seed: seed.into(),
+            dataset: "shapes".into(),
+            task: "image_heavy".into(),
+            condition: "none".into(),
+            metric: "accuracy".into(),
+            origin_id: format!("item{item:03}"),
+            value,
+        }
+    }
+
+    /// Two seeds of 100 items: `fft_mix` right on items 0-49, `ours` on 0-69 (20 pairs per
+    /// seed only `ours` gets right, none the other way), `kl` on 0-48 and 50 (one each way).
+    fn scored() -> (Vec<MetricRow>, Vec<ItemScore>) {
+        let mut metrics = Vec::new();
+        let mut scores = Vec::new();
+        for seed in ["0", "1"] {
+            for (method, right) in [("fft_mix", 50), ("ours", 70), ("kl", 50)] {
+                let mut correct = 0.0;
+                for item in 0..100 {
+                    let hit = if method == "kl" {
+                        item < 49 || item == 50
+                    } else {
+                        item < right
+                    };
+                    correct += f64::from(u8::from(hit));
+                    scores.push(score(method, seed, item, f64::from(u8::from(hit))));
+                }
+                metrics.push(metric(
+                    method,
+                    seed,
+                    "shapes",
+                    "image_heavy",
+                    "none",
+                    correct / 100.0,
+                ));
+            }
+        }
+        (metrics, scores)
+    }
+
+    #[test]
+    fn methods_are_tested_against_the_reference_on_the_same_items() {
+        let (metrics, scores) = scored();
+        let p = params(Layout::Conditions);
+        let mut table = build(&metrics, &p).unwrap();
+        assert!(scores.iter().all(|s| table.shows(s)));
+        table.add_statistics(&scores, &p);
+        let cell = |method: &str| {
+            table.groups[0]
+                .rows
+                .iter()
+                .find(|(m, _)| m == method)
+                .map(|(_, cells)| cells[0].clone())
+                .unwrap()
+        };
+        let ours = cell("ours").comparison.unwrap();
+        assert_eq!((ours.only_this, ours.only_reference), (40, 0));
+        assert!((ours.difference - 0.2).abs() < 1e-12);
+        // 2 * 0.5^40, then Holm over the two tests.
+        let p_ours = 2.0 * 0.5f64.powi(40);
+        assert!((ours.p.unwrap() / p_ours - 1.0).abs() < 1e-9);
+        assert!((ours.p_holm.unwrap() / (2.0 * p_ours) - 1.0).abs() < 1e-9);
+        let (lo, hi) = ours.interval.unwrap();
+        assert!(lo > 0.1 && hi < 0.3 && lo < 0.2 && hi > 0.2, "{lo} {hi}");
+        let kl = cell("kl").comparison.unwrap();
+        assert_eq!((kl.only_this, kl.only_reference), (2, 2));
+        assert_eq!(kl.p, Some(1.0));
+        assert!(
+            cell("fft_mix").comparison.is_none(),
+            "the reference is not tested"
+        );
+        // Every cell has its bootstrap interval around its mean.
+        let (lo, hi) = cell("fft_mix").interval().unwrap();
+        assert!(lo < 0.5 && hi > 0.5 && hi - lo < 0.2, "{lo} {hi}");
+        // The marks: ours differs, kl does not; the note says what the dagger means.
+        let md = table.markdown(&p);
+        assert!(md.contains("| Ours | **70.0±0.0†** |"), "{md}");
+        assert!(md.contains("| +KL | 50.0±0.0 |"), "{md}");
+        assert!(md.contains("†: differs from FFT w/ D_mixed"), "{md}");
+        assert!(md.contains("over the 2 tests"), "{md}");
+        let tex = table.latex(&p);
+        assert!(tex.contains("70.0$\\pm$0.0$^\\dagger$"), "{tex}");
+        assert!(
+            tex.contains("\\caption{$^\\dagger$: differs from FFT w/ D\\_mixed"),
+            "{tex}"
+        );
+        assert!(tex.contains("95\\% paired bootstrap"), "{tex}");
+        let csv = table.csv();
+        let line = csv
+            .lines()
+            .find(|l| l.starts_with("llava-s,ours,shapes,none"))
+            .unwrap();
+        assert!(line.contains(",fft_mix,20.0000,"), "{line}");
+    }
+
+    #[test]
+    fn without_the_reference_method_nothing_is_tested() {
+        let (metrics, scores) = scored();
+        let mut p = params(Layout::Conditions);
+        p.reference = "vanilla".into();
+        let mut table = build(&metrics, &p).unwrap();
+        table.add_statistics(&scores, &p);
+        let cells: Vec<&Cell> = table.groups[0].rows.iter().map(|(_, c)| &c[0]).collect();
+        assert!(cells
+            .iter()
+            .all(|c| c.comparison.is_none() && c.bootstrap.is_some()));
+        let md = table.markdown(&p);
+        assert!(!md.contains('†') || md.contains("over the 0 tests"), "{md}");
     }
 }

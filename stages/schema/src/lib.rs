@@ -6,7 +6,9 @@
 //! - [`items`]: the unified multiple-choice VQA table and the pretraining corpus;
 //! - [`predictions`]: one row per (item, condition) a model answered;
 //! - [`metrics`]: long-format metrics;
+//! - [`scores`]: the per-item values behind them;
 //! - [`image`]: the `image` column's format (8-bit RGB PNG, pinned encoder settings);
+//! - [`tokens`]: how text is cut into tokens;
 //! - [`rng`]: the deterministic per-item randomness every stage draws from.
 
 mod columns;
@@ -15,6 +17,8 @@ pub mod items;
 pub mod metrics;
 pub mod predictions;
 pub mod rng;
+pub mod scores;
+pub mod tokens;
 
 pub use columns::lossless_cast;
 pub use image::RgbImage;
@@ -24,6 +28,8 @@ pub use predictions::{
     parse_option, read_predictions, standalone_letters, write_predictions, Prediction,
 };
 pub use rng::ItemRng;
+pub use scores::{read_scores, write_scores, ItemScore};
+pub use tokens::split_tokens;
 
 /// Reads every table bound to one input (a fan-in binds several) with `read` and concatenates
 /// their rows in binding order.

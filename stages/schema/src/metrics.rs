@@ -9,11 +9,15 @@
 //! | `value` | float64 | the value (a fraction, not a percentage) |
 //! | `n` | int64 | how many items it is over |
 //! | `stage` | utf8 | the stage that computed it (provenance) |
+//! | `ci_low`, `ci_high` | float64, nullable | its 95% percentile bootstrap interval over the items (null where none was computed) |
+//!
+//! The per-item values behind every metric that is a mean over items are in the `scores`
+//! table ([`crate::scores`]), from which tables compute paired intervals and tests.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use mipipe_cache::arrow_array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use mipipe_cache::arrow_array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use mipipe_cache::arrow_schema::{DataType, Field, Schema};
 use mipipe_cache::{write_table, TableError};
 
@@ -44,9 +48,12 @@ pub struct MetricRow {
     pub n: u64,
     /// Producing stage.
     pub stage: String,
+    /// 95% bootstrap interval of `value` over the items, where computed.
+    pub ci: Option<(f64, f64)>,
 }
 
-const TEXT_COLUMNS: [&str; 8] = [
+/// The label columns metrics and scores share, in order.
+pub(crate) const TEXT_COLUMNS: [&str; 8] = [
     "family",
     "size",
     "method",
@@ -59,14 +66,40 @@ const TEXT_COLUMNS: [&str; 8] = [
 
 /// The Arrow schema of metrics.
 pub fn metrics_schema() -> Arc<Schema> {
-    let mut fields: Vec<Field> = TEXT_COLUMNS
-        .iter()
-        .map(|n| Field::new(*n, DataType::Utf8, false))
-        .collect();
+    let mut fields = label_fields();
     fields.push(Field::new("value", DataType::Float64, false));
     fields.push(Field::new("n", DataType::Int64, false));
     fields.push(Field::new("stage", DataType::Utf8, false));
+    fields.push(Field::new("ci_low", DataType::Float64, true));
+    fields.push(Field::new("ci_high", DataType::Float64, true));
     Arc::new(Schema::new(fields))
+}
+
+/// The fields of [`TEXT_COLUMNS`].
+pub(crate) fn label_fields() -> Vec<Field> {
+    TEXT_COLUMNS
+        .iter()
+        .map(|n| Field::new(*n, DataType::Utf8, false))
+        .collect()
+}
+
+/// The label columns of `rows`, by a row's text for a column name.
+pub(crate) fn label_columns<'a, R>(
+    rows: &'a [R],
+    text: impl Fn(&'a R, &str) -> &'a str,
+) -> Vec<Arc<dyn Array>> {
+    TEXT_COLUMNS
+        .iter()
+        .map(|name| strings(rows.iter().map(|r| text(r, name))) as Arc<dyn Array>)
+        .collect()
+}
+
+/// The label columns of a batch, in [`TEXT_COLUMNS`] order.
+pub(crate) fn read_label_columns(batch: &RecordBatch) -> Result<Vec<&StringArray>, String> {
+    TEXT_COLUMNS
+        .iter()
+        .map(|n| column::<StringArray>(batch, n))
+        .collect()
 }
 
 fn text<'a>(row: &'a MetricRow, name: &str) -> &'a str {
@@ -84,12 +117,7 @@ fn text<'a>(row: &'a MetricRow, name: &str) -> &'a str {
 
 /// Writes metrics.
 pub fn write_metrics(path: &Path, rows: &[MetricRow]) -> Result<(), TableError> {
-    let mut columns: Vec<Arc<dyn mipipe_cache::arrow_array::Array>> = TEXT_COLUMNS
-        .iter()
-        .map(|name| {
-            strings(rows.iter().map(|r| text(r, name))) as Arc<dyn mipipe_cache::arrow_array::Array>
-        })
-        .collect();
+    let mut columns = label_columns(rows, text);
     columns.push(Arc::new(
         rows.iter().map(|r| r.value).collect::<Float64Array>(),
     ));
@@ -97,18 +125,27 @@ pub fn write_metrics(path: &Path, rows: &[MetricRow]) -> Result<(), TableError> 
         rows.iter().map(|r| r.n as i64).collect::<Int64Array>(),
     ));
     columns.push(strings(rows.iter().map(|r| r.stage.as_str())));
+    columns.push(Arc::new(
+        rows.iter()
+            .map(|r| r.ci.map(|c| c.0))
+            .collect::<Float64Array>(),
+    ));
+    columns.push(Arc::new(
+        rows.iter()
+            .map(|r| r.ci.map(|c| c.1))
+            .collect::<Float64Array>(),
+    ));
     let batch = RecordBatch::try_new(metrics_schema(), columns).expect("columns match the schema");
     write_table(path, metrics_schema(), &[batch])
 }
 
 fn batch_to_metrics(batch: &RecordBatch) -> Result<Vec<MetricRow>, String> {
-    let texts: Vec<&StringArray> = TEXT_COLUMNS
-        .iter()
-        .map(|n| column::<StringArray>(batch, n))
-        .collect::<Result<_, _>>()?;
+    let texts = read_label_columns(batch)?;
     let value = column::<Float64Array>(batch, "value")?;
     let n = column::<Int64Array>(batch, "n")?;
     let stage = column::<StringArray>(batch, "stage")?;
+    let low = column::<Float64Array>(batch, "ci_low")?;
+    let high = column::<Float64Array>(batch, "ci_high")?;
     Ok((0..batch.num_rows())
         .map(|row| MetricRow {
             family: texts[0].value(row).to_string(),
@@ -122,6 +159,8 @@ fn batch_to_metrics(batch: &RecordBatch) -> Result<Vec<MetricRow>, String> {
             value: value.value(row),
             n: n.value(row) as u64,
             stage: stage.value(row).to_string(),
+            ci: (low.is_valid(row) && high.is_valid(row))
+                .then(|| (low.value(row), high.value(row))),
         })
         .collect())
 }

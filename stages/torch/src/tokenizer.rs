@@ -30,27 +30,7 @@ pub struct Tokenizer {
     ids: BTreeMap<String, i64>,
 }
 
-/// Splits text into word and punctuation tokens.
-pub fn split(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in text.char_indices() {
-        if c.is_alphanumeric() || c == '\'' || c == '-' {
-            start.get_or_insert(i);
-        } else {
-            if let Some(s) = start.take() {
-                out.push(&text[s..i]);
-            }
-            if !c.is_whitespace() {
-                out.push(&text[i..i + c.len_utf8()]);
-            }
-        }
-    }
-    if let Some(s) = start {
-        out.push(&text[s..]);
-    }
-    out
-}
+pub use mipipe_stage_schema::split_tokens as split;
 
 impl Tokenizer {
     /// Builds the vocabulary of `texts`, keeping at most `max_size` tokens.
