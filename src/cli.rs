@@ -61,6 +61,8 @@ pub enum Command {
     Show(ShowArgs),
     /// Print the log of a stage's latest run.
     Log(ShowArgs),
+    /// Wall time recorded for each cached stage, per kind (or per kind and param value).
+    Timings(TimingsArgs),
     /// Inspect and maintain the cache folder.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -160,6 +162,21 @@ pub struct ShowArgs {
     pub stage: String,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TimingsArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Group each kind's stages by this param's value (e.g. `method`).
+    #[arg(long, value_name = "PARAM")]
+    pub by: Option<String>,
+    /// Also print each group's mean over the mean of this value's group of the same kind.
+    #[arg(long, value_name = "VALUE", requires = "by")]
+    pub baseline: Option<String>,
+    /// Only these kinds.
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

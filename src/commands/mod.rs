@@ -10,6 +10,7 @@ mod run;
 mod show;
 mod stages;
 mod status;
+mod timings;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub fn dispatch(cli: Cli, style: Style) -> Result<(), CliError> {
         Command::Dag(args) => dag::dag(&args.pipeline, args.format, json),
         Command::Show(args) => show::show(&args.stage, &args.pipeline, cache_dir, json),
         Command::Log(args) => log::log(&args.stage, &args.pipeline, cache_dir, json),
+        Command::Timings(args) => timings::timings(&args, cache_dir, json),
         Command::Cache(command) => cache::cache_command(command, cache_dir, json),
         Command::Stages(args) => stages::stages(args.kind.as_deref(), json),
         Command::ExecStage(args) => exec_stage::exec_stage(&args.job),

@@ -38,6 +38,60 @@ stages:
 }
 
 #[test]
+fn a_matrix_axis_may_be_a_var_holding_a_list() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+vars:
+  seeds: [1, 2, 3]
+stages:
+  train:
+    kind: command
+    matrix: {seed: "${vars.seeds}"}
+    params:
+      cmd: echo ${params.seed} > ${outs.m}
+      outs: {m: m.txt}
+"#,
+    );
+    let names = |run: &crate::Run| -> Vec<String> {
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("train"))
+            .map(String::from)
+            .collect()
+    };
+    let dag = project.mipipe(&["dag"]);
+    dag.expect_code(0);
+    assert_eq!(
+        names(&dag),
+        [
+            "train[seed=1] (command)",
+            "train[seed=2] (command)",
+            "train[seed=3] (command)"
+        ]
+    );
+    let narrowed = project.mipipe(&["dag", "--set", "vars.seeds=[2]"]);
+    narrowed.expect_code(0);
+    assert_eq!(names(&narrowed), ["train[seed=2] (command)"]);
+    // A var that is not a list is refused as an axis, with the fix in the help.
+    project.write(
+        "mipipe.yaml",
+        &project
+            .read("mipipe.yaml")
+            .replace("seeds: [1, 2, 3]", "seeds: 1"),
+    );
+    let bad = project.mipipe(&["dag"]);
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("Matrix entry `seed` must be a list")
+            && bad.stderr.contains("a var holding a list"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
 fn matrix_include_exclude_and_instance_selection() {
     let project = Project::new();
     project.write(

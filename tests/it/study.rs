@@ -8,8 +8,9 @@ use crate::Project;
 
 const FAMILIES: [&str; 3] = ["llava", "blip", "qwen"];
 const METHODS: [&str; 7] = ["fft_vqa", "fft_mix", "kl", "js", "rg", "adv", "ours"];
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "causal_effect",
+    "pointing",
     "table1",
     "table11",
     "table2",
@@ -116,6 +117,35 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     assert!(predictions
         .iter()
         .all(|p| p.option_logprobs.as_ref().map(Vec::len) == Some(p.options.len())));
+
+    // Tables test methods against FFT w/ D_mixed from the per-item scores (the CSV has each
+    // test; the Markdown says what a dagger means).
+    let csv = project.read("results/quick/table1.csv");
+    let ours = csv
+        .lines()
+        .find(|l| l.starts_with("llava-xs,ours,") && l.contains(",none,accuracy,"))
+        .unwrap_or_else(|| panic!("{csv}"));
+    assert!(ours.contains(",fft_mix,"), "{ours}");
+    assert!(table1.contains("†: differs from FFT w/ D_mixed"), "{table1}");
+
+    // Table 14 from the wall times the engine recorded: a row per method, against FFT w/
+    // D_mixed.
+    let timings = project.mipipe(&[
+        "timings", "--kind", "finetune", "--by", "method", "--baseline", "fft_mix",
+    ]);
+    timings.expect_code(0);
+    for method in METHODS {
+        assert!(
+            timings.stdout.contains(&format!("| finetune | {method} | 3 |")),
+            "{}",
+            timings.stdout
+        );
+    }
+    assert!(
+        timings.stdout.contains("| finetune | fft_mix | 3 |") && timings.stdout.contains(" 1.00 |"),
+        "{}",
+        timings.stdout
+    );
 
     // 2. Nothing changed: nothing runs.
     let noop = project.mipipe(&["run"]);

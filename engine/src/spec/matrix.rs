@@ -23,6 +23,7 @@ pub(super) fn expand(
     raw: &RawStage,
     matrix: &Node,
     params: &[(Node, Node)],
+    vars: &BTreeMap<String, Node>,
 ) -> Option<Vec<Instance>> {
     let entries = check.expect_map(matrix, "`matrix`")?.to_vec();
     let mut axes: Vec<(String, Span, Vec<Node>)> = Vec::new();
@@ -31,8 +32,15 @@ pub(super) fn expand(
     let before = check.errors.len();
     for (key, value) in &entries {
         let name = key.scalar_text().unwrap_or_default();
-        let list = match &value.value {
-            NodeValue::Seq(items) => items.clone(),
+        // An axis may be a var holding a list (`seed: ${vars.seeds}`), so that two pipelines
+        // sharing their stages differ in `vars` only, and `--set vars.seeds=[0]` narrows it.
+        let var_list = value
+            .as_str()
+            .and_then(|t| t.strip_prefix("${vars."))
+            .and_then(|t| t.strip_suffix('}'))
+            .and_then(|var| vars.get(var));
+        let list = match (&value.value, var_list.map(|v| &v.value)) {
+            (NodeValue::Seq(items), _) | (_, Some(NodeValue::Seq(items))) => items.clone(),
             _ => {
                 check.push(
                     err(
@@ -41,7 +49,9 @@ pub(super) fn expand(
                         value.span,
                         "not a list",
                     )
-                    .with_help(format!("Write `{name}: [a, b]`")),
+                    .with_help(format!(
+                        "Write `{name}: [a, b]`, or `{name}: ${{vars.NAME}}` for a var holding a list"
+                    )),
                 );
                 continue;
             }

@@ -165,7 +165,7 @@ pub(super) fn resolve_stages(
                 name: raw.name.clone(),
                 values: Vec::new(),
             }],
-            Some(matrix) => match matrix::expand(check, raw, matrix, &params) {
+            Some(matrix) => match matrix::expand(check, raw, matrix, &params, &pipeline.vars) {
                 Some(instances) => instances,
                 None => continue,
             },

@@ -54,6 +54,10 @@ pub struct SynthParams {
     /// in everyday sentences, so that a vocabulary learnt from the corpus has them).
     #[serde(default = "default_general")]
     pub general_sentences: usize,
+    /// Whether training text-heavy items carry a picture (the gold's sign at `sign_rate`,
+    /// random pixels otherwise); `false` gives them none, as synth v1 did (a pilot's control).
+    #[serde(default = "default_true")]
+    pub text_heavy_pictures: bool,
 }
 
 fn default_image_size() -> u32 {
@@ -79,6 +83,9 @@ fn default_hint_rate() -> f64 {
 }
 fn default_sign_rate() -> f64 {
     0.5
+}
+fn default_true() -> bool {
+    true
 }
 fn default_general() -> usize {
     500
@@ -335,7 +342,7 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
     // Training text-heavy items come as pretraining sees them: with the gold's sign at
     // `sign_rate`, random pixels otherwise. Other splits have no picture; `perturb` gives them
     // each condition's.
-    let image = if task == Task::TextHeavy && split == "train" {
+    let image = if task == Task::TextHeavy && split == "train" && params.text_heavy_pictures {
         let picture = match world::sign_of(&options[answer]) {
             Some(sign) if rng.unit() < params.sign_rate => {
                 world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng)
