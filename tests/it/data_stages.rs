@@ -44,23 +44,9 @@ fn synth_is_byte_identical_for_the_same_seed_and_thread_count() {
     );
 }
 
-/// The Python with pyarrow that `scripts/test.sh` sets up; `None` (the test skips) when it is
-/// not set, unless `MIPIPE_REQUIRE_PYTHON` says it must be.
-fn python_with_pyarrow() -> Option<std::ffi::OsString> {
-    let python = std::env::var_os("MIPIPE_TEST_PYTHON");
-    if python.is_none() {
-        assert!(
-            std::env::var_os("MIPIPE_REQUIRE_PYTHON").is_none(),
-            "scripts/test.sh sets MIPIPE_TEST_PYTHON to a Python with pyarrow"
-        );
-        eprintln!("skipped: MIPIPE_TEST_PYTHON (a Python with pyarrow) is not set");
-    }
-    python
-}
-
 #[test]
 fn the_unified_table_opens_in_pyarrow_with_the_documented_schema() {
-    let Some(python) = python_with_pyarrow() else {
+    let Some(python) = crate::python_with_pyarrow() else {
         return;
     };
     let project = Project::new();
@@ -138,7 +124,7 @@ pq.write_table(t, target, compression=compression)
 
 #[test]
 fn tables_written_by_other_tools_are_read_and_a_wrong_type_is_named() {
-    let Some(python) = python_with_pyarrow() else {
+    let Some(python) = crate::python_with_pyarrow() else {
         return;
     };
     for style in ["polars", "pandas", "gzip", "lz4", "brotli", "broken"] {

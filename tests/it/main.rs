@@ -223,3 +223,17 @@ pub fn compile_latex(project: &Project, tables: &[&str]) -> bool {
     }
     true
 }
+
+/// The Python with pyarrow that `scripts/test.sh` sets up; `None` (the test skips) when it is
+/// not set, unless `MIPIPE_REQUIRE_PYTHON` says it must be.
+pub fn python_with_pyarrow() -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("MIPIPE_TEST_PYTHON");
+    if python.is_none() {
+        assert!(
+            std::env::var_os("MIPIPE_REQUIRE_PYTHON").is_none(),
+            "scripts/test.sh sets MIPIPE_TEST_PYTHON to a Python with pyarrow"
+        );
+        eprintln!("skipped: MIPIPE_TEST_PYTHON (a Python with pyarrow) is not set");
+    }
+    python
+}

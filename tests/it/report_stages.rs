@@ -129,6 +129,66 @@ fn predictions_become_metrics_and_a_table_and_a_table_option_reruns_only_the_tab
 }
 
 #[test]
+fn per_item_scores_open_in_pyarrow_and_give_the_tables_their_tests() {
+    let project = project_with_predictions();
+    project.write(
+        "mipipe.yaml",
+        &PIPELINE
+            .replace(
+                r#"inputs: {metrics: "evaluate[*].metrics"}"#,
+                r#"inputs: {metrics: "evaluate[*].metrics", scores: "evaluate[*].scores"}"#,
+            )
+            .replace("names: {", "reference: vanilla, names: {"),
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    // "Ours" is right on the 2 MD items vanilla gets wrong: a test is made (too few pairs to
+    // be significant) and its counts are in the CSV.
+    let csv = project.read("table.csv");
+    let line = csv
+        .lines()
+        .find(|l| l.starts_with("llava-s,ours,shapes,perturbed,accuracy,"))
+        .unwrap_or_else(|| panic!("{csv}"));
+    assert!(line.contains(",vanilla,50.0000,"), "{line}");
+    assert!(line.contains(",2,0,0.500000,"), "{line}");
+    let Some(python) = crate::python_with_pyarrow() else {
+        return;
+    };
+    let script = r#"
+import sys, pyarrow.parquet as pq
+for scores_path, metrics_path in zip(sys.argv[1::2], sys.argv[2::2]):
+    scores = pq.read_table(scores_path)
+    names = ["family", "size", "method", "seed", "dataset", "task", "condition", "metric"]
+    assert scores.schema.names == names + ["origin_id", "value"], scores.schema.names
+    metrics = pq.read_table(metrics_path).to_pylist()
+    assert all("ci_low" in m and "ci_high" in m for m in metrics)
+    rows = scores.to_pylist()
+    for m in metrics:
+        values = [r["value"] for r in rows if (r["dataset"], r["condition"], r["metric"]) == (m["dataset"], m["condition"], m["metric"])]
+        assert len(values) == m["n"], m
+        assert abs(sum(values) / len(values) - m["value"]) < 1e-12, m
+        assert m["ci_low"] <= m["value"] <= m["ci_high"], m
+print("scores ok")
+"#;
+    let mut command = std::process::Command::new(python);
+    command.arg("-c").arg(script);
+    for method in ["vanilla", "ours"] {
+        let stage = format!("evaluate[method={method}]");
+        command.arg(project.output_object(&stage, "scores"));
+        command.arg(project.output_object(&stage, "metrics"));
+    }
+    let out = command
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_latex_table_compiles_with_pdflatex() {
     let project = project_with_predictions();
     // The VQA layout: arrows for relative changes, and a plain-text caption with every character
