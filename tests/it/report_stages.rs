@@ -177,10 +177,7 @@ print("scores ok")
         command.arg(project.output_object(&stage, "scores"));
         command.arg(project.output_object(&stage, "metrics"));
     }
-    let out = command
-        .current_dir(project.path())
-        .output()
-        .unwrap();
+    let out = command.current_dir(project.path()).output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -126,17 +126,28 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
         .find(|l| l.starts_with("llava-xs,ours,") && l.contains(",none,accuracy,"))
         .unwrap_or_else(|| panic!("{csv}"));
     assert!(ours.contains(",fft_mix,"), "{ours}");
-    assert!(table1.contains("†: differs from FFT w/ D_mixed"), "{table1}");
+    assert!(
+        table1.contains("†: differs from FFT w/ D_mixed"),
+        "{table1}"
+    );
 
     // Table 14 from the wall times the engine recorded: a row per method, against FFT w/
     // D_mixed.
     let timings = project.mipipe(&[
-        "timings", "--kind", "finetune", "--by", "method", "--baseline", "fft_mix",
+        "timings",
+        "--kind",
+        "finetune",
+        "--by",
+        "method",
+        "--baseline",
+        "fft_mix",
     ]);
     timings.expect_code(0);
     for method in METHODS {
         assert!(
-            timings.stdout.contains(&format!("| finetune | {method} | 3 |")),
+            timings
+                .stdout
+                .contains(&format!("| finetune | {method} | 3 |")),
             "{}",
             timings.stdout
         );
