@@ -236,8 +236,10 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     assert_eq!(run.stages_with("ran"), ["table2"], "{}", run.stderr);
     assert!(object.is_file(), "the object is back");
 
-    // 7. A second seed runs only the new seed's branch, and the tables that read it.
-    let two_seeds = decimals.replace("seed: [0]", "seed: [0, 1]");
+    // 7. A second seed (`vars.seeds`, the `seed` axis of every training and evaluation
+    //    stage) runs only the new seed's branch, and the tables that read it.
+    let two_seeds = decimals.replace("seeds: [0]", "seeds: [0, 1]");
+    assert_ne!(two_seeds, decimals);
     project.write("mipipe.yaml", &two_seeds);
     let run = project.mipipe(&["run", "-j", "2"]);
     run.expect_code(0);
