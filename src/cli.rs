@@ -63,6 +63,11 @@ pub enum Command {
     Log(ShowArgs),
     /// Wall time recorded for each cached stage, per kind (or per kind and param value).
     Timings(TimingsArgs),
+    /// One table of every instance of a stage as the last run left it: params and metrics.
+    ///
+    /// Reads the lockfile and the cache (nothing runs). Several pipelines or lockfiles put
+    /// their instances in one table.
+    Compare(CompareArgs),
     /// Inspect and maintain the cache folder.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -177,6 +182,48 @@ pub struct TimingsArgs {
     /// Only these kinds.
     #[arg(long = "kind", value_name = "KIND")]
     pub kinds: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Pipelines (their lockfiles are read) or lockfiles; `mipipe.yaml` when none is given.
+    #[arg(value_name = "PIPELINE|LOCKFILE")]
+    pub sources: Vec<PathBuf>,
+    /// The stage whose instances are compared (a matrix stage's base name: `evaluate`).
+    #[arg(long, value_name = "NAME")]
+    pub stage: String,
+    /// Only metrics whose `dataset/condition/metric` matches this glob (`*` matches anything);
+    /// repeat for several.
+    #[arg(long = "metric", value_name = "GLOB")]
+    pub metrics: Vec<String>,
+    /// Only the params and metrics that differ between rows.
+    #[arg(long)]
+    pub only_changed: bool,
+    /// Sort rows by this column: `stage`, a param (dotted: `pgd.steps`) or a metric.
+    #[arg(long, value_name = "COLUMN")]
+    pub sort_by: Option<String>,
+    /// Sort in descending order.
+    #[arg(long, requires = "sort_by")]
+    pub desc: bool,
+    /// Pool rows that differ only in one param: `all-but-seed` gives each configuration's
+    /// mean, standard deviation and 95% interval over its seeds.
+    #[arg(long, value_name = "all-but-PARAM")]
+    pub group_by: Option<String>,
+    /// Output format (`--json` also selects JSON).
+    #[arg(long, value_enum, default_value = "md")]
+    pub format: CompareFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompareFormat {
+    /// A Markdown table.
+    Md,
+    /// CSV with numbers as columns.
+    Csv,
+    /// One JSON object per row.
+    Json,
+    /// A LaTeX tabular (booktabs).
+    Tex,
 }
 
 #[derive(Subcommand, Debug)]

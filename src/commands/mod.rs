@@ -3,6 +3,7 @@
 //! up-to-date fingerprint and Ctrl-C.
 
 mod cache;
+mod compare;
 mod dag;
 mod exec_stage;
 mod log;
@@ -36,6 +37,7 @@ pub fn dispatch(cli: Cli, style: Style) -> Result<(), CliError> {
         Command::Show(args) => show::show(&args.stage, &args.pipeline, cache_dir, json),
         Command::Log(args) => log::log(&args.stage, &args.pipeline, cache_dir, json),
         Command::Timings(args) => timings::timings(&args, cache_dir, json),
+        Command::Compare(args) => compare::compare(&args, cache_dir, json),
         Command::Cache(command) => cache::cache_command(command, cache_dir, json),
         Command::Stages(args) => stages::stages(args.kind.as_deref(), json),
         Command::ExecStage(args) => exec_stage::exec_stage(&args.job),

@@ -52,7 +52,7 @@ pub(super) fn timings(
         };
         let stage = &pipeline.stages[index];
         let kind = stage.kind.kind().to_string();
-        if args.kinds.iter().all(|k| *k != kind) && !args.kinds.is_empty() {
+        if !args.kinds.is_empty() && !args.kinds.contains(&kind) {
             continue;
         }
         let value = args

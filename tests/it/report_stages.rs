@@ -111,7 +111,12 @@ fn predictions_become_metrics_and_a_table_and_a_table_option_reruns_only_the_tab
     let png = std::fs::read(project.path().join("figures/drop-llava_s.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
-    assert_eq!(height, 600, "the bar chart is 300 px high, rendered at 2x");
+    let svg = project.read("figures/drop-llava_s.svg");
+    let start = svg.find("height=\"").unwrap() + 8;
+    let svg_height: u32 = svg[start..start + svg[start..].find('"').unwrap()]
+        .parse()
+        .unwrap();
+    assert_eq!(height, 2 * svg_height, "the PNG is the SVG rendered at 2x");
 
     project.write(
         "mipipe.yaml",
@@ -208,4 +213,107 @@ fn the_latex_table_compiles_with_pdflatex() {
     if crate::compile_latex(&project, &["table.tex"]) {
         assert!(project.path().join("doc.pdf").exists());
     }
+}
+
+#[test]
+fn compare_puts_every_instance_in_one_table_and_pools_seeds() {
+    let project = project_with_predictions();
+    project.write(
+        "mipipe.yaml",
+        &PIPELINE.replace(
+            "    matrix: {method: [vanilla, ours]}\n    inputs: {predictions: predict.p}",
+            "    matrix: {method: [vanilla, ours], seed: [0, 1]}\n    inputs: {predictions: predict.p}",
+        ),
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    let compare = |args: &[&str]| {
+        let mut all = vec!["compare", "--stage", "evaluate"];
+        all.extend_from_slice(args);
+        let run = project.mipipe(&all);
+        run.expect_code(0);
+        run.stdout
+    };
+
+    // One row per instance; params and the chosen metric as columns; sorted as asked.
+    let md = compare(&[
+        "--metric",
+        "shapes/md/accuracy",
+        "--only-changed",
+        "--sort-by",
+        "shapes/md/accuracy",
+        "--desc",
+    ]);
+    let lines: Vec<&str> = md.lines().collect();
+    assert_eq!(
+        lines[0], "| stage | method | seed | shapes/md/accuracy |",
+        "{md}"
+    );
+    assert_eq!(
+        lines.len(),
+        6,
+        "a header, its rule and four instances: {md}"
+    );
+    assert!(lines[2].starts_with("| evaluate[method=ours,"), "{md}");
+    assert!(
+        lines[2].ends_with("| ours | 0 | 1.0000 |") || lines[2].ends_with("| ours | 1 | 1.0000 |"),
+        "{md}"
+    );
+    assert!(lines[5].ends_with("| 0.5000 |"), "{md}");
+    assert!(
+        !md.contains("family"),
+        "--only-changed drops a param every row shares: {md}"
+    );
+
+    // Seeds pooled: per configuration the mean, std and interval over its instances.
+    let csv = compare(&[
+        "--metric",
+        "shapes/md/acc*",
+        "--group-by",
+        "all-but-seed",
+        "--only-changed",
+        "--format",
+        "csv",
+    ]);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "stage,instances,method,shapes/md/accuracy,shapes/md/accuracy.std,shapes/md/accuracy.ci_low,shapes/md/accuracy.ci_high",
+        "{csv}"
+    );
+    assert_eq!(
+        &rows[1..],
+        [
+            "\"evaluate[method=ours,seed=*]\",2,ours,1,0,1,1",
+            "\"evaluate[method=vanilla,seed=*]\",2,vanilla,0.5,0,0.5,0.5"
+        ],
+        "{csv}"
+    );
+    let tex = compare(&[
+        "--metric",
+        "shapes/md/accuracy",
+        "--group-by",
+        "all-but-seed",
+        "--format",
+        "tex",
+    ]);
+    assert!(
+        tex.contains("\\begin{tabular}") && tex.contains("1.0000 $\\pm$ 0.0000"),
+        "{tex}"
+    );
+
+    // A misspelt stage or column is a usage error that suggests the right one.
+    let wrong = project.mipipe(&["compare", "--stage", "evalute"]);
+    wrong.expect_code(2);
+    assert!(
+        wrong.stderr.contains("Did you mean `evaluate`?"),
+        "{}",
+        wrong.stderr
+    );
+    let wrong = project.mipipe(&["compare", "--stage", "evaluate", "--sort-by", "methd"]);
+    wrong.expect_code(2);
+    assert!(
+        wrong.stderr.contains("Did you mean `method`?"),
+        "{}",
+        wrong.stderr
+    );
 }

@@ -1,14 +1,28 @@
-//! Figures: a radar chart per model group (like the paper's Figure 4) and a bar chart of the
-//! clean-vs-perturbed drop per method, as SVG and as PNG (rasterised with resvg; text in the
-//! system's sans-serif font).
+//! Figures of a table, as SVG and as PNG: a radar chart per model group with every method (the
+//! panels of the paper's Figure 4), one radar across model groups for the table's first method
+//! (Figure 4(a), Vanilla in the study), and a bar chart of the clean-minus-perturbed drop per
+//! method. Text is set in Liberation Sans (SIL OFL 1.1, `fonts/`), embedded in the binary, so a
+//! PNG is the same on every machine, with or without system fonts.
 
 use std::fmt::Write as _;
 
-use crate::table::Table;
+use crate::table::{Group, Table};
 
-const PALETTE: &[&str] = &[
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+/// Colour and dash pattern per series, so eight series stay apart in print and in grey.
+const SERIES: &[(&str, &str)] = &[
+    ("#1f77b4", "none"),
+    ("#ff7f0e", "6,3"),
+    ("#2ca02c", "2,2"),
+    ("#d62728", "8,3,2,3"),
+    ("#9467bd", "none"),
+    ("#8c564b", "6,3"),
+    ("#e377c2", "2,2"),
+    ("#7f7f7f", "8,3,2,3"),
 ];
+
+/// The embedded face; `FONT_FAMILY` is its family name.
+const FONT: &[u8] = include_bytes!("../fonts/LiberationSans-Regular.ttf");
+const FONT_FAMILY: &str = "Liberation Sans";
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -16,38 +30,109 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Rasterises an SVG figure to PNG on a white background, at twice its nominal size.
-pub fn to_png(svg: &str) -> Result<Vec<u8>, String> {
-    use resvg::{tiny_skia, usvg};
-    static FONTS: std::sync::OnceLock<std::sync::Arc<usvg::fontdb::Database>> =
-        std::sync::OnceLock::new();
-    let fonts = FONTS.get_or_init(|| {
-        let mut db = usvg::fontdb::Database::new();
-        db.load_system_fonts();
-        // fontdb maps `sans-serif` to Arial; use a sans-serif face this machine has.
-        let families: Vec<String> = db
-            .faces()
-            .flat_map(|face| face.families.iter().map(|(name, _)| name.clone()))
-            .collect();
-        let preferred = [
-            "DejaVu Sans",
-            "Liberation Sans",
-            "Noto Sans",
-            "Arial",
-            "Helvetica",
-        ];
-        if let Some(family) = preferred
+/// An SVG document being written: a white canvas of `width` x `height` in the embedded font.
+struct Svg {
+    text: String,
+}
+
+impl Svg {
+    fn new(width: f64, height: f64) -> Self {
+        let mut text = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
+             viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"{FONT_FAMILY}, sans-serif\" font-size=\"11\">\n"
+        );
+        let _ = writeln!(
+            text,
+            "<rect x=\"0\" y=\"0\" width=\"{width:.0}\" height=\"{height:.0}\" fill=\"white\"/>"
+        );
+        Svg { text }
+    }
+
+    /// Text at (x, y); `anchor` is start, middle or end; `rotate` in degrees about (x, y).
+    fn label(&mut self, x: f64, y: f64, anchor: &str, size: f64, rotate: f64, s: &str) {
+        let transform = if rotate == 0.0 {
+            String::new()
+        } else {
+            format!(" transform=\"rotate({rotate:.0} {x:.1} {y:.1})\"")
+        };
+        let _ = writeln!(
+            self.text,
+            "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"{anchor}\" font-size=\"{size}\"{transform}>{}</text>",
+            escape(s)
+        );
+    }
+
+    fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), stroke: &str, width: f64) {
+        let _ = writeln!(
+            self.text,
+            "<line x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" stroke=\"{stroke}\" stroke-width=\"{width}\"/>"
+        );
+    }
+
+    /// A closed polygon; `series` (index, filled) picks colour and dashes, `None` draws a grey
+    /// grid ring.
+    fn polygon(&mut self, points: &[(f64, f64)], series: Option<(usize, bool)>) {
+        let pts: Vec<String> = points
             .iter()
-            .map(|p| p.to_string())
-            .find(|p| families.contains(p))
-            .or_else(|| families.first().cloned())
-        {
-            db.set_sans_serif_family(family);
-        }
-        std::sync::Arc::new(db)
-    });
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect();
+        let style = match series {
+            Some((s, filled)) => {
+                let (colour, dashes) = SERIES[s % SERIES.len()];
+                let opacity = if filled { 0.08 } else { 0.0 };
+                format!(
+                    "fill=\"{colour}\" fill-opacity=\"{opacity}\" stroke=\"{colour}\" stroke-width=\"1.6\" stroke-dasharray=\"{dashes}\""
+                )
+            }
+            None => "fill=\"none\" stroke=\"#d0d0d0\" stroke-width=\"0.8\"".to_string(),
+        };
+        let _ = writeln!(self.text, "<polygon points=\"{}\" {style}/>", pts.join(" "));
+    }
+
+    /// A legend entry at (x, y): a line sample in the series' style, then its name.
+    fn legend(&mut self, x: f64, y: f64, series: usize, name: &str) {
+        let (colour, dashes) = SERIES[series % SERIES.len()];
+        let _ = writeln!(
+            self.text,
+            "<line x1=\"{x:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{colour}\" stroke-width=\"2\" stroke-dasharray=\"{dashes}\"/>",
+            x + 22.0
+        );
+        self.label(x + 28.0, y + 4.0, "start", 11.0, 0.0, name);
+    }
+
+    fn rect(&mut self, x: f64, y: f64, width: f64, height: f64, fill: &str) {
+        let _ = writeln!(
+            self.text,
+            "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{width:.1}\" height=\"{height:.1}\" fill=\"{fill}\"/>"
+        );
+    }
+
+    fn finish(mut self) -> String {
+        self.text.push_str("</svg>\n");
+        self.text
+    }
+}
+
+/// The embedded font as the only face, standing in for every generic family.
+fn fonts() -> std::sync::Arc<resvg::usvg::fontdb::Database> {
+    static FONTS: std::sync::OnceLock<std::sync::Arc<resvg::usvg::fontdb::Database>> =
+        std::sync::OnceLock::new();
+    FONTS
+        .get_or_init(|| {
+            let mut db = resvg::usvg::fontdb::Database::new();
+            db.load_font_data(FONT.to_vec());
+            db.set_sans_serif_family(FONT_FAMILY);
+            db.set_serif_family(FONT_FAMILY);
+            std::sync::Arc::new(db)
+        })
+        .clone()
+}
+
+/// Rasterises an SVG figure on a white background at twice its nominal size.
+fn rasterise(svg: &str) -> Result<resvg::tiny_skia::Pixmap, String> {
+    use resvg::{tiny_skia, usvg};
     let options = usvg::Options {
-        fontdb: fonts.clone(),
+        fontdb: fonts(),
         ..usvg::Options::default()
     };
     let tree = usvg::Tree::from_str(svg, &options).map_err(|e| format!("figure SVG: {e}"))?;
@@ -65,98 +150,160 @@ pub fn to_png(svg: &str) -> Result<Vec<u8>, String> {
         tiny_skia::Transform::from_scale(scale, scale),
         &mut pixmap.as_mut(),
     );
-    pixmap.encode_png().map_err(|e| format!("figure PNG: {e}"))
+    Ok(pixmap)
+}
+
+/// Rasterises an SVG figure to PNG bytes (see [`rasterise`]).
+pub fn to_png(svg: &str) -> Result<Vec<u8>, String> {
+    rasterise(svg)?
+        .encode_png()
+        .map_err(|e| format!("figure PNG: {e}"))
 }
 
 /// Every figure of a table: `(file name, SVG text)`.
 pub fn render(table: &Table) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    let radial = table.columns.len() >= 3;
     for group in &table.groups {
-        let safe: String = group
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        if table.columns.len() >= 3 {
-            out.push((format!("radar-{safe}.svg"), radar(table, group)));
+        if radial {
+            let series: Vec<(String, Vec<Option<f64>>)> = group
+                .rows
+                .iter()
+                .map(|(method, cells)| {
+                    let values = cells.iter().map(|c| c.mean()).collect();
+                    (table.name(method).to_string(), values)
+                })
+                .collect();
+            let title = table.name(&group.name).to_string();
+            out.push((
+                format!("radar-{}.svg", file_safe(&group.name)),
+                radar(table, &title, &series),
+            ));
         }
         if let Some(svg) = drop_bars(table, group) {
-            out.push((format!("drop-{safe}.svg"), svg));
+            out.push((format!("drop-{}.svg", file_safe(&group.name)), svg));
+        }
+    }
+    // One radar across the model groups for the first method (the paper's Figure 4(a)).
+    if radial && table.groups.len() >= 2 {
+        if let Some(method) = table.groups[0].rows.first().map(|(m, _)| m.clone()) {
+            let series: Vec<(String, Vec<Option<f64>>)> = table
+                .groups
+                .iter()
+                .filter_map(|group| {
+                    let (_, cells) = group.rows.iter().find(|(m, _)| *m == method)?;
+                    let values = cells.iter().map(|c| c.mean()).collect();
+                    Some((table.name(&group.name).to_string(), values))
+                })
+                .collect();
+            let title = format!("{} across models", table.name(&method));
+            out.push((
+                format!("radar-models-{}.svg", file_safe(&method)),
+                radar(table, &title, &series),
+            ));
         }
     }
     out
 }
 
-fn radar(table: &Table, group: &crate::table::Group) -> String {
-    let (size, cx, cy, radius) = (500.0, 250.0, 220.0, 150.0);
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// A radar on a 0-100% scale: one spoke per column with its label, grid rings at every 20
+/// points labelled on the first spoke, one polygon per series (a missing value sits at the
+/// centre) and a legend.
+fn radar(table: &Table, title: &str, series: &[(String, Vec<Option<f64>>)]) -> String {
+    let (cx, cy, radius) = (290.0, 260.0, 170.0);
     let n = table.columns.len();
     let point = |i: usize, r: f64| {
         let angle = std::f64::consts::TAU * i as f64 / n as f64 - std::f64::consts::FRAC_PI_2;
         (cx + r * angle.cos(), cy + r * angle.sin())
     };
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n",
-        size + 160.0,
-        size - 60.0
-    );
-    let _ = writeln!(
-        svg,
-        "<text x=\"10\" y=\"18\" font-size=\"14\">{}</text>",
-        escape(&group.name)
-    );
-    for ring in [0.25, 0.5, 0.75, 1.0] {
-        let pts: Vec<String> = (0..n)
-            .map(|i| point(i, radius * ring))
-            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+    let legend_x = 560.0;
+    let mut svg = Svg::new(legend_x + 190.0, 520.0);
+    svg.label(20.0, 24.0, "start", 15.0, 0.0, title);
+    for step in 1..=5 {
+        let ring: Vec<(f64, f64)> = (0..n)
+            .map(|i| point(i, radius * step as f64 / 5.0))
             .collect();
-        let _ = writeln!(
-            svg,
-            "<polygon points=\"{}\" fill=\"none\" stroke=\"#ccc\"/>",
-            pts.join(" ")
+        svg.polygon(&ring, None);
+    }
+    for i in 0..n {
+        svg.line((cx, cy), point(i, radius), "#b0b0b0", 0.8);
+        let (x, y) = point(i, radius + 16.0);
+        let anchor = if (x - cx).abs() < 1.0 {
+            "middle"
+        } else if x > cx {
+            "start"
+        } else {
+            "end"
+        };
+        svg.label(
+            x,
+            y + 4.0,
+            anchor,
+            11.0,
+            0.0,
+            &table.column_title(&table.columns[i]),
         );
     }
-    for (i, c) in table.columns.iter().enumerate() {
-        let (x, y) = point(i, radius + 18.0);
-        let label = format!(
-            "{} {}",
-            table.names.get(&c.dataset).unwrap_or(&c.dataset),
-            c.header
-        );
-        let _ = writeln!(
-            svg,
-            "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"middle\">{}</text>",
-            escape(&label)
+    for step in 0..=5 {
+        let (x, y) = point(0, radius * step as f64 / 5.0);
+        svg.label(
+            x + 4.0,
+            y + 3.0,
+            "start",
+            9.0,
+            0.0,
+            &format!("{}", step * 20),
         );
     }
-    for (m, (method, cells)) in group.rows.iter().enumerate() {
-        let color = PALETTE[m % PALETTE.len()];
-        let pts: Vec<String> = cells
+    svg.label(
+        cx,
+        cy + radius + 50.0,
+        "middle",
+        11.0,
+        0.0,
+        "scale: % (0 at the centre)",
+    );
+    for (s, (name, values)) in series.iter().enumerate() {
+        let points: Vec<(f64, f64)> = values
             .iter()
             .enumerate()
-            .map(|(i, cell)| point(i, radius * cell.mean().unwrap_or(0.0).clamp(0.0, 1.0)))
-            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .map(|(i, v)| point(i, radius * v.unwrap_or(0.0).clamp(0.0, 1.0)))
             .collect();
-        let _ = writeln!(
-            svg,
-            "<polygon points=\"{}\" fill=\"{color}\" fill-opacity=\"0.08\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
-            pts.join(" ")
-        );
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            size + 10.0,
-            40.0 + 16.0 * m as f64,
-            size + 26.0,
-            49.0 + 16.0 * m as f64,
-            escape(table.names.get(method).unwrap_or(method))
-        );
+        // Fills only while they stay readable: overlaid, many fills turn to mud.
+        svg.polygon(&points, Some((s, series.len() <= 3)));
+        svg.legend(legend_x, 60.0 + 20.0 * s as f64, s, name);
     }
-    svg.push_str("</svg>\n");
-    svg
+    svg.finish()
 }
 
-/// Mean clean-minus-perturbed accuracy (points) per method, over the datasets that have both.
-fn drop_bars(table: &Table, group: &crate::table::Group) -> Option<String> {
+/// Tick values for an axis from `low` to `high` (both included in the span): a step of 1, 2 or
+/// 5 times a power of ten giving at most about six ticks.
+fn ticks(low: f64, high: f64) -> Vec<f64> {
+    let span = (high - low).max(1e-9);
+    let raw = span / 5.0;
+    let power = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * power);
+    let first = (low / step).floor() as i64;
+    let last = (high / step).ceil() as i64;
+    // Rounded, so that 3 x 0.2 prints as 0.6.
+    (first..=last)
+        .map(|k| (k as f64 * step * 1e9).round() / 1e9)
+        .collect()
+}
+
+/// Mean clean-minus-perturbed accuracy (points) per method, over the datasets that have both:
+/// bars from a zero line on a labelled axis, method names below the plot area, slanted.
+fn drop_bars(table: &Table, group: &Group) -> Option<String> {
     let clean: Vec<usize> = table
         .columns
         .iter()
@@ -194,30 +341,97 @@ fn drop_bars(table: &Table, group: &crate::table::Group) -> Option<String> {
             } else {
                 values.iter().sum::<f64>() / values.len() as f64
             };
-            (method.clone(), mean * 100.0)
+            (table.name(method).to_string(), mean * 100.0)
         })
         .collect();
-    let max = drops.iter().map(|d| d.1.abs()).fold(1.0, f64::max);
-    let (width, bar, gap) = (60.0 + 70.0 * drops.len() as f64, 40.0, 30.0);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"300\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"10\" y=\"18\" font-size=\"14\">{}: clean - perturbed accuracy (points)</text>\n<line x1=\"40\" y1=\"250\" x2=\"{}\" y2=\"250\" stroke=\"#333\"/>\n",
-        escape(&group.name),
-        width - 10.0
+    let low = drops.iter().map(|d| d.1).fold(0.0, f64::min);
+    let high = drops.iter().map(|d| d.1).fold(1.0, f64::max);
+    let axis = ticks(low, high);
+    let (axis_low, axis_high) = (axis[0], axis[axis.len() - 1]);
+    let (left, top, plot_h, slot) = (70.0, 50.0, 220.0, 70.0);
+    let width = left + slot * drops.len() as f64 + 20.0;
+    let y = |v: f64| top + plot_h * (axis_high - v) / (axis_high - axis_low);
+    let mut svg = Svg::new(width, top + plot_h + 110.0);
+    let title = format!(
+        "{}: clean minus perturbed accuracy",
+        table.name(&group.name)
     );
-    for (i, (method, drop)) in drops.iter().enumerate() {
-        let h = 200.0 * drop.abs() / max;
-        let x = 50.0 + i as f64 * (bar + gap);
-        let y = if *drop >= 0.0 { 250.0 - h } else { 250.0 };
-        let color = PALETTE[i % PALETTE.len()];
+    svg.label(20.0, 24.0, "start", 15.0, 0.0, &title);
+    svg.line((left, top), (left, top + plot_h), "#333", 1.0);
+    for &t in &axis {
+        svg.line((left - 4.0, y(t)), (left, y(t)), "#333", 1.0);
+        svg.line((left, y(t)), (width - 20.0, y(t)), "#e4e4e4", 0.6);
+        svg.label(left - 7.0, y(t) + 4.0, "end", 10.0, 0.0, &format!("{t}"));
+    }
+    svg.label(
+        18.0,
+        top + plot_h / 2.0,
+        "middle",
+        11.0,
+        -90.0,
+        "drop (points)",
+    );
+    svg.line((left, y(0.0)), (width - 20.0, y(0.0)), "#333", 1.0);
+    for (i, (name, drop)) in drops.iter().enumerate() {
+        let x = left + 15.0 + i as f64 * slot;
+        let bar = slot - 30.0;
+        let (top_y, bottom_y) = (y(drop.max(0.0)), y(drop.min(0.0)));
+        svg.rect(x, top_y, bar, bottom_y - top_y, SERIES[i % SERIES.len()].0);
+        let value_y = if *drop >= 0.0 {
+            top_y - 4.0
+        } else {
+            bottom_y + 12.0
+        };
+        svg.label(
+            x + bar / 2.0,
+            value_y,
+            "middle",
+            10.0,
+            0.0,
+            &format!("{drop:.1}"),
+        );
+        let name_y = top + plot_h + 16.0;
+        svg.label(x + bar / 2.0, name_y, "end", 11.0, -35.0, name);
+    }
+    Some(svg.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pixels that are not white.
+    fn inked(svg: &str) -> usize {
+        let pixmap = rasterise(svg).unwrap();
+        pixmap
+            .pixels()
+            .iter()
+            .filter(|p| (p.red(), p.green(), p.blue()) != (255, 255, 255))
+            .count()
+    }
+
+    #[test]
+    fn text_is_drawn_with_the_embedded_font_whatever_the_machine_has() {
+        // Only the embedded face is loaded: were it missing, text would rasterise to nothing.
+        let mut svg = Svg::new(200.0, 40.0);
+        svg.label(10.0, 25.0, "start", 14.0, 0.0, "Accuracy (%)");
+        let with_text = inked(&svg.finish());
+        assert!(with_text > 100, "only {with_text} inked pixels");
+        let mut serif = Svg::new(200.0, 40.0);
         let _ = writeln!(
-            svg,
-            "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{bar}\" height=\"{h:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{drop:.1}</text><text x=\"{:.1}\" y=\"268\" text-anchor=\"middle\">{}</text>",
-            x + bar / 2.0,
-            y - 4.0,
-            x + bar / 2.0,
-            escape(table.names.get(method).unwrap_or(method))
+            serif.text,
+            "<text x=\"10\" y=\"25\" font-family=\"serif\" font-size=\"14\">Accuracy</text>"
+        );
+        assert!(
+            inked(&serif.finish()) > 100,
+            "a generic family falls back to it too"
         );
     }
-    svg.push_str("</svg>\n");
-    Some(svg)
+
+    #[test]
+    fn ticks_cover_the_span_in_round_steps() {
+        assert_eq!(ticks(0.0, 23.0), [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]);
+        assert_eq!(ticks(-3.0, 8.0), [-5.0, 0.0, 5.0, 10.0]);
+        assert_eq!(ticks(0.0, 1.0), [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+    }
 }

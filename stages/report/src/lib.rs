@@ -16,4 +16,4 @@ pub use evaluate::{
     evaluate, parse_answer, EvaluateParams, EvaluateStage, Evaluation, Label, Parser,
     PerturbedConditions,
 };
-pub use table::{build, Layout, Table, TableParams, TableStage};
+pub use table::{build, latex_text, Layout, Table, TableParams, TableStage};

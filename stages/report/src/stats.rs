@@ -1,5 +1,7 @@
 //! The statistics of the reports: percentile bootstrap intervals over resampled items, the
-//! exact McNemar test of two methods on the same items, and Holm's correction.
+//! exact McNemar test of two methods on the same items, Holm's correction, and the summaries
+//! over seeds (mean, sample standard deviation, Student's t interval; Wilson's interval of one
+//! proportion).
 //!
 //! Resampling is by *unit* (an item's `origin_id`): a unit carries every value it has (its
 //! seeds, or its conditions), so the draws of one column are the same for every method, and a
@@ -70,6 +72,51 @@ pub fn percentile_interval(estimates: &[Option<f64>]) -> Option<(f64, f64)> {
 pub fn mean_interval(values: &[f64], name: &[&str]) -> Option<(f64, f64)> {
     let draws = Draws::new(values.len(), RESAMPLES, name);
     percentile_interval(&draws.estimates(values, &vec![1; values.len()]))
+}
+
+/// The mean of `values` (None when there are none).
+pub fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// The sample standard deviation of `values` (None for fewer than two).
+pub fn sample_std(values: &[f64]) -> Option<f64> {
+    let mean = mean(values)?;
+    let n = values.len();
+    (n >= 2)
+        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt())
+}
+
+/// The 95% Student's t interval of the mean of `values` (None for fewer than two).
+pub fn t_interval(values: &[f64]) -> Option<(f64, f64)> {
+    let (mean, std) = (mean(values)?, sample_std(values)?);
+    let k = values.len();
+    let half = student_t_975(k - 1) * std / (k as f64).sqrt();
+    Some((mean - half, mean + half))
+}
+
+/// Wilson's 95% score interval of a proportion `p` of `n` items.
+pub fn wilson(p: f64, n: u64) -> (f64, f64) {
+    let z = 1.959_963_984_540_054;
+    let n = n as f64;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom.
+fn student_t_975(df: usize) -> f64 {
+    const TABLE: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=10 => TABLE[df - 1],
+        11..=20 => 2.086 + (2.228 - 2.086) * (20 - df) as f64 / 10.0,
+        21..=30 => 2.042 + (2.086 - 2.042) * (30 - df) as f64 / 10.0,
+        _ => 1.96,
+    }
 }
 
 /// The two-sided exact McNemar test: the probability, if neither method is better, of

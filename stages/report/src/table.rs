@@ -132,7 +132,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 11;
+    const VERSION: u32 = 12;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -233,8 +233,7 @@ pub struct Comparison {
 impl Cell {
     /// Mean over seeds.
     pub fn mean(&self) -> Option<f64> {
-        (!self.values.is_empty())
-            .then(|| self.values.iter().sum::<f64>() / self.values.len() as f64)
+        stats::mean(&self.values)
     }
 
     /// A 95% interval of the mean: the bootstrap over items where per-item scores were given;
@@ -244,49 +243,17 @@ impl Cell {
         if self.bootstrap.is_some() {
             return self.bootstrap;
         }
-        let mean = self.mean()?;
         match (self.values.as_slice(), self.n.as_slice()) {
-            ([value], [n]) if *n > 0 && (0.0..=1.0).contains(value) => Some(wilson(*value, *n)),
-            ([_], _) => None,
-            (values, _) => {
-                let k = values.len();
-                let half = student_t_975(k - 1) * self.std()? / (k as f64).sqrt();
-                Some((mean - half, mean + half))
+            ([value], [n]) if *n > 0 && (0.0..=1.0).contains(value) => {
+                Some(stats::wilson(*value, *n))
             }
+            (values, _) => stats::t_interval(values),
         }
     }
 
     /// Sample standard deviation over seeds (None for fewer than two).
     pub fn std(&self) -> Option<f64> {
-        let n = self.values.len();
-        let mean = self.mean()?;
-        (n >= 2).then(|| {
-            (self.values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        })
-    }
-}
-
-/// Wilson's 95% score interval of a proportion `p` of `n` items.
-fn wilson(p: f64, n: u64) -> (f64, f64) {
-    let z = 1.959_963_984_540_054;
-    let n = n as f64;
-    let z2 = z * z;
-    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
-    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
-
-/// The 97.5% quantile of Student's t with `df` degrees of freedom.
-fn student_t_975(df: usize) -> f64 {
-    const TABLE: [f64; 10] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    ];
-    match df {
-        0 => f64::NAN,
-        1..=10 => TABLE[df - 1],
-        11..=20 => 2.086 + (2.228 - 2.086) * (20 - df) as f64 / 10.0,
-        21..=30 => 2.042 + (2.086 - 2.042) * (30 - df) as f64 / 10.0,
-        _ => 1.96,
+        stats::sample_std(&self.values)
     }
 }
 
@@ -645,7 +612,21 @@ impl Table {
         })
     }
 
-    fn name<'a>(&'a self, key: &'a str) -> &'a str {
+    /// A dataset's display name (the pooled VQA Overall shows as `VQA`).
+    fn dataset_title<'a>(&'a self, dataset: &'a str) -> &'a str {
+        if dataset == "vqa_overall" {
+            "VQA"
+        } else {
+            self.name(dataset)
+        }
+    }
+
+    /// A column's one-line title: the dataset's display name and the column header.
+    pub(crate) fn column_title(&self, column: &Column) -> String {
+        format!("{} {}", self.dataset_title(&column.dataset), column.header)
+    }
+
+    pub(crate) fn name<'a>(&'a self, key: &'a str) -> &'a str {
         self.names.get(key).map(String::as_str).unwrap_or(key)
     }
 
@@ -736,11 +717,7 @@ impl Table {
     fn spans(&self) -> Vec<(String, usize)> {
         let mut spans: Vec<(String, usize)> = Vec::new();
         for c in &self.columns {
-            let name = if c.dataset == "vqa_overall" {
-                "VQA".to_string()
-            } else {
-                self.name(&c.dataset).to_string()
-            };
+            let name = self.dataset_title(&c.dataset).to_string();
             match spans.last_mut() {
                 Some((last, n)) if *last == name => *n += 1,
                 _ => spans.push((name, 1)),
@@ -827,18 +804,7 @@ impl Table {
         if !params.caption.is_empty() {
             let _ = writeln!(out, "**{}**\n", params.caption);
         }
-        let headers: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                let dataset = if c.dataset == "vqa_overall" {
-                    "VQA"
-                } else {
-                    self.name(&c.dataset)
-                };
-                format!("{dataset} {}", c.header)
-            })
-            .collect();
+        let headers: Vec<String> = self.columns.iter().map(|c| self.column_title(c)).collect();
         let _ = writeln!(out, "| Model | Method | {} |", headers.join(" | "));
         let _ = writeln!(out, "|---|---|{}", "---:|".repeat(self.columns.len()));
         for group in &self.groups {
@@ -960,7 +926,7 @@ impl Table {
 /// Plain text as LaTeX: every character LaTeX treats specially comes out as itself. Captions,
 /// names and headers are plain text (one rule, docs/reports.md): `Accuracy (%)` prints a percent
 /// sign, and a backslash prints a backslash instead of starting a command.
-pub(crate) fn latex_text(s: &str) -> String {
+pub fn latex_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -1278,5 +1244,116 @@ mod tests {
             .all(|c| c.comparison.is_none() && c.bootstrap.is_some()));
         let md = table.markdown(&p);
         assert!(!md.contains('†'), "no tests, no marks and no note: {md}");
+    }
+
+    /// `name="value"` of every element `<tag ...>` in an SVG, in order.
+    fn attributes(svg: &str, tag: &str, name: &str) -> Vec<String> {
+        svg.split(&format!("<{tag} "))
+            .skip(1)
+            .filter_map(|element| {
+                let element = &element[..element.find('>')?];
+                let start = element.find(&format!(" {name}=\""))? + name.len() + 3;
+                let end = start + element[start..].find('"')?;
+                Some(element[start..end].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn figures_panel_per_model_one_radar_across_models_and_bars_above_their_labels() {
+        // Two model groups; Ours loses accuracy under perturbation less than not at all: its
+        // perturbed accuracy is higher, so its bar goes below the zero line.
+        let mut all = rows();
+        all.push(metric("ours", "1", "colors", "image_heavy", "none", 0.5));
+        all.push(metric(
+            "ours",
+            "1",
+            "colors",
+            "image_heavy",
+            "perturbed",
+            0.9,
+        ));
+        all.push(metric("vanilla", "1", "colors", "image_heavy", "none", 0.5));
+        all.push(metric(
+            "vanilla",
+            "1",
+            "colors",
+            "image_heavy",
+            "perturbed",
+            0.5,
+        ));
+        let blip: Vec<MetricRow> = all
+            .iter()
+            .map(|r| MetricRow {
+                family: "blip".into(),
+                ..r.clone()
+            })
+            .collect();
+        all.extend(blip);
+        let table = build(&all, &params(Layout::OrigPerturbed)).unwrap();
+        let figures = figures::render(&table);
+        let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "radar-blip_s.svg",
+                "drop-blip_s.svg",
+                "radar-llava_s.svg",
+                "drop-llava_s.svg",
+                "radar-models-vanilla.svg"
+            ]
+        );
+        let svg = |name: &str| &figures.iter().find(|(n, _)| n == name).unwrap().1;
+        let across = svg("radar-models-vanilla.svg");
+        assert!(across.contains("Vanilla across models"), "{across}");
+        assert!(across.contains(">blip-s</text>") && across.contains(">llava-s</text>"));
+        // A spoke per column and a labelled 0-100 scale.
+        let panel = svg("radar-llava_s.svg");
+        let spokes = attributes(panel, "line", "stroke")
+            .iter()
+            .filter(|s| *s == "#b0b0b0")
+            .count();
+        assert_eq!(spokes, table.columns.len(), "{panel}");
+        for tick in ["0", "20", "40", "60", "80", "100"] {
+            assert!(
+                panel.contains(&format!(">{tick}</text>")),
+                "{tick}: {panel}"
+            );
+        }
+        // The method names sit below every bar, a bar below zero included.
+        let bars = svg("drop-llava_s.svg");
+        let ys: Vec<f64> = attributes(bars, "rect", "y")
+            .iter()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let heights: Vec<f64> = attributes(bars, "rect", "height")
+            .iter()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let lowest = ys
+            .iter()
+            .zip(&heights)
+            .skip(1) // the white background
+            .map(|(y, h)| y + h)
+            .fold(0.0, f64::max);
+        let names_y: Vec<f64> = bars
+            .split("<text ")
+            .filter(|t| t.contains("rotate(-35"))
+            .map(|t| {
+                let start = t.find("y=\"").unwrap() + 3;
+                t[start..start + t[start..].find('"').unwrap()]
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(names_y.len(), 2, "{bars}");
+        assert!(
+            names_y.iter().all(|y| *y > lowest),
+            "{names_y:?} vs {lowest}: {bars}"
+        );
+        assert!(
+            bars.contains(">Ours</text>") && bars.contains(">-17.5</text>"),
+            "{bars}"
+        );
     }
 }
