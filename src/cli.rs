@@ -68,6 +68,11 @@ pub enum Command {
     /// Reads the lockfile and the cache (nothing runs). Several pipelines or lockfiles put
     /// their instances in one table.
     Compare(CompareArgs),
+    /// What changed between two recorded runs: stages, params, outputs and table cells.
+    ///
+    /// OLD and NEW are lockfiles, git revisions of `--lockfile` (`HEAD~1`) or `REV:PATH`. Each
+    /// changed table cell comes with the chain of changed stages that explains it.
+    Diff(DiffArgs),
     /// Inspect and maintain the cache folder.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -212,6 +217,19 @@ pub struct CompareArgs {
     /// Output format (`--json` also selects JSON).
     #[arg(long, value_enum, default_value = "md")]
     pub format: CompareFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The earlier run: a lockfile, a git revision, or `REV:PATH`.
+    pub old: String,
+    /// The later run (default: the lockfile as it is now).
+    #[arg(default_value = "mipipe.lock")]
+    pub new: String,
+    /// The lockfile a bare revision refers to; its folder's `.mipipe` is the cache read for
+    /// table cells (`--cache-dir` to name another).
+    #[arg(long, default_value = "mipipe.lock", value_name = "PATH")]
+    pub lockfile: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use mipipe_engine::{did_you_mean, template::value_text, Lockfile};
+use mipipe_engine::{did_you_mean, Lockfile};
 use mipipe_stage_report::stats;
 use mipipe_stage_schema::metrics::read_metrics;
 
-use super::open_cache;
+use super::{flatten_params, open_cache};
 use crate::cli::{CompareArgs, CompareFormat};
 use crate::CliError;
 
@@ -159,7 +159,7 @@ fn read_source(
     let mut rows = Vec::new();
     for (name, entry) in chosen {
         let mut params = BTreeMap::new();
-        flatten("", &entry.params, &mut params);
+        flatten_params("", &entry.params, &mut params);
         let mut metrics: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         if let Some(output) = entry.outputs.get("metrics") {
             let path = cache
@@ -214,25 +214,6 @@ fn matches(parts: &[&str], text: &str) -> bool {
         }
     }
     remaining.len() >= last.len() && remaining.ends_with(last)
-}
-
-/// Params flattened to dotted names (`pgd.steps`); lists and scalars as their text.
-fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
-    match value {
-        serde_json::Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&name, v, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), value_text(other));
-        }
-    }
 }
 
 /// Rows equal in every param but `param` (and from the same source) pooled into one.

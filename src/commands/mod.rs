@@ -5,6 +5,7 @@
 mod cache;
 mod compare;
 mod dag;
+mod diff;
 mod exec_stage;
 mod log;
 mod run;
@@ -38,6 +39,7 @@ pub fn dispatch(cli: Cli, style: Style) -> Result<(), CliError> {
         Command::Log(args) => log::log(&args.stage, &args.pipeline, cache_dir, json),
         Command::Timings(args) => timings::timings(&args, cache_dir, json),
         Command::Compare(args) => compare::compare(&args, cache_dir, json),
+        Command::Diff(args) => diff::diff(&args, cache_dir, json),
         Command::Cache(command) => cache::cache_command(command, cache_dir, json),
         Command::Stages(args) => stages::stages(args.kind.as_deref(), json),
         Command::ExecStage(args) => exec_stage::exec_stage(&args.job),
@@ -170,6 +172,32 @@ impl NamedStage {
             key,
             status,
         })
+    }
+}
+
+/// Params flattened to dotted names (`pgd.steps`); lists and scalars as their text.
+fn flatten_params(
+    prefix: &str,
+    value: &serde_json::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_params(&name, v, out);
+            }
+        }
+        other => {
+            out.insert(
+                prefix.to_string(),
+                mipipe_engine::template::value_text(other),
+            );
+        }
     }
 }
 

@@ -317,3 +317,93 @@ fn compare_puts_every_instance_in_one_table_and_pools_seeds() {
         wrong.stderr
     );
 }
+
+#[test]
+fn diff_names_changed_stages_and_traces_a_changed_cell_to_the_param_behind_it() {
+    let project = project_with_predictions();
+    // The model each method answers with is a matrix key of `predict` only, so `evaluate`
+    // names its instance by `method`.
+    let pipeline = |model: &str| {
+        PIPELINE
+            .replace(
+                "inputs: {predictions: predict.p}",
+                "inputs: {predictions: \"predict[method=${params.method}].p\"}",
+            )
+            .replace(
+            "    matrix: {method: [vanilla, ours]}\n    params:\n      cmd: cp preds-${params.method}.parquet ${outs.p}",
+            &format!(
+                "    matrix:\n      method: [vanilla, ours]\n      include: [{{method: vanilla, model: vanilla}}, {{method: ours, model: {model}}}]\n    params:\n      cmd: cp preds-${{params.model}}.parquet ${{outs.p}}"
+            ),
+        )
+    };
+    project.write("mipipe.yaml", &pipeline("ours"));
+    project.mipipe(&["run"]).expect_code(0);
+    let git = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .current_dir(project.path())
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "git {args:?}: {status:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "mipipe.lock"]);
+    git(&["commit", "-qm", "first run"]);
+    std::fs::copy(
+        project.path().join("mipipe.lock"),
+        project.path().join("old.lock"),
+    )
+    .unwrap();
+
+    // Ours now answers with the vanilla model's predictions.
+    project.write("mipipe.yaml", &pipeline("vanilla"));
+    project.mipipe(&["run"]).expect_code(0);
+    let diff = project.mipipe(&["diff", "old.lock", "mipipe.lock"]);
+    diff.expect_code(0);
+    let out = &diff.stdout;
+    assert!(
+        out.starts_with(
+            "old.lock -> mipipe.lock: 3 stage(s) changed, 0 added, 0 removed, 2 unchanged"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("~ predict[method=ours]\n    model: ours -> vanilla\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("~ evaluate[method=ours]\n    inputs changed: predictions\n"),
+        "{out}"
+    );
+    assert!(!out.contains("~ predict[method=vanilla]"), "{out}");
+    assert!(
+        out.contains(
+            "  llava-s | ours | shapes perturbed accuracy: 100.0000 -> 50.0000\n      \
+             via evaluate[method=ours] <- predict[method=ours]\n      \
+             because predict[method=ours]: model: ours -> vanilla\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.contains("| vanilla |"),
+        "vanilla's cells did not change: {out}"
+    );
+
+    // The same from git: the committed lockfile against the one on disk.
+    let from_git = project.mipipe(&["diff", "HEAD"]);
+    from_git.expect_code(0);
+    assert_eq!(
+        from_git.stdout.replacen("HEAD -> ", "old.lock -> ", 1),
+        diff.stdout
+    );
+    let wrong = project.mipipe(&["diff", "no-such-rev"]);
+    wrong.expect_code(2);
+    assert!(
+        wrong
+            .stderr
+            .contains("neither a lockfile nor a git revision"),
+        "{}",
+        wrong.stderr
+    );
+}
