@@ -194,8 +194,8 @@ fn explain_miss(
     }
     let mut old_flat = BTreeMap::new();
     let mut new_flat = BTreeMap::new();
-    flatten("", &previous.params, &mut old_flat);
-    flatten("", &stage.params, &mut new_flat);
+    flatten(&previous.params, &mut old_flat);
+    flatten(&stage.params, &mut new_flat);
     let names: BTreeSet<&String> = old_flat.keys().chain(new_flat.keys()).collect();
     for name in names {
         let old = old_flat.get(name);
@@ -225,34 +225,48 @@ fn explain_miss(
     reasons
 }
 
-fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&name, v, out);
+/// A stage's params as dotted names (`pgd.steps`) and their leaf values: nested objects are
+/// opened, lists and scalars (and empty objects) are leaves.
+pub fn flatten_params(value: &Value) -> BTreeMap<String, &Value> {
+    fn walk<'a>(prefix: &str, value: &'a Value, out: &mut BTreeMap<String, &'a Value>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (k, v) in map {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&name, v, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_string(), leaf);
             }
         }
-        other => {
-            let text = match other {
-                Value::String(s) if s.len() > 60 => {
-                    format!("\"{}…\"", &s[..s.floor_char_boundary(57)])
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// Params as reasons print them: strings quoted, long values cut at 60 characters.
+fn flatten(value: &Value, out: &mut BTreeMap<String, String>) {
+    for (name, leaf) in flatten_params(value) {
+        let text = match leaf {
+            Value::String(s) if s.len() > 60 => {
+                format!("\"{}…\"", &s[..s.floor_char_boundary(57)])
+            }
+            Value::String(s) => format!("\"{s}\""),
+            v => {
+                let t = v.to_string();
+                if t.len() > 60 {
+                    format!("{}…", &t[..t.floor_char_boundary(57)])
+                } else {
+                    t
                 }
-                Value::String(s) => format!("\"{s}\""),
-                v => {
-                    let t = v.to_string();
-                    if t.len() > 60 {
-                        format!("{}…", &t[..t.floor_char_boundary(57)])
-                    } else {
-                        t
-                    }
-                }
-            };
-            out.insert(prefix.to_string(), text);
-        }
+            }
+        };
+        out.insert(name, text);
     }
 }

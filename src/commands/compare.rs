@@ -158,8 +158,7 @@ fn read_source(
         .collect();
     let mut rows = Vec::new();
     for (name, entry) in chosen {
-        let mut params = BTreeMap::new();
-        flatten_params("", &entry.params, &mut params);
+        let params = flatten_params(&entry.params);
         let mut metrics: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         if let Some(output) = entry.outputs.get("metrics") {
             let path = cache
@@ -308,8 +307,8 @@ struct Rendered<'a> {
 }
 
 impl Rendered<'_> {
-    /// Headers and, per row, the display text of every cell.
-    fn text_cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
+    /// The headers of the columns before the metrics: source, stage, instances, params.
+    fn leading_headers(&self) -> Vec<String> {
         let mut headers = Vec::new();
         if self.sources {
             headers.push("source".to_string());
@@ -319,23 +318,35 @@ impl Rendered<'_> {
             headers.push("instances".to_string());
         }
         headers.extend(self.params.iter().cloned());
+        headers
+    }
+
+    /// A row's cells before its metrics, as [`Self::leading_headers`] names them.
+    fn leading(&self, row: &Row) -> Vec<String> {
+        let mut cells = Vec::new();
+        if self.sources {
+            cells.push(row.source.clone());
+        }
+        cells.push(row.stage.clone());
+        if self.grouped {
+            let n = row.metrics.values().map(Vec::len).max().unwrap_or(0);
+            cells.push(n.to_string());
+        }
+        for p in self.params {
+            cells.push(row.params.get(p).cloned().unwrap_or_default());
+        }
+        cells
+    }
+
+    /// Headers and, per row, the display text of every cell.
+    fn text_cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut headers = self.leading_headers();
         headers.extend(self.metrics.iter().cloned());
         let body = self
             .rows
             .iter()
             .map(|row| {
-                let mut cells = Vec::new();
-                if self.sources {
-                    cells.push(row.source.clone());
-                }
-                cells.push(row.stage.clone());
-                if self.grouped {
-                    let n = row.metrics.values().map(Vec::len).max().unwrap_or(0);
-                    cells.push(n.to_string());
-                }
-                for p in self.params {
-                    cells.push(row.params.get(p).cloned().unwrap_or_default());
-                }
+                let mut cells = self.leading(row);
                 for m in self.metrics {
                     let values = row.metrics.get(m).map(Vec::as_slice).unwrap_or(&[]);
                     cells.push(match (stats::mean(values), stats::sample_std(values)) {
@@ -397,15 +408,7 @@ impl Rendered<'_> {
     /// Numbers as columns: per metric its mean and, grouped, `.std`, `.ci_low`, `.ci_high`.
     fn csv(&self) -> Result<String, CliError> {
         let mut writer = csv::Writer::from_writer(Vec::new());
-        let mut headers: Vec<String> = Vec::new();
-        if self.sources {
-            headers.push("source".into());
-        }
-        headers.push("stage".into());
-        if self.grouped {
-            headers.push("instances".into());
-        }
-        headers.extend(self.params.iter().cloned());
+        let mut headers = self.leading_headers();
         for m in self.metrics {
             headers.push(m.clone());
             if self.grouped {
@@ -418,18 +421,7 @@ impl Rendered<'_> {
         writer.write_record(&headers).map_err(failed)?;
         let number = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         for row in self.rows {
-            let mut record: Vec<String> = Vec::new();
-            if self.sources {
-                record.push(row.source.clone());
-            }
-            record.push(row.stage.clone());
-            if self.grouped {
-                let n = row.metrics.values().map(Vec::len).max().unwrap_or(0);
-                record.push(n.to_string());
-            }
-            for p in self.params {
-                record.push(row.params.get(p).cloned().unwrap_or_default());
-            }
+            let mut record = self.leading(row);
             for m in self.metrics {
                 let values = row.metrics.get(m).map(Vec::as_slice).unwrap_or(&[]);
                 record.push(number(stats::mean(values)));

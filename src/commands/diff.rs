@@ -57,18 +57,14 @@ pub(super) fn diff(
     let new = read_side(&args.new, &args.lockfile)?;
     let cache = open_cache(&args.lockfile, cache_dir)?;
 
-    let added: Vec<&String> = new
-        .lock
-        .stages
-        .keys()
-        .filter(|s| !old.lock.stages.contains_key(*s))
-        .collect();
-    let removed: Vec<&String> = old
-        .lock
-        .stages
-        .keys()
-        .filter(|s| !new.lock.stages.contains_key(*s))
-        .collect();
+    let only_in = |a: &Side, b: &Side| -> Vec<String> {
+        let names = a.lock.stages.keys();
+        names
+            .filter(|s| !b.lock.stages.contains_key(*s))
+            .cloned()
+            .collect()
+    };
+    let (added, removed) = (only_in(&new, &old), only_in(&old, &new));
     let changes: BTreeMap<String, StageChange> = new
         .lock
         .stages
@@ -237,9 +233,7 @@ fn stage_change(name: &str, old: &LockEntry, new: &LockEntry) -> Option<StageCha
     if old.key == new.key && old.outputs == new.outputs {
         return None;
     }
-    let (mut o, mut n) = (BTreeMap::new(), BTreeMap::new());
-    flatten_params("", &old.params, &mut o);
-    flatten_params("", &new.params, &mut n);
+    let (o, n) = (flatten_params(&old.params), flatten_params(&new.params));
     let names: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
     let params = names
         .into_iter()

@@ -175,30 +175,12 @@ impl NamedStage {
     }
 }
 
-/// Params flattened to dotted names (`pgd.steps`); lists and scalars as their text.
-fn flatten_params(
-    prefix: &str,
-    value: &serde_json::Value,
-    out: &mut std::collections::BTreeMap<String, String>,
-) {
-    match value {
-        serde_json::Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten_params(&name, v, out);
-            }
-        }
-        other => {
-            out.insert(
-                prefix.to_string(),
-                mipipe_engine::template::value_text(other),
-            );
-        }
-    }
+/// Params flattened to dotted names (`pgd.steps`), each leaf as its text.
+fn flatten_params(value: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    mipipe_engine::flatten_params(value)
+        .into_iter()
+        .map(|(name, leaf)| (name, mipipe_engine::template::value_text(leaf)))
+        .collect()
 }
 
 /// Prints one JSON object on one line of stdout: what `--json` prints, a line per object.
