@@ -196,12 +196,18 @@ fn read_side(spec: &str, lockfile: &Path) -> Result<Side, CliError> {
     let text = if path.is_file() {
         std::fs::read(path).map_err(|e| CliError::Environment(format!("{spec}: {e}")))?
     } else {
-        let object = match spec.split_once(':') {
-            Some((rev, file)) => format!("{rev}:{file}"),
-            None => format!("{spec}:./{}", lockfile.display()),
+        // A bare revision names the lockfile relative to its own folder, where git runs.
+        let (folder, object) = match spec.split_once(':') {
+            Some(_) => (Path::new("."), spec.to_string()),
+            None => {
+                let folder = lockfile.parent().filter(|p| !p.as_os_str().is_empty());
+                let name = lockfile.file_name().unwrap_or_default().to_string_lossy();
+                (folder.unwrap_or(Path::new(".")), format!("{spec}:./{name}"))
+            }
         };
         let output = std::process::Command::new("git")
-            .args(["show", "--no-textconv", &object])
+            .args(["show", "--no-textconv", "--end-of-options", &object])
+            .current_dir(folder)
             .output()
             .map_err(|e| CliError::Environment(format!("running git: {e}")))?;
         if !output.status.success() {
