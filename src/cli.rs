@@ -73,6 +73,12 @@ pub enum Command {
     /// OLD and NEW are lockfiles, git revisions of `--lockfile` (`HEAD~1`) or `REV:PATH`. Each
     /// changed table cell comes with the chain of changed stages that explains it.
     Diff(DiffArgs),
+    /// Write one self-contained HTML report of what the last run left.
+    ///
+    /// Tables (a click on a cell shows its stages, params, log and the training curves
+    /// upstream), figures, why the last run's stages ran, its timeline, and per stage its wall
+    /// time and peak memory. Reads the lockfile and the cache (nothing runs); opens offline.
+    Report(ReportArgs),
     /// Inspect and maintain the cache folder.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -230,6 +236,17 @@ pub struct DiffArgs {
     /// table cells (`--cache-dir` to name another).
     #[arg(long, default_value = "mipipe.lock", value_name = "PATH")]
     pub lockfile: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The pipeline (its lockfile is read) or a lockfile.
+    #[arg(default_value = "mipipe.yaml", value_name = "PIPELINE|LOCKFILE")]
+    pub pipeline: PathBuf,
+    /// The HTML file to write (default: `<pipeline>-report.html` beside the lockfile). An
+    /// existing file is replaced only if mipipe wrote it.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

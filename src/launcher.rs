@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
 use mipipe_engine::{
-    describe_exit, read_progress, run_child, ErrorClass, Exit, Job, ProgressSink, StageError,
-    WorkerLauncher,
+    describe_exit, read_progress, run_child, ErrorClass, Exit, Job, PeakRss, ProgressSink,
+    StageError, WorkerLauncher,
 };
 
 /// Spawns `mipipe exec-stage` for each job.
@@ -30,6 +30,7 @@ impl WorkerLauncher for SubprocessLauncher {
         job_file: &Path,
         cancel: &AtomicBool,
         progress: &dyn ProgressSink,
+        peak_rss: &PeakRss,
     ) -> Result<(), StageError> {
         let log = open_append(&job.log)?;
         let program = match &job.worker {
@@ -66,8 +67,10 @@ impl WorkerLauncher for SubprocessLauncher {
         };
         // The job's environment (`CUDA_VISIBLE_DEVICES` of its GPU slots) reaches every worker,
         // so two `gpus: 1` stages never share a device.
-        let status = run_child(&mut command, &job.env, cancel, forward)
+        let exit = run_child(&mut command, &job.env, cancel, forward)
             .map_err(|e| StageError::environment(format!("Worker `{}`: {e}", program.display())))?;
+        peak_rss.record(exit.peak_rss_bytes);
+        let status = exit.status;
         let Some(code) = status.code() else {
             return Err(StageError::failed(format!(
                 "Worker {} (crash or out of memory); see the log",

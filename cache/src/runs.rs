@@ -47,6 +47,17 @@ pub struct RunRecord {
     pub duration_ms: u64,
     /// Where the attempt ran (`local`, or a scheduler's job id).
     pub executor: String,
+    /// The `mipipe run` invocation that started it (`<unix-millis>-<pid>`); absent in records
+    /// written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Why it ran, in words (`param `lr` changed 0.1 -> 0.01`, `never run`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// The largest resident memory of the processes it ran, in bytes; absent for a stage that
+    /// ran inside `mipipe` itself without a child process (its memory is not its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// A run folder that is being written.

@@ -11,7 +11,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,32 @@ pub const SUPERVISOR: &str = r#"trap 'trap "" TERM; kill -TERM 0 2>/dev/null; n=
 c=$!
 wait "$c"
 "#;
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug)]
+pub struct ChildExit {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// The largest resident set of the child or any descendant it waited for, in bytes
+    /// (`ru_maxrss` of `wait4`).
+    pub peak_rss_bytes: u64,
+}
+
+/// The largest peak resident memory among the processes a stage ran, as they end.
+#[derive(Debug, Default)]
+pub struct PeakRss(AtomicU64);
+
+impl PeakRss {
+    /// Records one process's peak (keeps the largest).
+    pub fn record(&self, bytes: u64) {
+        self.0.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The largest recorded, if any process was measured.
+    pub fn bytes(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|b| *b > 0)
+    }
+}
 
 /// How often the child is polled (and `on_poll` called).
 const POLL: Duration = Duration::from_millis(50);
@@ -45,13 +71,14 @@ pub enum ChildError {
 /// Starts `command` in a process group of its own with `env` added (a variable the command
 /// sets itself keeps its value), and waits for it, calling
 /// `on_poll` every 50 ms and once more at the end (to forward progress). When `cancel` becomes
-/// true, the group gets SIGTERM, and SIGKILL after [`KILL_GRACE`].
+/// true, the group gets SIGTERM, and SIGKILL after [`KILL_GRACE`]. Returns the exit status and
+/// the child's peak resident memory.
 pub fn run_child(
     command: &mut Command,
     env: &[(String, String)],
     cancel: &AtomicBool,
     mut on_poll: impl FnMut(),
-) -> Result<ExitStatus, ChildError> {
+) -> Result<ChildExit, ChildError> {
     let own: Vec<std::ffi::OsString> = command.get_envs().map(|(k, _)| k.to_owned()).collect();
     for (k, v) in env {
         if !own.iter().any(|o| o == k.as_str()) {
@@ -71,14 +98,17 @@ pub fn run_child(
             Ok(())
         });
     }
-    let mut child = command
+    let child = command
         .process_group(0)
         .spawn()
         .map_err(ChildError::Start)?;
     let group = child.id() as libc::pid_t;
+    // Dropping a `Child` neither waits for nor kills it; the thread reaps it with `wait4`, which
+    // also reports its resource usage.
+    drop(child);
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = sender.send(child.wait());
+        let _ = sender.send(wait_for(group));
     });
     let mut terminated_at: Option<Instant> = None;
     loop {
@@ -110,6 +140,29 @@ pub fn run_child(
                     "the waiting thread ended",
                 )))
             }
+        }
+    }
+}
+
+/// Waits for the child `pid` and returns its exit status and peak resident memory.
+fn wait_for(pid: libc::pid_t) -> std::io::Result<ChildExit> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status: libc::c_int = 0;
+    // SAFETY: `rusage` is plain data; an all-zero value is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child with valid out-pointers.
+        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if got == pid {
+            return Ok(ChildExit {
+                status: ExitStatus::from_raw(status),
+                // Linux reports kilobytes.
+                peak_rss_bytes: (usage.ru_maxrss.max(0) as u64) * 1024,
+            });
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
         }
     }
 }

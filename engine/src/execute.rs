@@ -111,6 +111,8 @@ struct Scheduler<'a> {
     stop_cause: Option<String>,
     /// Ctrl-C was seen (and the remote jobs cancelled).
     cancelled: bool,
+    /// This invocation's id in the run records (`<unix-millis>-<pid>`).
+    run_id: String,
 }
 
 /// Runs the selected stages of a pipeline and updates its lockfile.
@@ -155,6 +157,7 @@ pub fn execute(
         gpu_free: (0..options.gpus).collect(),
         stop_cause: None,
         cancelled: false,
+        run_id: format!("{:013}-{}", mipipe_cache::now_unix_ms(), std::process::id()),
     };
     reporter.on_run_start(scheduler.pending.len());
     std::thread::scope(|scope| {
@@ -415,6 +418,8 @@ impl<'a> Scheduler<'a> {
         let cancel = self.options.cancel.clone();
         let reporter = self.reporter.clone();
         let sender = sender.clone();
+        let reasons: Vec<String> = self.reasons[index].iter().map(|r| r.to_string()).collect();
+        let run_id = self.run_id.clone();
         scope.spawn(move || {
             let started = Instant::now();
             let run = || {
@@ -432,6 +437,8 @@ impl<'a> Scheduler<'a> {
                         launcher,
                         reporter,
                         forced,
+                        run_id,
+                        reasons,
                     })
                 })
             };

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::child::PeakRss;
 use crate::stage::{ProgressSink, Registry, StageContext, StageError};
 
 /// Everything a worker needs to run one stage; paths are absolute.
@@ -57,6 +58,7 @@ impl Job {
         log: File,
         cancel: Arc<AtomicBool>,
         progress: Option<Arc<dyn ProgressSink>>,
+        peak_rss: Arc<PeakRss>,
     ) -> StageContext {
         StageContext {
             stage_name: self.stage.clone(),
@@ -69,6 +71,7 @@ impl Job {
             cancel,
             progress,
             facts_file: self.facts_file.clone(),
+            peak_rss,
         }
     }
 }
@@ -95,7 +98,7 @@ pub fn run_job(registry: &Registry, job: &Job, cancel: Arc<AtomicBool>) -> Resul
             last: Mutex::new(None),
         }) as Arc<dyn ProgressSink>
     });
-    let ctx = job.context(log, cancel, progress);
+    let ctx = job.context(log, cancel, progress, Arc::new(PeakRss::default()));
     kind.run(&job.params, &ctx)
 }
 
@@ -138,12 +141,14 @@ pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
 /// Runs a job in another process; the binary provides one that spawns `mipipe exec-stage`.
 pub trait WorkerLauncher: Send + Sync {
     /// Runs the job to completion, or stops it when `cancel` becomes true; forwards what the
-    /// worker reports in `job.progress_file` (see [`read_progress`]) to `progress`.
+    /// worker reports in `job.progress_file` (see [`read_progress`]) to `progress`, and the
+    /// worker's peak memory to `peak_rss` once it has ended (also when it failed).
     fn launch(
         &self,
         job: &Job,
         job_file: &Path,
         cancel: &AtomicBool,
         progress: &dyn ProgressSink,
+        peak_rss: &PeakRss,
     ) -> Result<(), StageError>;
 }

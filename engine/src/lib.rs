@@ -35,7 +35,7 @@ pub mod template;
 mod uptodate;
 mod yaml;
 
-pub use child::{describe_exit, run_child, ChildError, SUPERVISOR};
+pub use child::{describe_exit, run_child, ChildError, ChildExit, PeakRss, SUPERVISOR};
 pub use cluster::{ClusterOptions, Executor};
 pub use diagnostic::{did_you_mean, PipelineError, SpecError, SpecErrorKind};
 pub use execute::{execute, RunOptions};

@@ -14,6 +14,7 @@ use mipipe_cache::{
     StoredOutput,
 };
 
+use crate::child::PeakRss;
 use crate::job::{open_log, Job, WorkerLauncher};
 use crate::key::{stage_seed, InputDigests};
 use crate::reporter::Reporter;
@@ -79,6 +80,10 @@ pub(crate) struct RunOne<'a> {
     pub reporter: Arc<dyn Reporter>,
     /// `--force`: run even if another process completed the same key meanwhile.
     pub forced: bool,
+    /// The invocation, for the run record.
+    pub run_id: String,
+    /// Why it runs, in words, for the run record.
+    pub reasons: Vec<String>,
 }
 
 fn env_error(e: impl std::fmt::Display) -> (Option<PathBuf>, StageError) {
@@ -100,6 +105,8 @@ pub(crate) fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, Sta
         launcher,
         reporter,
         forced,
+        run_id,
+        reasons,
     } = job;
     let _guard = match cache.locks().try_lock_stage(&key).map_err(env_error)? {
         Some(guard) => guard,
@@ -124,6 +131,7 @@ pub(crate) fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, Sta
     let started = Instant::now();
     let run_dir = cache.runs().start(&key).map_err(env_error)?;
     let log_path = run_dir.log_path();
+    let peak_rss = Arc::new(PeakRss::default());
     let finish = |outcome: RunOutcome, error: Option<String>| {
         let _ = run_dir.finish(&RunRecord {
             version: 1,
@@ -134,11 +142,14 @@ pub(crate) fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, Sta
             started_unix_ms: started_ms,
             duration_ms: started.elapsed().as_millis() as u64,
             executor: "local".into(),
+            run: Some(run_id.clone()),
+            reasons: reasons.clone(),
+            peak_rss_bytes: peak_rss.bytes(),
         });
     };
     let result = execute_in_scratch(
         pipeline, cache, stage, key, &digests, inputs, cpus, gpus, &cancel, launcher, &log_path,
-        reporter,
+        reporter, &peak_rss,
     );
     match result {
         Ok(outputs) => {
@@ -177,6 +188,7 @@ fn execute_in_scratch(
     launcher: Option<Arc<dyn WorkerLauncher>>,
     log_path: &Path,
     reporter: Arc<dyn Reporter>,
+    peak_rss: &Arc<PeakRss>,
 ) -> Result<BTreeMap<String, StoredOutput>, StageError> {
     let started = Instant::now();
     let scratch = cache
@@ -235,13 +247,18 @@ fn execute_in_scratch(
             .map_err(|e| {
                 StageError::environment(format!("Cannot write `{}`: {e}", job_file.display()))
             })?;
-            launcher.launch(&job, &job_file, cancel, &progress)
+            launcher.launch(&job, &job_file, cancel, &progress, peak_rss)
         }
         None => {
             let log = open_log(log_path).map_err(|e| {
                 StageError::environment(format!("Cannot open log `{}`: {e}", log_path.display()))
             })?;
-            let ctx = job.context(log, cancel.clone(), Some(Arc::new(progress)));
+            let ctx = job.context(
+                log,
+                cancel.clone(),
+                Some(Arc::new(progress)),
+                peak_rss.clone(),
+            );
             stage.kind.run(&stage.params, &ctx)
         }
     };

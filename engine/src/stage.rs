@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::child::PeakRss;
+
 pub use mipipe_cache::OutputKind;
 
 /// An output a stage declares; the engine checks after `run` that exactly these exist.
@@ -454,9 +456,16 @@ pub struct StageContext {
     pub(crate) cancel: Arc<AtomicBool>,
     pub(crate) progress: Option<Arc<dyn ProgressSink>>,
     pub(crate) facts_file: Option<PathBuf>,
+    pub(crate) peak_rss: Arc<PeakRss>,
 }
 
 impl StageContext {
+    /// Where a stage that runs child processes records their peak memory (the run record keeps
+    /// it): pass each [`crate::ChildExit::peak_rss_bytes`] to [`PeakRss::record`].
+    pub fn peak_rss(&self) -> &PeakRss {
+        &self.peak_rss
+    }
+
     /// The stage's instance name (`train[lr=0.1]`).
     pub fn stage_name(&self) -> &str {
         &self.stage_name

@@ -274,7 +274,7 @@ fn param_change((old, new): &(Option<String>, Option<String>)) -> String {
 }
 
 /// Output digest -> the stage that produced it, in one lockfile.
-fn producers(lock: &Lockfile) -> BTreeMap<ObjectDigest, String> {
+pub(super) fn producers(lock: &Lockfile) -> BTreeMap<ObjectDigest, String> {
     let mut map = BTreeMap::new();
     for (name, entry) in &lock.stages {
         for output in entry.outputs.values() {

@@ -8,6 +8,7 @@ mod dag;
 mod diff;
 mod exec_stage;
 mod log;
+mod report;
 mod run;
 mod show;
 mod stages;
@@ -40,6 +41,7 @@ pub fn dispatch(cli: Cli, style: Style) -> Result<(), CliError> {
         Command::Timings(args) => timings::timings(&args, cache_dir, json),
         Command::Compare(args) => compare::compare(&args, cache_dir, json),
         Command::Diff(args) => diff::diff(&args, cache_dir, json),
+        Command::Report(args) => report::report(&args, cache_dir, json),
         Command::Cache(command) => cache::cache_command(command, cache_dir, json),
         Command::Stages(args) => stages::stages(args.kind.as_deref(), json),
         Command::ExecStage(args) => exec_stage::exec_stage(&args.job),

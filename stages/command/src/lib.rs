@@ -166,9 +166,11 @@ impl Stage for CommandStage {
             .map_err(|e| StageError::failed(e.message))?;
             command.env(k, value);
         }
-        let status = run_child(&mut command, ctx.env(), ctx.cancel_flag(), || {}).map_err(|e| {
+        let exit = run_child(&mut command, ctx.env(), ctx.cancel_flag(), || {}).map_err(|e| {
             StageError::environment(format!("Running `sh` for the command failed: {e}"))
         })?;
+        ctx.peak_rss().record(exit.peak_rss_bytes);
+        let status = exit.status;
         if status.success() {
             return Ok(());
         }

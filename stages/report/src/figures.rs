@@ -396,6 +396,116 @@ fn drop_bars(table: &Table, group: &Group) -> Option<String> {
     Some(svg.finish())
 }
 
+/// One panel of [`training_curves`]: a column of a training log, by step.
+pub struct Curve {
+    /// The column's name (`loss`, `lr`, `consistency`).
+    pub name: String,
+    /// `(step, value)` for the steps that have one.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Training curves as small multiples: one panel per column, step on the x axis, the column's
+/// own y range with ticks (so a consistency term 1e-5 of the loss is still visible), three
+/// panels to a row.
+pub fn training_curves(title: &str, curves: &[Curve]) -> String {
+    let (panel_w, panel_h, per_row) = (250.0, 170.0, 3usize);
+    let rows = curves.len().div_ceil(per_row).max(1);
+    let mut svg = Svg::new(
+        panel_w * per_row as f64 + 20.0,
+        40.0 + panel_h * rows as f64,
+    );
+    svg.label(12.0, 22.0, "start", 14.0, 0.0, title);
+    for (i, curve) in curves.iter().enumerate() {
+        let (left, top) = (
+            10.0 + panel_w * (i % per_row) as f64,
+            36.0 + panel_h * (i / per_row) as f64,
+        );
+        // The plot area inside the panel: room for tick labels left and below.
+        let (x0, x1, y0, y1) = (
+            left + 58.0,
+            left + panel_w - 12.0,
+            top + 22.0,
+            top + panel_h - 34.0,
+        );
+        svg.label(
+            (x0 + x1) / 2.0,
+            top + 12.0,
+            "middle",
+            12.0,
+            0.0,
+            &curve.name,
+        );
+        if curve.points.is_empty() {
+            svg.label(
+                (x0 + x1) / 2.0,
+                (y0 + y1) / 2.0,
+                "middle",
+                10.0,
+                0.0,
+                "no values",
+            );
+            continue;
+        }
+        let (mut sx0, mut sx1, mut vy0, mut vy1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(s, v) in &curve.points {
+            (sx0, sx1, vy0, vy1) = (sx0.min(s), sx1.max(s), vy0.min(v), vy1.max(v));
+        }
+        if vy1 - vy0 < 1e-12 * vy1.abs().max(1e-300) {
+            (vy0, vy1) = (
+                vy0 - vy0.abs().max(1e-12) * 0.5,
+                vy1 + vy1.abs().max(1e-12) * 0.5,
+            );
+        }
+        let y_ticks = ticks(vy0, vy1);
+        let (ty0, ty1) = (y_ticks[0], *y_ticks.last().expect("ticks are never empty"));
+        let sx1 = if sx1 > sx0 { sx1 } else { sx0 + 1.0 };
+        let x_of = |s: f64| x0 + (s - sx0) / (sx1 - sx0) * (x1 - x0);
+        let y_of = |v: f64| y1 - (v - ty0) / (ty1 - ty0) * (y1 - y0);
+        svg.line((x0, y1), (x1, y1), "#444", 0.8);
+        svg.line((x0, y0), (x0, y1), "#444", 0.8);
+        for t in &y_ticks {
+            let y = y_of(*t);
+            svg.line((x0 - 3.0, y), (x1, y), "#e4e4e4", 0.6);
+            svg.label(x0 - 5.0, y + 3.0, "end", 9.0, 0.0, &tick_text(*t));
+        }
+        for t in ticks(sx0, sx1)
+            .into_iter()
+            .filter(|t| *t >= sx0 && *t <= sx1)
+        {
+            let x = x_of(t);
+            svg.line((x, y1), (x, y1 + 3.0), "#444", 0.8);
+            svg.label(x, y1 + 13.0, "middle", 9.0, 0.0, &tick_text(t));
+        }
+        svg.label((x0 + x1) / 2.0, y1 + 26.0, "middle", 10.0, 0.0, "step");
+        let points: Vec<String> = curve
+            .points
+            .iter()
+            .map(|&(s, v)| format!("{:.1},{:.1}", x_of(s), y_of(v)))
+            .collect();
+        let (colour, _) = SERIES[0];
+        let _ = writeln!(
+            svg.text,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.2\"/>",
+            points.join(" ")
+        );
+    }
+    svg.finish()
+}
+
+/// A tick value in few characters: `0.25`, `1.5e-5`, `1200`.
+fn tick_text(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        let text = format!("{v:.1e}");
+        text.replace(".0e", "e")
+    } else {
+        let text = format!("{v:.4}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +536,56 @@ mod tests {
             inked(&serif.finish()) > 100,
             "a generic family falls back to it too"
         );
+    }
+
+    #[test]
+    fn training_curves_draw_one_line_per_column_on_its_own_scale() {
+        let steps = |f: fn(f64) -> f64| -> Vec<(f64, f64)> {
+            (0..50).map(|s| (s as f64, f(s as f64))).collect()
+        };
+        let curves = [
+            Curve {
+                name: "loss".into(),
+                points: steps(|s| 2.0 / (1.0 + s)),
+            },
+            Curve {
+                name: "consistency".into(),
+                points: steps(|s| 1e-5 * (1.0 + s / 50.0)),
+            },
+            Curve {
+                name: "adv".into(),
+                points: Vec::new(),
+            },
+        ];
+        let svg = training_curves("finetune[method=ours]", &curves);
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            2,
+            "no line for an empty column"
+        );
+        for text in [
+            ">loss<",
+            ">consistency<",
+            ">no values<",
+            ">step<",
+            ">1e-5<",
+            ">2<",
+        ] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        // The small term fills its panel's height instead of lying flat at zero.
+        let line = svg.split("<polyline points=\"").nth(2).unwrap();
+        let ys: Vec<f64> = line
+            .split('"')
+            .next()
+            .unwrap()
+            .split(' ')
+            .map(|p| p.split(',').nth(1).unwrap().parse().unwrap())
+            .collect();
+        let span = ys.iter().cloned().fold(f64::MIN, f64::max)
+            - ys.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(span > 40.0, "the consistency curve spans only {span} px");
+        assert!(inked(&svg) > 2000);
     }
 
     #[test]

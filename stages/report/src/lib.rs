@@ -16,4 +16,5 @@ pub use evaluate::{
     evaluate, parse_answer, EvaluateParams, EvaluateStage, Evaluation, Label, Parser,
     PerturbedConditions,
 };
+pub use figures::{training_curves, Curve};
 pub use table::{build, latex_text, Layout, Table, TableParams, TableStage};
