@@ -6,7 +6,8 @@
 #     Debian's packages, in its own prefix and ports: it never touches an existing Slurm);
 #     MIPIPE_SKIP_SLURM=1 skips it and those tests then skip themselves;
 #   - a Python venv with pyarrow (~/.cache/mipipe/test-venv) to check our Parquet tables;
-#   - pdflatex (Debian's texlive-latex-base and -recommended) to compile the LaTeX tables.
+#   - pdflatex (Debian's texlive-latex-base and -recommended) to compile the LaTeX tables;
+#   - headless Chromium (Debian's chromium) to open the HTML report as a reader would.
 # Ends with one line totalling every test binary: `tests: N passed, N failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,14 @@ if ! command -v pdflatex >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 if command -v pdflatex >/dev/null; then
   export MIPIPE_REQUIRE_PDFLATEX=1
+fi
+
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+fi
+if command -v chromium >/dev/null; then
+  export MIPIPE_REQUIRE_CHROMIUM=1
 fi
 
 # The torch stage kinds run in `mipipe-torch-worker`, which must sit next to the `mipipe` the

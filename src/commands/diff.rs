@@ -316,9 +316,12 @@ fn explain(
             own.push(format!("{} kind version {o} -> {n}", entry.kind));
         }
         for input in &change.inputs {
+            // A workspace file (`dep:`) is nobody's output, even when a stage wrote the same
+            // bytes.
             let ups: Vec<&String> = entry
                 .inputs
                 .get(input)
+                .filter(|_| !input.starts_with("dep:"))
                 .into_iter()
                 .flatten()
                 .filter_map(|d| producers.get(d))

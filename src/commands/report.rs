@@ -217,10 +217,13 @@ fn stage_json(
     log: &str,
     producers: &BTreeMap<ObjectDigest, String>,
 ) -> Value {
+    // Workspace files (`dep:` inputs) are nobody's output, even when a stage wrote the same
+    // bytes.
     let upstream: BTreeSet<&String> = entry
         .inputs
-        .values()
-        .flatten()
+        .iter()
+        .filter(|(input, _)| !input.starts_with("dep:"))
+        .flat_map(|(_, digests)| digests)
         .filter_map(|d| producers.get(d))
         .filter(|p| *p != name)
         .collect();

@@ -237,3 +237,47 @@ pub fn python_with_pyarrow() -> Option<std::ffi::OsString> {
     }
     python
 }
+
+/// Runs Debian's headless Chromium on a page of the project with `args` (`--dump-dom`,
+/// `--screenshot=PATH`), with the flags a closed network needs, and returns its stdout. `None`
+/// (after saying so) when Chromium is missing and `MIPIPE_REQUIRE_CHROMIUM` is unset.
+pub fn headless_chromium(project: &Project, page: &str, args: &[&str]) -> Option<String> {
+    let available = Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("MIPIPE_REQUIRE_CHROMIUM").is_none(),
+            "MIPIPE_REQUIRE_CHROMIUM is set but chromium is missing"
+        );
+        eprintln!("skipped: no chromium here (scripts/test.sh installs it)");
+        return None;
+    }
+    let profile = project.path().join("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1400",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}/{page}", project.path().display()))
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -319,6 +319,134 @@ fn compare_puts_every_instance_in_one_table_and_pools_seeds() {
 }
 
 #[test]
+fn report_is_one_offline_page_whose_cells_open_the_stages_behind_them() {
+    let project = project_with_predictions();
+    project.write("mipipe.yaml", PIPELINE);
+    project.mipipe(&["run"]).expect_code(0);
+    // A second run with a changed param, so the last run has reasons to show.
+    project.write(
+        "mipipe.yaml",
+        &PIPELINE.replace("params: {family: llava}", "params: {family: blip}"),
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    project.mipipe(&["report"]).expect_code(0);
+    let html = project.read("mipipe-report.html");
+
+    // Offline: nothing is fetched (the only URL is the SVG namespace).
+    for external in ["src=\"", "<link", "href=\"http", "url(", "@import"] {
+        assert!(!html.contains(external), "the page refers out: {external}");
+    }
+    // The table's cells, each a link to itself; the figures inline.
+    assert!(
+        html.contains("<a class=\"cell\" id=\"cell-0-0\""),
+        "no cells"
+    );
+    assert!(
+        html.contains("<figure><div class=\"svg\"><svg"),
+        "no figures"
+    );
+    // Why the last run's stages ran, and what they cost.
+    assert!(
+        html.contains("param `family` changed &quot;llava&quot; -&gt; &quot;blip&quot;"),
+        "the last run's reasons are missing: {}",
+        html.split("<section id=\"last-run\">")
+            .nth(1)
+            .unwrap_or("")
+            .split("</section>")
+            .next()
+            .unwrap()
+    );
+    let records: Vec<serde_json::Value> = walk(&project.path().join(".mipipe/runs"))
+        .into_iter()
+        .filter(|p| p.ends_with("record.json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    let predict = records
+        .iter()
+        .find(|r| r["stage"] == "predict[method=ours]")
+        .expect("a run record of predict");
+    // The `command` kind's shell and `cp`: a real process, measured by the kernel.
+    let rss = predict["peak_rss_bytes"]
+        .as_u64()
+        .expect("peak RSS recorded");
+    assert!(rss > 100_000, "peak RSS {rss} bytes");
+    assert!(predict["run"].as_str().is_some_and(|r| r.contains('-')));
+
+    // A file mipipe did not write is never replaced.
+    project.write("notes.html", "my notes");
+    project
+        .mipipe(&["report", "-o", "notes.html"])
+        .expect_code(2);
+    assert_eq!(project.read("notes.html"), "my notes");
+    project.mipipe(&["report"]).expect_code(0);
+
+    // In a browser: opening a cell shows the stages behind it with their keys.
+    let lock = project.lock();
+    let Some(dom) = crate::headless_chromium(
+        &project,
+        "mipipe-report.html?open=cell-0-0",
+        &["--dump-dom"],
+    ) else {
+        return;
+    };
+    let detail = dom
+        .split("<div id=\"detail-body\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</aside>").next())
+        .expect("the detail panel");
+    assert!(detail.contains("Stages behind it"), "{detail}");
+    let shown: Vec<&str> = lock["stages"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name.starts_with("evaluate["))
+        .filter_map(|(_, e)| e["key"].as_str())
+        .filter(|key| detail.contains(key))
+        .collect();
+    assert_eq!(
+        shown.len(),
+        1,
+        "one evaluate stage's key per cell: {detail}"
+    );
+    assert!(detail.contains("why it ran"), "{detail}");
+    let shot = project.path().join("report.png");
+    crate::headless_chromium(
+        &project,
+        "mipipe-report.html?open=cell-0-0",
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(frame.width, 1280);
+    let channels = frame.line_size / frame.width as usize;
+    let inked = pixels[..frame.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p[..3].iter().any(|c| *c < 200))
+        .count();
+    let share = inked as f64 / (frame.width * frame.height) as f64;
+    assert!(
+        share > 0.01,
+        "the screenshot is nearly blank ({share:.4} inked)"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
 fn diff_names_changed_stages_and_traces_a_changed_cell_to_the_param_behind_it() {
     let project = project_with_predictions();
     // The model each method answers with is a matrix key of `predict` only, so `evaluate`

@@ -158,6 +158,27 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
         timings.stdout
     );
 
+    // The HTML report: each fine-tune's training curves, and the peak memory of the torch
+    // workers measured.
+    project.mipipe(&["report"]).expect_code(0);
+    let html = project.read("mipipe-report.html");
+    let curves = html
+        .split("\"curves\":{")
+        .nth(1)
+        .expect("the report's data");
+    for stage in &trained {
+        assert!(
+            curves.contains(&format!("\"{stage}\":\"<svg")),
+            "no curves for {stage}"
+        );
+    }
+    let row = html
+        .split("<tr id=\"stage-finetune[family=blip,method=ours,seed=0]\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .expect("the fine-tune's row");
+    assert!(row.contains(" MiB</td>"), "{row}");
+
     // 2. Nothing changed: nothing runs.
     let noop = project.mipipe(&["run"]);
     noop.expect_code(0);
