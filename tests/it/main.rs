@@ -184,21 +184,30 @@ impl Project {
     }
 }
 
-/// Compiles each of `tables` (paths relative to the project) with pdflatex inside a minimal
-/// article (booktabs, graphicx), as a paper would `\input` it, and checks that none is wider
-/// than the text. Returns false (after saying so) when pdflatex is
-/// missing and `MIPIPE_REQUIRE_PDFLATEX` is unset; panics with pdflatex's log on a failure.
-pub fn compile_latex(project: &Project, tables: &[&str]) -> bool {
-    let available = Command::new("pdflatex")
+/// Whether `program --version` runs. A missing tool makes the calling test skip (after saying
+/// so), unless the environment variable `require` is set, as `scripts/test.sh` sets it for
+/// every tool it installs: then the test fails.
+fn tool_available(program: &str, require: &str) -> bool {
+    let available = Command::new(program)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !available {
         assert!(
-            std::env::var_os("MIPIPE_REQUIRE_PDFLATEX").is_none(),
-            "MIPIPE_REQUIRE_PDFLATEX is set but pdflatex is missing"
+            std::env::var_os(require).is_none(),
+            "{require} is set but {program} is missing"
         );
-        eprintln!("skipped: no pdflatex here (scripts/test.sh installs it)");
+        eprintln!("skipped: no {program} here (scripts/test.sh installs it)");
+    }
+    available
+}
+
+/// Compiles each of `tables` (paths relative to the project) with pdflatex inside a minimal
+/// article (booktabs, graphicx), as a paper would `\input` it, and checks that none is wider
+/// than the text. Returns false (after saying so) when pdflatex is
+/// missing and `MIPIPE_REQUIRE_PDFLATEX` is unset; panics with pdflatex's log on a failure.
+pub fn compile_latex(project: &Project, tables: &[&str]) -> bool {
+    if !tool_available("pdflatex", "MIPIPE_REQUIRE_PDFLATEX") {
         return false;
     }
     for table in tables {
@@ -242,16 +251,7 @@ pub fn python_with_pyarrow() -> Option<std::ffi::OsString> {
 /// `--screenshot=PATH`), with the flags a closed network needs, and returns its stdout. `None`
 /// (after saying so) when Chromium is missing and `MIPIPE_REQUIRE_CHROMIUM` is unset.
 pub fn headless_chromium(project: &Project, page: &str, args: &[&str]) -> Option<String> {
-    let available = Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        assert!(
-            std::env::var_os("MIPIPE_REQUIRE_CHROMIUM").is_none(),
-            "MIPIPE_REQUIRE_CHROMIUM is set but chromium is missing"
-        );
-        eprintln!("skipped: no chromium here (scripts/test.sh installs it)");
+    if !tool_available("chromium", "MIPIPE_REQUIRE_CHROMIUM") {
         return None;
     }
     let profile = project.path().join("chromium-profile");
