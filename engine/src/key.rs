@@ -51,6 +51,13 @@ pub fn dependency_input_name(path: &str) -> String {
     format!("dep:{path}")
 }
 
+/// The workspace path of an input named by [`dependency_input_name`]; `None` for an input that
+/// is another stage's output. A dependency is nobody's output, even when a stage wrote the same
+/// bytes.
+pub fn dependency_path(input_name: &str) -> Option<&str> {
+    input_name.strip_prefix("dep:")
+}
+
 /// Hashes a stage's workspace dependencies (through the stat cache).
 pub fn dependency_digests(
     stage: &ResolvedStage,
@@ -211,7 +218,7 @@ fn explain_miss(
     let names: BTreeSet<&String> = previous.inputs.keys().chain(inputs.keys()).collect();
     for name in names {
         if previous.inputs.get(name) != inputs.get(name) {
-            reasons.push(match name.strip_prefix("dep:") {
+            reasons.push(match dependency_path(name) {
                 Some(path) => Reason::DependencyChanged {
                     path: path.to_string(),
                 },

@@ -41,7 +41,7 @@ pub use diagnostic::{did_you_mean, PipelineError, SpecError, SpecErrorKind};
 pub use execute::{execute, RunOptions};
 pub use exit::Exit;
 pub use job::{read_progress, run_job, Job, WorkerLauncher};
-pub use key::{dependency_input_name, flatten_params};
+pub use key::{dependency_input_name, dependency_path, flatten_params};
 pub use lockfile::{LockEntry, Lockfile};
 pub use outcome::{Outcome, RunSummary};
 pub use pipeline_job::{run_pipeline_stage, PipelineStageJob, PipelineStageJobError};

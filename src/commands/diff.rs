@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use mipipe_cache::ObjectDigest;
-use mipipe_engine::{LockEntry, Lockfile};
+use mipipe_engine::{dependency_path, LockEntry, Lockfile};
 
 use super::{flatten_params, open_cache};
 use crate::cli::DiffArgs;
@@ -316,12 +316,10 @@ fn explain(
             own.push(format!("{} kind version {o} -> {n}", entry.kind));
         }
         for input in &change.inputs {
-            // A workspace file (`dep:`) is nobody's output, even when a stage wrote the same
-            // bytes.
             let ups: Vec<&String> = entry
                 .inputs
                 .get(input)
-                .filter(|_| !input.starts_with("dep:"))
+                .filter(|_| dependency_path(input).is_none())
                 .into_iter()
                 .flatten()
                 .filter_map(|d| producers.get(d))

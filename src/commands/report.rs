@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use mipipe_cache::arrow_array::{Array, Float64Array, Int64Array};
 use mipipe_cache::arrow_schema::DataType;
 use mipipe_cache::{read_table, Cache, ObjectDigest, RunRecord};
-use mipipe_engine::{LockEntry, Lockfile};
+use mipipe_engine::{dependency_path, LockEntry, Lockfile};
 use mipipe_stage_report::{training_curves, Curve};
 use serde_json::{json, Value};
 
@@ -217,12 +217,10 @@ fn stage_json(
     log: &str,
     producers: &BTreeMap<ObjectDigest, String>,
 ) -> Value {
-    // Workspace files (`dep:` inputs) are nobody's output, even when a stage wrote the same
-    // bytes.
     let upstream: BTreeSet<&String> = entry
         .inputs
         .iter()
-        .filter(|(input, _)| !input.starts_with("dep:"))
+        .filter(|(input, _)| dependency_path(input).is_none())
         .flat_map(|(_, digests)| digests)
         .filter_map(|d| producers.get(d))
         .filter(|p| *p != name)

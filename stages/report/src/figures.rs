@@ -498,7 +498,7 @@ fn tick_text(v: f64) -> String {
     if v == 0.0 {
         "0".into()
     } else if !(1e-3..1e5).contains(&a) {
-        // Two significant digits, so neighbouring ticks (1.05e-4, 1.1e-4) stay apart.
+        // Up to three significant digits, so neighbouring ticks (1.05e-4, 1.1e-4) stay apart.
         let text = format!("{v:.2e}");
         let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
         let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
