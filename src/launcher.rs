@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
 use mipipe_engine::{
-    describe_exit, read_progress, run_child, ErrorClass, Exit, Job, PeakRss, ProgressSink,
+    describe_exit, read_progress, run_child, ErrorClass, Exit, Job, PeakMemory, ProgressSink,
     StageError, WorkerLauncher,
 };
 
@@ -30,7 +30,7 @@ impl WorkerLauncher for SubprocessLauncher {
         job_file: &Path,
         cancel: &AtomicBool,
         progress: &dyn ProgressSink,
-        peak_rss: &PeakRss,
+        peak_memory: &PeakMemory,
     ) -> Result<(), StageError> {
         let log = open_append(&job.log)?;
         let program = match &job.worker {
@@ -69,7 +69,7 @@ impl WorkerLauncher for SubprocessLauncher {
         // so two `gpus: 1` stages never share a device.
         let exit = run_child(&mut command, &job.env, cancel, forward)
             .map_err(|e| StageError::environment(format!("Worker `{}`: {e}", program.display())))?;
-        peak_rss.record(exit.peak_rss_bytes);
+        peak_memory.record(&exit);
         let status = exit.status;
         let Some(code) = status.code() else {
             return Err(StageError::failed(format!(

@@ -58,6 +58,11 @@ pub struct RunRecord {
     /// ran inside `mipipe` itself without a child process (its memory is not its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
+    /// The largest GPU memory its processes held at once, in bytes, as NVML (`nvidia-smi`)
+    /// reports it per process, sampled every 250 ms; absent when none of them was seen on a
+    /// GPU (or NVML cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_bytes: Option<u64>,
 }
 
 /// A run folder that is being written.

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::gpu_memory::GpuSampler;
+
 /// How long a cancelled child's group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -36,21 +38,35 @@ pub struct ChildExit {
     /// The largest resident set of the child or any descendant it waited for, in bytes
     /// (`ru_maxrss` of `wait4`).
     pub peak_rss_bytes: u64,
+    /// The largest GPU memory its process group held at once, sampled through NVML
+    /// ([`crate::gpu_memory`]); `None` when no process of the group was seen on a GPU.
+    pub peak_gpu_bytes: Option<u64>,
 }
 
-/// The largest peak resident memory among the processes a stage ran, as they end.
+/// The largest peak memory, resident and on GPUs, among the processes a stage ran, as they end.
 #[derive(Debug, Default)]
-pub struct PeakRss(AtomicU64);
+pub struct PeakMemory {
+    rss: AtomicU64,
+    gpu: AtomicU64,
+}
 
-impl PeakRss {
-    /// Records one process's peak (keeps the largest).
-    pub fn record(&self, bytes: u64) {
-        self.0.fetch_max(bytes, Ordering::Relaxed);
+impl PeakMemory {
+    /// Records one process's peaks (keeps the largest of each).
+    pub fn record(&self, exit: &ChildExit) {
+        self.rss.fetch_max(exit.peak_rss_bytes, Ordering::Relaxed);
+        if let Some(gpu) = exit.peak_gpu_bytes {
+            self.gpu.fetch_max(gpu, Ordering::Relaxed);
+        }
     }
 
-    /// The largest recorded, if any process was measured.
-    pub fn bytes(&self) -> Option<u64> {
-        Some(self.0.load(Ordering::Relaxed)).filter(|b| *b > 0)
+    /// The largest resident set recorded, if any process was measured.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        Some(self.rss.load(Ordering::Relaxed)).filter(|b| *b > 0)
+    }
+
+    /// The largest GPU memory recorded, if any process was seen on a GPU.
+    pub fn gpu_bytes(&self) -> Option<u64> {
+        Some(self.gpu.load(Ordering::Relaxed)).filter(|b| *b > 0)
     }
 }
 
@@ -71,8 +87,8 @@ pub enum ChildError {
 /// Starts `command` in a process group of its own with `env` added (a variable the command
 /// sets itself keeps its value), and waits for it, calling
 /// `on_poll` every 50 ms and once more at the end (to forward progress). When `cancel` becomes
-/// true, the group gets SIGTERM, and SIGKILL after [`KILL_GRACE`]. Returns the exit status and
-/// the child's peak resident memory.
+/// true, the group gets SIGTERM, and SIGKILL after [`KILL_GRACE`]. Returns the exit status, the
+/// child's peak resident memory and the peak GPU memory of its group (sampled meanwhile).
 pub fn run_child(
     command: &mut Command,
     env: &[(String, String)],
@@ -111,14 +127,21 @@ pub fn run_child(
         let _ = sender.send(wait_for(group));
     });
     let mut terminated_at: Option<Instant> = None;
+    let mut gpu = GpuSampler::new(group);
     loop {
         match receiver.recv_timeout(POLL) {
             Ok(status) => {
                 on_poll();
-                return status.map_err(ChildError::Wait);
+                return status
+                    .map(|exit| ChildExit {
+                        peak_gpu_bytes: gpu.peak(),
+                        ..exit
+                    })
+                    .map_err(ChildError::Wait);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 on_poll();
+                gpu.poll();
                 if !cancel.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -158,6 +181,7 @@ fn wait_for(pid: libc::pid_t) -> std::io::Result<ChildExit> {
                 status: ExitStatus::from_raw(status),
                 // Linux reports kilobytes.
                 peak_rss_bytes: (usage.ru_maxrss.max(0) as u64) * 1024,
+                peak_gpu_bytes: None,
             });
         }
         let error = std::io::Error::last_os_error();

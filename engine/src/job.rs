@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::child::PeakRss;
+use crate::child::PeakMemory;
 use crate::stage::{ProgressSink, Registry, StageContext, StageError};
 
 /// Everything a worker needs to run one stage; paths are absolute.
@@ -58,7 +58,7 @@ impl Job {
         log: File,
         cancel: Arc<AtomicBool>,
         progress: Option<Arc<dyn ProgressSink>>,
-        peak_rss: Arc<PeakRss>,
+        peak_memory: Arc<PeakMemory>,
     ) -> StageContext {
         StageContext {
             stage_name: self.stage.clone(),
@@ -71,7 +71,7 @@ impl Job {
             cancel,
             progress,
             facts_file: self.facts_file.clone(),
-            peak_rss,
+            peak_memory,
         }
     }
 }
@@ -98,7 +98,7 @@ pub fn run_job(registry: &Registry, job: &Job, cancel: Arc<AtomicBool>) -> Resul
             last: Mutex::new(None),
         }) as Arc<dyn ProgressSink>
     });
-    let ctx = job.context(log, cancel, progress, Arc::new(PeakRss::default()));
+    let ctx = job.context(log, cancel, progress, Arc::new(PeakMemory::default()));
     kind.run(&job.params, &ctx)
 }
 
@@ -142,13 +142,13 @@ pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
 pub trait WorkerLauncher: Send + Sync {
     /// Runs the job to completion, or stops it when `cancel` becomes true; forwards what the
     /// worker reports in `job.progress_file` (see [`read_progress`]) to `progress`, and the
-    /// worker's peak memory to `peak_rss` once it has ended (also when it failed).
+    /// worker's peak memory to `peak_memory` once it has ended (also when it failed).
     fn launch(
         &self,
         job: &Job,
         job_file: &Path,
         cancel: &AtomicBool,
         progress: &dyn ProgressSink,
-        peak_rss: &PeakRss,
+        peak_memory: &PeakMemory,
     ) -> Result<(), StageError>;
 }

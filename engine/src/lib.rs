@@ -18,6 +18,7 @@ mod diagnostic;
 mod execute;
 mod exit;
 mod fsutil;
+mod gpu_memory;
 mod job;
 mod key;
 mod lockfile;
@@ -35,7 +36,7 @@ pub mod template;
 mod uptodate;
 mod yaml;
 
-pub use child::{describe_exit, run_child, ChildError, ChildExit, PeakRss, SUPERVISOR};
+pub use child::{describe_exit, run_child, ChildError, ChildExit, PeakMemory, SUPERVISOR};
 pub use cluster::{ClusterOptions, Executor};
 pub use diagnostic::{did_you_mean, PipelineError, SpecError, SpecErrorKind};
 pub use execute::{execute, RunOptions};

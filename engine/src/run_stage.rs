@@ -14,7 +14,7 @@ use mipipe_cache::{
     StoredOutput,
 };
 
-use crate::child::PeakRss;
+use crate::child::PeakMemory;
 use crate::job::{open_log, Job, WorkerLauncher};
 use crate::key::{stage_seed, InputDigests};
 use crate::reporter::Reporter;
@@ -131,7 +131,7 @@ pub(crate) fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, Sta
     let started = Instant::now();
     let run_dir = cache.runs().start(&key).map_err(env_error)?;
     let log_path = run_dir.log_path();
-    let peak_rss = Arc::new(PeakRss::default());
+    let peak_memory = Arc::new(PeakMemory::default());
     let finish = |outcome: RunOutcome, error: Option<String>| {
         let _ = run_dir.finish(&RunRecord {
             version: 1,
@@ -144,12 +144,24 @@ pub(crate) fn run_one(job: RunOne<'_>) -> Result<Finished, (Option<PathBuf>, Sta
             executor: "local".into(),
             run: Some(run_id.clone()),
             reasons: reasons.clone(),
-            peak_rss_bytes: peak_rss.bytes(),
+            peak_rss_bytes: peak_memory.rss_bytes(),
+            peak_gpu_bytes: peak_memory.gpu_bytes(),
         });
     };
     let result = execute_in_scratch(
-        pipeline, cache, stage, key, &digests, inputs, cpus, gpus, &cancel, launcher, &log_path,
-        reporter, &peak_rss,
+        pipeline,
+        cache,
+        stage,
+        key,
+        &digests,
+        inputs,
+        cpus,
+        gpus,
+        &cancel,
+        launcher,
+        &log_path,
+        reporter,
+        &peak_memory,
     );
     match result {
         Ok(outputs) => {
@@ -188,7 +200,7 @@ fn execute_in_scratch(
     launcher: Option<Arc<dyn WorkerLauncher>>,
     log_path: &Path,
     reporter: Arc<dyn Reporter>,
-    peak_rss: &Arc<PeakRss>,
+    peak_memory: &Arc<PeakMemory>,
 ) -> Result<BTreeMap<String, StoredOutput>, StageError> {
     let started = Instant::now();
     let scratch = cache
@@ -247,7 +259,7 @@ fn execute_in_scratch(
             .map_err(|e| {
                 StageError::environment(format!("Cannot write `{}`: {e}", job_file.display()))
             })?;
-            launcher.launch(&job, &job_file, cancel, &progress, peak_rss)
+            launcher.launch(&job, &job_file, cancel, &progress, peak_memory)
         }
         None => {
             let log = open_log(log_path).map_err(|e| {
@@ -257,7 +269,7 @@ fn execute_in_scratch(
                 log,
                 cancel.clone(),
                 Some(Arc::new(progress)),
-                peak_rss.clone(),
+                peak_memory.clone(),
             );
             stage.kind.run(&stage.params, &ctx)
         }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::child::PeakRss;
+use crate::child::PeakMemory;
 
 pub use mipipe_cache::OutputKind;
 
@@ -456,14 +456,14 @@ pub struct StageContext {
     pub(crate) cancel: Arc<AtomicBool>,
     pub(crate) progress: Option<Arc<dyn ProgressSink>>,
     pub(crate) facts_file: Option<PathBuf>,
-    pub(crate) peak_rss: Arc<PeakRss>,
+    pub(crate) peak_memory: Arc<PeakMemory>,
 }
 
 impl StageContext {
-    /// Where a stage that runs child processes records their peak memory (the run record keeps
-    /// it): pass each [`crate::ChildExit::peak_rss_bytes`] to [`PeakRss::record`].
-    pub fn peak_rss(&self) -> &PeakRss {
-        &self.peak_rss
+    /// Where a stage that runs child processes records their peak memory, resident and on GPUs
+    /// (the run record keeps it): pass each [`crate::ChildExit`] to [`PeakMemory::record`].
+    pub fn peak_memory(&self) -> &PeakMemory {
+        &self.peak_memory
     }
 
     /// The stage's instance name (`train[lr=0.1]`).

@@ -242,6 +242,7 @@ fn stage_json(
             "duration_s": r.duration_ms as f64 / 1000.0,
             "executor": r.executor,
             "peak_rss": r.peak_rss_bytes.map(megabytes),
+            "peak_gpu": r.peak_gpu_bytes.map(megabytes),
             "reasons": r.reasons,
             "run": r.run,
         })),
@@ -251,6 +252,11 @@ fn stage_json(
 
 fn megabytes(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A table cell's text for a measured amount of memory, `–` when not measured.
+fn memory_cell(bytes: Option<u64>) -> String {
+    bytes.map(megabytes).unwrap_or_else(|| "–".into())
 }
 
 /// The training curves of a training log (every numeric column with a value, by step).
@@ -550,7 +556,7 @@ fn last_run_section(body: &mut String, g: &Gathered) {
         g.last_run.len(),
         (end - start) as f64 / 1000.0
     );
-    body.push_str("<table class=\"plain\"><thead><tr><th>stage</th><th>why it ran</th><th>wall (s)</th><th>peak RSS</th></tr></thead><tbody>\n");
+    body.push_str("<table class=\"plain\"><thead><tr><th>stage</th><th>why it ran</th><th>wall (s)</th><th>peak RSS</th><th>peak GPU</th></tr></thead><tbody>\n");
     for name in &g.last_run {
         let r = &g.records[name];
         let why = if r.reasons.is_empty() {
@@ -561,11 +567,12 @@ fn last_run_section(body: &mut String, g: &Gathered) {
         let _ =
             writeln!(
             body,
-            "<tr><td>{}</td><td>{}</td><td class=\"num\">{:.1}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{:.1}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             stage_link(name),
             escape(&why),
             r.duration_ms as f64 / 1000.0,
-            r.peak_rss_bytes.map(megabytes).unwrap_or_else(|| "–".into())
+            memory_cell(r.peak_rss_bytes),
+            memory_cell(r.peak_gpu_bytes),
         );
     }
     body.push_str("</tbody></table></section>\n");
@@ -618,22 +625,20 @@ fn stage_link(name: &str) -> String {
 
 /// Every stage: kind, wall time, peak memory, where it ran.
 fn stages_section(body: &mut String, g: &Gathered) {
-    body.push_str("<section id=\"stages\"><h2>Stages</h2><table class=\"plain\"><thead><tr><th>stage</th><th>kind</th><th>wall (s)</th><th>peak RSS</th><th>ran on</th><th>started</th></tr></thead><tbody>\n");
+    body.push_str("<section id=\"stages\"><h2>Stages</h2><table class=\"plain\"><thead><tr><th>stage</th><th>kind</th><th>wall (s)</th><th>peak RSS</th><th>peak GPU</th><th>ran on</th><th>started</th></tr></thead><tbody>\n");
     for (name, stage) in &g.stages {
         let record = g.records.get(name);
         let _ = writeln!(
             body,
-            "<tr id=\"stage-{}\"><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr id=\"stage-{}\"><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             escape(name),
             stage_link(name),
             escape(stage["kind"].as_str().unwrap_or("")),
             record
                 .map(|r| format!("{:.1}", r.duration_ms as f64 / 1000.0))
                 .unwrap_or_else(|| "–".into()),
-            record
-                .and_then(|r| r.peak_rss_bytes)
-                .map(megabytes)
-                .unwrap_or_else(|| "–".into()),
+            memory_cell(record.and_then(|r| r.peak_rss_bytes)),
+            memory_cell(record.and_then(|r| r.peak_gpu_bytes)),
             escape(record.map(|r| r.executor.as_str()).unwrap_or("–")),
             record
                 .map(|r| unix_ms_text(r.started_unix_ms))
@@ -715,6 +720,7 @@ function stageHtml(name) {
   if (s.run) {
     h += '<h4>Run record</h4>' + dl({outcome: s.run.outcome, started: new Date(s.run.started_unix_ms).toISOString(),
       'wall (s)': s.run.duration_s, 'peak RSS': s.run.peak_rss || 'not measured (ran inside mipipe)',
+      'peak GPU': s.run.peak_gpu || 'none seen (no GPU, or NVML unreadable)',
       'ran on': s.run.executor, 'why it ran': (s.run.reasons || []).join('; ') || 'not recorded'});
   }
   h += '<h4>Params</h4>' + dl(s.params) + '<h4>Outputs</h4>' + dl(s.outputs);

@@ -370,6 +370,8 @@ fn report_is_one_offline_page_whose_cells_open_the_stages_behind_them() {
         .as_u64()
         .expect("peak RSS recorded");
     assert!(rss > 100_000, "peak RSS {rss} bytes");
+    // `cp` uses no GPU: no GPU figure, whether or not the machine has NVML.
+    assert!(predict.get("peak_gpu_bytes").is_none(), "{predict}");
     assert!(predict["run"].as_str().is_some_and(|r| r.contains('-')));
 
     // A file mipipe did not write is never replaced.

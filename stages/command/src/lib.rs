@@ -169,7 +169,7 @@ impl Stage for CommandStage {
         let exit = run_child(&mut command, ctx.env(), ctx.cancel_flag(), || {}).map_err(|e| {
             StageError::environment(format!("Running `sh` for the command failed: {e}"))
         })?;
-        ctx.peak_rss().record(exit.peak_rss_bytes);
+        ctx.peak_memory().record(&exit);
         let status = exit.status;
         if status.success() {
             return Ok(());
