@@ -720,7 +720,7 @@ function stageHtml(name) {
   if (s.run) {
     h += '<h4>Run record</h4>' + dl({outcome: s.run.outcome, started: new Date(s.run.started_unix_ms).toISOString(),
       'wall (s)': s.run.duration_s, 'peak RSS': s.run.peak_rss || 'not measured (ran inside mipipe)',
-      'peak GPU': s.run.peak_gpu || 'none seen (no GPU, or NVML unreadable)',
+      'peak GPU': s.run.peak_gpu || (s.run.peak_rss ? 'none seen (no GPU used, or NVML unreadable)' : 'not measured (ran inside mipipe)'),
       'ran on': s.run.executor, 'why it ran': (s.run.reasons || []).join('; ') || 'not recorded'});
   }
   h += '<h4>Params</h4>' + dl(s.params) + '<h4>Outputs</h4>' + dl(s.outputs);
