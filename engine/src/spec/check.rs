@@ -18,6 +18,8 @@ pub(super) struct Checker<'a> {
     /// Whether the string being interpolated is run by a shell (`Stage::SHELL_PARAMS`), so
     /// values placed inside it are shell-quoted.
     pub(super) shell: bool,
+    /// The matrix values of the instance being resolved, for `${matrix.NAME}`.
+    pub(super) matrix: Vec<(String, crate::yaml::Node)>,
 }
 
 pub(super) fn err(

@@ -23,7 +23,8 @@ pub(super) fn expand_path(
     expanded.scalar_text()
 }
 
-/// Substitutes `${vars.*}` in every string of a node, and `${params.*}` where the reference
+/// Substitutes `${vars.*}` and `${matrix.*}` (the instance's value on an axis) in every string
+/// of a node, and `${params.*}` where the reference
 /// is the whole value (keeping its type) or `inline_params` is set. A `${params.*}` inside
 /// a longer param string stays a template, checked here and expanded by the stage: the
 /// referenced param is in the key already, and `status` then reports the param that
@@ -155,6 +156,27 @@ pub(super) fn interpolate(
                             }
                         }
                     }
+                    "matrix" => match this.matrix.iter().find(|(axis, _)| axis == name) {
+                        Some((_, value)) => Some(Some(value.clone())),
+                        None => {
+                            let axes: Vec<String> =
+                                this.matrix.iter().map(|(a, _)| a.clone()).collect();
+                            this.push(
+                                err(
+                                    SpecErrorKind::Interpolation,
+                                    format!("`${{matrix.{name}}}` names no matrix axis of this stage"),
+                                    this.span_within(node.span, &format!("${{matrix.{name}}}")),
+                                    "no such axis",
+                                )
+                                .with_help(suggestion_help(
+                                    name,
+                                    "axes",
+                                    axes.iter().map(String::as_str),
+                                )),
+                            );
+                            None
+                        }
+                    },
                     "inputs" | "outs" => Some(None),
                     other => {
                         this.push(
@@ -167,7 +189,7 @@ pub(super) fn interpolate(
                             .with_help(suggestion_help(
                                 other,
                                 "namespaces",
-                                ["vars", "params", "inputs", "outs"],
+                                ["vars", "params", "matrix", "inputs", "outs"],
                             )),
                         );
                         None

@@ -124,6 +124,7 @@ impl Pipeline {
             sources: &sources,
             errors: Vec::new(),
             shell: false,
+            matrix: Vec::new(),
         };
         let resolved = super::resolve_pipeline(&mut check, file, &overrides);
         match resolved {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::check::{err, Checker};
+use super::nested;
 use super::raw::RawStage;
 use crate::diagnostic::{suggestion_help, SpecErrorKind};
 use crate::span::Span;
@@ -86,10 +87,7 @@ pub(super) fn expand(
                         );
                     }
                 }
-                if let Some((k, _)) = params
-                    .iter()
-                    .find(|(k, _)| k.scalar_text().as_deref() == Some(&name))
-                {
+                if let Some(k) = nested::find(params, &name) {
                     check.push(
                         err(
                             SpecErrorKind::Matrix,
@@ -257,11 +255,7 @@ pub(super) fn expand(
             continue;
         }
         for (k, v) in &combo {
-            if params
-                .iter()
-                .any(|(p, _)| p.scalar_text().as_deref() == Some(k.as_str()))
-                && !axis_names.contains(&k.as_str())
-            {
+            if nested::find(params, k).is_some() && !axis_names.contains(&k.as_str()) {
                 check.push(
                     err(
                         SpecErrorKind::Matrix,

@@ -7,9 +7,10 @@
 //!  raw        yaml::parse -> RawPipeline: the file as written, key by key; `--set` grouped;
 //!             `defaults` checked against the kinds in use
 //!  matrix     each `matrix:` -> instances `train[lr=0.1,seed=1]` (include/exclude)
-//!  resolve    per instance: defaults, `--set`, typed params (the canonical form is what is
-//!             hashed), resources, executor, materialize paths; `interpolate` substitutes
-//!             `${vars.*}`/`${params.*}` and checks what is left for the stage
+//!  resolve    per instance: defaults, `--set`, dotted names nested (`nested`), typed params
+//!             (the canonical form is what is hashed), resources, executor, materialize
+//!             paths; `interpolate` substitutes `${vars.*}`/`${params.*}`/`${matrix.*}` and
+//!             checks what is left for the stage
 //!  reference  inputs bound to producer instances (selectors, fan-in, matrix joins)
 //!  graph      cycle check (Tarjan, reported as a path); Kahn order preferring file order
 //!  model      the result: ResolvedStage, Pipeline
@@ -21,6 +22,7 @@ mod interpolate;
 mod load;
 mod matrix;
 mod model;
+mod nested;
 mod raw;
 mod reference;
 mod resolve;

@@ -13,6 +13,7 @@ use super::check::{err, Checker};
 use super::interpolate::{check_runtime_refs, expand_path, interpolate};
 use super::matrix::{self, Instance};
 use super::model::ResolvedStage;
+use super::nested::{self, Clash};
 use super::raw::{RawInputs, RawPipeline, RawStage};
 use crate::cluster::{ClusterOptions, Executor};
 use crate::diagnostic::{did_you_mean, suggestion_help, SpecErrorKind};
@@ -117,6 +118,7 @@ pub(super) fn resolve_stages(
         let overridden: Vec<(Node, Node)> =
             stage_overrides.get(&raw.name).cloned().unwrap_or_default();
         let mut matrix = raw.matrix.clone();
+        let mut replacements: Vec<(Node, Node)> = Vec::new();
         for (key, value) in &overridden {
             let name = key.as_str().unwrap_or_default().to_string();
             // `--set train.lr=0.5` on a matrix axis narrows the axis to that one value.
@@ -124,14 +126,15 @@ pub(super) fn resolve_stages(
                 *axis = Node::new(value.span, NodeValue::Seq(vec![value.clone()]));
                 continue;
             }
+            let head = name.split('.').next().unwrap_or_default();
             let set_here = params
                 .iter()
-                .any(|(k, _)| k.scalar_text().as_deref() == Some(&name));
+                .any(|(k, _)| k.scalar_text().as_deref() == Some(head));
             // On a kind with free params (`command`) a misspelled `--set` would add a new
             // param and rerun the stage: only params the stage sets or the kind declares.
             if kind.accepts_extra_params()
                 && !set_here
-                && !kind.params().iter().any(|p| p.name == name)
+                && !kind.params().iter().any(|p| p.name == head)
             {
                 let known: Vec<String> = params
                     .iter()
@@ -156,9 +159,26 @@ pub(super) fn resolve_stages(
                 );
                 continue;
             }
-            params.retain(|(k, _)| k.scalar_text().as_deref() != Some(&name));
-            params.push((key.clone(), value.clone()));
+            replacements.push((key.clone(), value.clone()));
         }
+        // Dotted names (`pgd.steps`) set fields of mapping params; `--set` replaces.
+        let mut nested = Vec::new();
+        if nested::merge(check, &raw.name, &mut nested, &params, Clash::Params).is_none()
+            || nested::merge(check, &raw.name, &mut nested, &replacements, Clash::Replace)
+                .is_none()
+        {
+            continue;
+        }
+        let params = nested;
+        // A matrix axis that is no param of this kind but an axis of a stage it reads joins
+        // on that stage's instances (and names this stage's) without being a param.
+        let upstream = upstream_axes(pipeline, raw);
+        let joins_only = |axis: &str| {
+            let head = axis.split('.').next().unwrap_or_default();
+            !kind.accepts_extra_params()
+                && !kind.params().iter().any(|p| p.name == head)
+                && upstream.iter().any(|a| a == axis)
+        };
 
         let instances = match &matrix {
             None => vec![Instance {
@@ -174,11 +194,29 @@ pub(super) fn resolve_stages(
         let mut resolved = Vec::new();
         for instance in instances {
             let mut instance_params = params.clone();
-            for (axis, value) in &instance.values {
-                instance_params.push((
-                    Node::new(value.span, NodeValue::Str(axis.clone())),
-                    value.clone(),
-                ));
+            let values: Vec<(Node, Node)> = instance
+                .values
+                .iter()
+                .filter(|(axis, _)| !joins_only(axis))
+                .map(|(axis, value)| {
+                    (
+                        Node::new(value.span, NodeValue::Str(axis.clone())),
+                        value.clone(),
+                    )
+                })
+                .collect();
+            // Clashes with params were reported once per axis by the expansion; a path
+            // through a param that is not a mapping fails every instance alike, so once.
+            if nested::merge(
+                check,
+                &instance.name,
+                &mut instance_params,
+                &values,
+                Clash::Replace,
+            )
+            .is_none()
+            {
+                break;
             }
             if let Some(mut stage) = resolve_instance(
                 check,
@@ -212,6 +250,8 @@ pub(super) fn resolve_instance(
     cache: bool,
 ) -> Option<ResolvedStage> {
     let before = check.errors.len();
+    // For `${matrix.NAME}` in params and `materialize` paths.
+    check.matrix = instance.values.clone();
     let known: Vec<&str> = kind.params().iter().map(|p| p.name.as_str()).collect();
     for (key, _) in &params {
         let name = key.scalar_text().unwrap_or_default();
@@ -264,7 +304,7 @@ pub(super) fn resolve_instance(
     if check.errors.len() > before {
         return None;
     }
-    // `${vars.*}` and `${params.*}`, then the typed check.
+    // `${vars.*}`, `${matrix.*}` and `${params.*}`, then the typed check.
     let raw_map: BTreeMap<String, Node> = params
         .iter()
         .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.clone()))
@@ -401,6 +441,35 @@ pub(super) fn resolve_instance(
         cluster: ClusterOptions::default(),
         span: raw.name_span,
     })
+}
+
+/// The matrix axes of the stages `raw` reads through its inputs (`include`/`exclude` aside).
+fn upstream_axes(pipeline: &RawPipeline, raw: &RawStage) -> Vec<String> {
+    let mut axes = Vec::new();
+    for (_, references) in &raw.inputs {
+        for reference in references {
+            let Some(text) = reference.as_str() else {
+                continue;
+            };
+            let name = text.split(['[', '.']).next().unwrap_or_default();
+            let Some(NodeValue::Map(entries)) = pipeline
+                .stages
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.matrix.as_ref())
+                .map(|m| &m.value)
+            else {
+                continue;
+            };
+            for (key, _) in entries {
+                if let Some(axis) = key.as_str().filter(|a| !matches!(*a, "include" | "exclude"))
+                {
+                    axes.push(axis.to_string());
+                }
+            }
+        }
+    }
+    axes
 }
 
 fn first_sentence(doc: &str) -> &str {

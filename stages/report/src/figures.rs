@@ -1,7 +1,8 @@
 //! Figures of a table, as SVG and as PNG: a radar chart per model group with every method (the
 //! panels of the paper's Figure 4), one radar across model groups for the table's first method
 //! (Figure 4(a), Vanilla in the study), and a bar chart of the clean-minus-perturbed drop per
-//! method. Text is set in Liberation Sans (SIL OFL 1.1, `fonts/`), embedded in the binary, so a
+//! method; for a sweep (layout `sweep`, Figure 5), VQA Overall per model over the sweep's
+//! settings with 95% intervals. Text is set in Liberation Sans (SIL OFL 1.1, `fonts/`), embedded in the binary, so a
 //! PNG is the same on every machine, with or without system fonts.
 
 use std::fmt::Write as _;
@@ -163,6 +164,10 @@ pub fn to_png(svg: &str) -> Result<Vec<u8>, String> {
 /// Every figure of a table: `(file name, SVG text)`.
 pub fn render(table: &Table) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    if table.sweep {
+        out.extend(sweep_lines(table).map(|svg| ("sweep.svg".to_string(), svg)));
+        return out;
+    }
     let radial = table.columns.len() >= 3;
     for group in &table.groups {
         if radial {
@@ -393,6 +398,110 @@ fn drop_bars(table: &Table, group: &Group) -> Option<String> {
         let name_y = top + plot_h + 16.0;
         svg.label(x + bar / 2.0, name_y, "end", 11.0, -35.0, name);
     }
+    Some(svg.finish())
+}
+
+/// The last column (VQA Overall) of a sweep: one line per model group over the rows (in the
+/// table's order, labelled by their names), with each point's 95% interval as a bar.
+fn sweep_lines(table: &Table) -> Option<String> {
+    let column = table.columns.len().checked_sub(1)?;
+    let mut settings: Vec<String> = Vec::new();
+    for group in &table.groups {
+        for (method, _) in &group.rows {
+            if !settings.contains(method) {
+                settings.push(method.clone());
+            }
+        }
+    }
+    if settings.is_empty() {
+        return None;
+    }
+    // (group name, per setting: mean and interval, in %)
+    let series: Vec<(String, Vec<Option<(f64, Option<(f64, f64)>)>>)> = table
+        .groups
+        .iter()
+        .map(|group| {
+            let points = settings
+                .iter()
+                .map(|s| {
+                    let (_, cells) = group.rows.iter().find(|(m, _)| m == s)?;
+                    let cell = &cells[column];
+                    let interval = cell.interval().map(|(l, h)| (l * 100.0, h * 100.0));
+                    Some((cell.mean()? * 100.0, interval))
+                })
+                .collect();
+            (table.name(&group.name).to_string(), points)
+        })
+        .collect();
+    let (mut low, mut high) = (f64::MAX, f64::MIN);
+    for (_, points) in &series {
+        for (mean, interval) in points.iter().flatten() {
+            let (l, h) = interval.unwrap_or((*mean, *mean));
+            (low, high) = (low.min(l.min(*mean)), high.max(h.max(*mean)));
+        }
+    }
+    if low > high {
+        return None;
+    }
+    let axis = ticks(low - 1.0, high + 1.0);
+    let (axis_low, axis_high) = (axis[0], axis[axis.len() - 1]);
+    let (left, top, plot_h, slot) = (70.0, 50.0, 260.0, 90.0);
+    let plot_w = slot * settings.len() as f64;
+    let legend_x = left + plot_w + 30.0;
+    let mut svg = Svg::new(legend_x + 170.0, top + plot_h + 70.0);
+    let title = format!("{} by setting", table.column_title(&table.columns[column]));
+    svg.label(20.0, 24.0, "start", 15.0, 0.0, &title);
+    let y = |v: f64| top + plot_h * (axis_high - v) / (axis_high - axis_low);
+    let x = |i: usize| left + slot * (i as f64 + 0.5);
+    svg.line((left, top), (left, top + plot_h), "#333", 1.0);
+    svg.line((left, top + plot_h), (left + plot_w, top + plot_h), "#333", 1.0);
+    for &t in &axis {
+        svg.line((left - 4.0, y(t)), (left, y(t)), "#333", 1.0);
+        svg.line((left, y(t)), (left + plot_w, y(t)), "#e4e4e4", 0.6);
+        svg.label(left - 7.0, y(t) + 4.0, "end", 10.0, 0.0, &tick_text(t));
+    }
+    svg.label(18.0, top + plot_h / 2.0, "middle", 11.0, -90.0, "accuracy (%)");
+    for (i, setting) in settings.iter().enumerate() {
+        svg.line((x(i), top + plot_h), (x(i), top + plot_h + 4.0), "#333", 1.0);
+        svg.label(x(i), top + plot_h + 18.0, "middle", 11.0, 0.0, table.name(setting));
+    }
+    for (s, (name, points)) in series.iter().enumerate() {
+        let (colour, dashes) = SERIES[s % SERIES.len()];
+        // Points a little apart per series, so that overlapping intervals stay readable.
+        let shift = (s as f64 - (series.len() as f64 - 1.0) / 2.0) * 6.0;
+        let mut path = Vec::new();
+        for (i, point) in points.iter().enumerate() {
+            let Some((mean, interval)) = point else {
+                continue;
+            };
+            let px = x(i) + shift;
+            if let Some((l, h)) = interval {
+                svg.line((px, y(*l)), (px, y(*h)), colour, 1.2);
+                svg.line((px - 3.0, y(*l)), (px + 3.0, y(*l)), colour, 1.2);
+                svg.line((px - 3.0, y(*h)), (px + 3.0, y(*h)), colour, 1.2);
+            }
+            let _ = writeln!(
+                svg.text,
+                "<circle cx=\"{px:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>",
+                y(*mean)
+            );
+            path.push(format!("{px:.1},{:.1}", y(*mean)));
+        }
+        let _ = writeln!(
+            svg.text,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.6\" stroke-dasharray=\"{dashes}\"/>",
+            path.join(" ")
+        );
+        svg.legend(legend_x, top + 10.0 + 20.0 * s as f64, s, name);
+    }
+    svg.label(
+        left,
+        top + plot_h + 45.0,
+        "start",
+        10.0,
+        0.0,
+        "bars: 95% intervals (bootstrap over items where per-item scores were given)",
+    );
     Some(svg.finish())
 }
 

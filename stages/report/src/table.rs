@@ -32,6 +32,10 @@ pub enum Layout {
     /// the follow rate of misleading text (MD) and of RI pictures, and the accuracy under RI
     /// split by whether the picture points at the gold, a wrong option or no option.
     Pointing,
+    /// Figure 5: a sweep of one method's setting (PGD steps K = 1..5), one row per setting
+    /// (the `methods` entries, in order, label the points) with the VQA sets and Overall, and
+    /// a line figure of VQA Overall per model over the sweep.
+    Sweep,
 }
 
 /// Params of the `table` kind.
@@ -284,6 +288,8 @@ pub struct Table {
     pub tests: Option<(String, usize)>,
     /// Family-wise error rate of the marks.
     pub alpha: f64,
+    /// Whether the rows are the points of a sweep (layout `sweep`), drawn as lines.
+    pub sweep: bool,
 }
 
 fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
@@ -318,7 +324,7 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
             (Layout::CausalEffect, "text_heavy") => {
                 &[("ri", "RI"), ("fb", "FB"), ("fw", "FW"), ("th", "TH")]
             }
-            (Layout::Vqa, "vqa") => &[("none", "Acc")],
+            (Layout::Vqa | Layout::Sweep, "vqa") => &[("none", "Acc")],
             _ => &[],
         };
         let metric = if layout == Layout::CausalEffect {
@@ -348,7 +354,7 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
             out.push(c);
         }
     }
-    if matches!(layout, Layout::OrigPerturbed | Layout::Vqa) {
+    if matches!(layout, Layout::OrigPerturbed | Layout::Vqa | Layout::Sweep) {
         let mut c = column("vqa_overall", "none", "accuracy", "Overall");
         c.relative = layout == Layout::Vqa;
         out.push(c);
@@ -441,6 +447,7 @@ pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> 
         decimals: params.decimals,
         tests: None,
         alpha: params.alpha,
+        sweep: params.layout == Layout::Sweep,
     })
 }
 
