@@ -422,3 +422,121 @@ fn every_pipeline_shipped_in_the_repository_is_valid() {
         assert_eq!(run.code, 0, "{}:\n{}", file.display(), run.stderr);
     }
 }
+
+/// Figure 5's shape: a sweep of a field of a mapping param (`pgd.steps`), repeated by the stages
+/// downstream to join on it, and `${matrix.NAME}` to label their results. Resolution only.
+#[test]
+fn dotted_axes_set_fields_of_mapping_params_and_repeated_axes_join_on_them() {
+    let project = Project::new();
+    let pipeline = |sweep_params: &str, predict_axis: &str, label: &str| {
+        format!(
+            r#"version: 1
+stages:
+  world:
+    kind: synth
+    params: {{seed: 0}}
+  pretrain:
+    kind: pretrain
+    inputs: {{corpus: world.corpus, items: world.items}}
+    params: {{family: llava, size: xs}}
+  sweep:
+    kind: finetune
+    matrix: {{pgd.steps: [1, 2, 3]}}
+    inputs: {{model: pretrain.model, items: world.items}}
+    params: {sweep_params}
+  plain:
+    kind: finetune
+    inputs: {{model: pretrain.model, items: world.items}}
+    params: {{method: ours}}
+  answer:
+    kind: predict
+    matrix: {{{predict_axis}: [1, 2, 3]}}
+    inputs: {{model: sweep.model, items: world.items}}
+  score:
+    kind: evaluate
+    matrix: {{pgd.steps: [1, 2, 3]}}
+    inputs: {{predictions: answer.predictions}}
+    params: {{family: llava, method: "{label}"}}
+"#
+        )
+    };
+    project.write(
+        "mipipe.yaml",
+        &pipeline(
+            "{method: ours, pgd: {alpha: 0.2}}",
+            "pgd.steps",
+            "ours_k${matrix.pgd.steps}",
+        ),
+    );
+    let show = |stage: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["show", stage, "--json"];
+        args.extend_from_slice(extra);
+        let run = project.mipipe(&args);
+        run.expect_code(0);
+        serde_json::from_str(&run.stdout).unwrap()
+    };
+    // The axis sets one field; the stage's own fields and the defaults stay.
+    let three = show("sweep[pgd.steps=3]", &[]);
+    assert_eq!(three["params"]["pgd"]["steps"], 3, "{three}");
+    assert_eq!(three["params"]["pgd"]["alpha"], 0.2, "{three}");
+    assert_eq!(three["params"]["pgd"]["epsilon"], 0.001, "{three}");
+    // A value equal to the default gives the canonical params of a stage that does not set
+    // it (so, on the same inputs, the same key: the ablation's K = 2 is found in the cache).
+    let two = show("sweep[pgd.steps=2]", &[]);
+    let plain = show("plain", &["--set", "plain.pgd.alpha=0.2"]);
+    assert_eq!(two["params"], plain["params"]);
+    assert_ne!(two["params"], three["params"]);
+    // `--set` reaches a field and keeps the others.
+    let set = show("sweep[pgd.steps=3]", &["--set", "sweep.pgd.epsilon=0.01"]);
+    assert_eq!(set["params"]["pgd"]["epsilon"], 0.01, "{set}");
+    assert_eq!(set["params"]["pgd"]["alpha"], 0.2, "{set}");
+    // Downstream, the repeated axis joins (predict has no `pgd` param) and labels.
+    let dag = project.mipipe(&["dag"]);
+    dag.expect_code(0);
+    for k in 1..=3 {
+        assert!(
+            dag.stdout.contains(&format!(
+                "answer[pgd.steps={k}] (predict)\n    items <- world.items\n    model <- sweep[pgd.steps={k}].model"
+            )),
+            "{}",
+            dag.stdout
+        );
+        let score = show(&format!("score[pgd.steps={k}]"), &[]);
+        assert_eq!(score["params"]["method"], format!("ours_k{k}"), "{score}");
+    }
+    assert!(show("answer[pgd.steps=1]", &[])["params"]
+        .get("pgd")
+        .is_none());
+
+    // Mistakes, each named.
+    let refused = |yaml: String, words: &str| {
+        project.write("mipipe.yaml", &yaml);
+        let run = project.mipipe(&["status"]);
+        run.expect_code(2);
+        assert!(run.stderr.contains(words), "{words}:\n{}", run.stderr);
+    };
+    refused(
+        pipeline(
+            "{method: ours, pgd: {steps: 2}}",
+            "pgd.steps",
+            "ours",
+        ),
+        "`pgd.steps` is both a matrix axis and a param of stage `sweep`",
+    );
+    refused(
+        pipeline("{method: ours, pgd: 3}", "pgd.steps", "ours"),
+        "`pgd.steps` sets a field of `pgd`, which is",
+    );
+    refused(
+        pipeline("{method: ours}", "k", "ours"),
+        "Stage kind `predict` has no param `k`",
+    );
+    refused(
+        pipeline("{method: ours}", "pgd.steps", "ours_k${matrix.k}"),
+        "`${matrix.k}` names no matrix axis of this stage",
+    );
+    refused(
+        pipeline("{method: ours, pgd.stepz: 4}", "pgd.steps", "ours"),
+        "stepz",
+    );
+}
