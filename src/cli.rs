@@ -193,6 +193,9 @@ pub struct TimingsArgs {
     /// Only these kinds.
     #[arg(long = "kind", value_name = "KIND")]
     pub kinds: Vec<String>,
+    /// Only the instances of these stages (base names: `finetune`, not a sweep beside it).
+    #[arg(long = "stage", value_name = "NAME")]
+    pub stages: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -55,6 +55,9 @@ pub(super) fn timings(
         if !args.kinds.is_empty() && !args.kinds.contains(&kind) {
             continue;
         }
+        if !args.stages.is_empty() && !args.stages.contains(&stage.base) {
+            continue;
+        }
         let value = args
             .by
             .as_ref()

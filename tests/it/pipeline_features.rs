@@ -516,11 +516,7 @@ stages:
         assert!(run.stderr.contains(words), "{words}:\n{}", run.stderr);
     };
     refused(
-        pipeline(
-            "{method: ours, pgd: {steps: 2}}",
-            "pgd.steps",
-            "ours",
-        ),
+        pipeline("{method: ours, pgd: {steps: 2}}", "pgd.steps", "ours"),
         "`pgd.steps` is both a matrix axis and a param of stage `sweep`",
     );
     refused(

@@ -8,8 +8,9 @@ use crate::Project;
 
 const FAMILIES: [&str; 3] = ["llava", "blip", "qwen"];
 const METHODS: [&str; 7] = ["fft_vqa", "fft_mix", "kl", "js", "rg", "adv", "ours"];
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "causal_effect",
+    "figure5",
     "pointing",
     "table1",
     "table11",
@@ -57,8 +58,44 @@ fn instances(stage: &str, families: &[&str], methods: &[&str], seeds: &[u32]) ->
     out
 }
 
-fn set(names: Vec<String>) -> BTreeSet<String> {
-    names.into_iter().collect()
+/// Figure 5's sweep (`finetune_pgd_steps` and the stages joined on it): LLaVA, K PGD steps.
+fn sweep(stage: &str, steps: &[u32], seeds: &[u32]) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in steps {
+        for seed in seeds {
+            out.push(format!("{stage}[family=llava,pgd.steps={k},seed={seed}]"));
+        }
+    }
+    out
+}
+
+/// The K values the sweep adds (K = 2 is the ablation's Ours).
+const NEW_STEPS: [u32; 4] = [1, 3, 4, 5];
+
+/// The sweep's K = 2 fine-tune and prediction are the ablation's Ours ones (one key, one
+/// cache entry): whichever name a run executes it under, it is that stage.
+fn canonical(name: &str) -> String {
+    for (sweep, main) in [
+        ("finetune_pgd_steps", "finetune"),
+        ("predict_pgd_steps", "predict"),
+    ] {
+        let twin = name
+            .strip_prefix(sweep)
+            .and_then(|rest| rest.strip_prefix("[family="))
+            .and_then(|rest| rest.split_once(",pgd.steps=2,seed="));
+        if let Some((family, seed)) = twin {
+            return format!("{main}[family={family},method=ours,seed={seed}");
+        }
+    }
+    name.to_string()
+}
+
+/// The stages a run executed, twins as one.
+fn executed(run: &crate::Run) -> BTreeSet<String> {
+    run.stages_with("ran")
+        .iter()
+        .map(|n| canonical(n))
+        .collect()
 }
 
 #[test]
@@ -73,8 +110,19 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     run.expect_code(0);
     let seeds = [0];
     let trained: Vec<String> = instances("finetune", &FAMILIES, &METHODS, &seeds);
-    let total = 2 + 3 + trained.len() + 3 + trained.len() + 3 + trained.len() + TABLES.len();
+    // Figure 5 adds four fine-tunes and predictions and five evaluations.
+    let total = 2
+        + 3
+        + trained.len()
+        + 3
+        + trained.len()
+        + 3
+        + trained.len()
+        + TABLES.len()
+        + 2 * NEW_STEPS.len()
+        + 5;
     assert_eq!(run.stages_with("ran").len(), total, "{}", run.stderr);
+    assert_eq!(executed(&run).len(), total, "{}", run.stderr);
     let table1 = project.read("results/quick/table1.md");
     for family in FAMILIES {
         assert!(table1.contains(&format!("{family}-xs")), "{table1}");
@@ -135,7 +183,7 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     // D_mixed.
     let timings = project.mipipe(&[
         "timings",
-        "--kind",
+        "--stage",
         "finetune",
         "--by",
         "method",
@@ -212,14 +260,17 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     );
     let run = project.mipipe(&["run", "-j", "2"]);
     run.expect_code(0);
-    let ran = set(run.stages_with("ran"));
-    let retrained = set(instances("finetune", &FAMILIES, &["js", "ours"], &seeds)
+    let ran = executed(&run);
+    let retrained: BTreeSet<String> = instances("finetune", &FAMILIES, &["js", "ours"], &seeds)
         .into_iter()
         .chain(instances("predict", &FAMILIES, &["js", "ours"], &seeds))
-        .collect());
+        .chain(sweep("finetune_pgd_steps", &NEW_STEPS, &seeds))
+        .chain(sweep("predict_pgd_steps", &NEW_STEPS, &seeds))
+        .collect();
     assert!(retrained.is_subset(&ran), "{}", run.stderr);
-    let may_follow = set(instances("evaluate", &FAMILIES, &["js", "ours"], &seeds)
+    let may_follow: BTreeSet<String> = instances("evaluate", &FAMILIES, &["js", "ours"], &seeds)
         .into_iter()
+        .chain(sweep("evaluate_pgd_steps", &[1, 2, 3, 4, 5], &seeds))
         // Every table but table 8, which reads the vanilla models only.
         .chain(
             TABLES
@@ -227,7 +278,7 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
                 .filter(|t| **t != "table8")
                 .map(|t| t.to_string()),
         )
-        .collect());
+        .collect();
     let others: Vec<&String> = ran
         .difference(&retrained)
         .filter(|s| !may_follow.contains(*s))
@@ -272,9 +323,12 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
                 .iter()
                 .flat_map(|s| instances(s, &FAMILIES, &METHODS, &[1])),
         )
+        .chain(sweep("finetune_pgd_steps", &NEW_STEPS, &[1]))
+        .chain(sweep("predict_pgd_steps", &NEW_STEPS, &[1]))
+        .chain(sweep("evaluate_pgd_steps", &[1, 2, 3, 4, 5], &[1]))
         .chain(TABLES.map(String::from))
         .collect();
-    assert_eq!(set(run.stages_with("ran")), new_branch, "{}", run.stderr);
+    assert_eq!(executed(&run), new_branch, "{}", run.stderr);
     let table1 = project.read("results/quick/table1.md");
     assert!(table1.contains('±'), "two seeds give mean ± std: {table1}");
 }

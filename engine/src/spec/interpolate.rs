@@ -156,12 +156,13 @@ pub(super) fn interpolate(
                             }
                         }
                     }
-                    "matrix" => match this.matrix.iter().find(|(axis, _)| axis == name) {
-                        Some((_, value)) => Some(Some(value.clone())),
-                        None => {
-                            let axes: Vec<String> =
-                                this.matrix.iter().map(|(a, _)| a.clone()).collect();
-                            this.push(
+                    "matrix" => {
+                        match this.matrix.iter().find(|(axis, _)| axis == name) {
+                            Some((_, value)) => Some(Some(value.clone())),
+                            None => {
+                                let axes: Vec<String> =
+                                    this.matrix.iter().map(|(a, _)| a.clone()).collect();
+                                this.push(
                                 err(
                                     SpecErrorKind::Interpolation,
                                     format!("`${{matrix.{name}}}` names no matrix axis of this stage"),
@@ -174,9 +175,10 @@ pub(super) fn interpolate(
                                     axes.iter().map(String::as_str),
                                 )),
                             );
-                            None
+                                None
+                            }
                         }
-                    },
+                    }
                     "inputs" | "outs" => Some(None),
                     other => {
                         this.push(

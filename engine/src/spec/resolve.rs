@@ -164,8 +164,7 @@ pub(super) fn resolve_stages(
         // Dotted names (`pgd.steps`) set fields of mapping params; `--set` replaces.
         let mut nested = Vec::new();
         if nested::merge(check, &raw.name, &mut nested, &params, Clash::Params).is_none()
-            || nested::merge(check, &raw.name, &mut nested, &replacements, Clash::Replace)
-                .is_none()
+            || nested::merge(check, &raw.name, &mut nested, &replacements, Clash::Replace).is_none()
         {
             continue;
         }
@@ -462,7 +461,9 @@ fn upstream_axes(pipeline: &RawPipeline, raw: &RawStage) -> Vec<String> {
                 continue;
             };
             for (key, _) in entries {
-                if let Some(axis) = key.as_str().filter(|a| !matches!(*a, "include" | "exclude"))
+                if let Some(axis) = key
+                    .as_str()
+                    .filter(|a| !matches!(*a, "include" | "exclude"))
                 {
                     axes.push(axis.to_string());
                 }

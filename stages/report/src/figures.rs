@@ -454,16 +454,40 @@ fn sweep_lines(table: &Table) -> Option<String> {
     let y = |v: f64| top + plot_h * (axis_high - v) / (axis_high - axis_low);
     let x = |i: usize| left + slot * (i as f64 + 0.5);
     svg.line((left, top), (left, top + plot_h), "#333", 1.0);
-    svg.line((left, top + plot_h), (left + plot_w, top + plot_h), "#333", 1.0);
+    svg.line(
+        (left, top + plot_h),
+        (left + plot_w, top + plot_h),
+        "#333",
+        1.0,
+    );
     for &t in &axis {
         svg.line((left - 4.0, y(t)), (left, y(t)), "#333", 1.0);
         svg.line((left, y(t)), (left + plot_w, y(t)), "#e4e4e4", 0.6);
         svg.label(left - 7.0, y(t) + 4.0, "end", 10.0, 0.0, &tick_text(t));
     }
-    svg.label(18.0, top + plot_h / 2.0, "middle", 11.0, -90.0, "accuracy (%)");
+    svg.label(
+        18.0,
+        top + plot_h / 2.0,
+        "middle",
+        11.0,
+        -90.0,
+        "accuracy (%)",
+    );
     for (i, setting) in settings.iter().enumerate() {
-        svg.line((x(i), top + plot_h), (x(i), top + plot_h + 4.0), "#333", 1.0);
-        svg.label(x(i), top + plot_h + 18.0, "middle", 11.0, 0.0, table.name(setting));
+        svg.line(
+            (x(i), top + plot_h),
+            (x(i), top + plot_h + 4.0),
+            "#333",
+            1.0,
+        );
+        svg.label(
+            x(i),
+            top + plot_h + 18.0,
+            "middle",
+            11.0,
+            0.0,
+            table.name(setting),
+        );
     }
     for (s, (name, points)) in series.iter().enumerate() {
         let (colour, dashes) = SERIES[s % SERIES.len()];
