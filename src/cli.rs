@@ -184,7 +184,8 @@ pub struct ShowArgs {
 pub struct TimingsArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
-    /// Group each kind's stages by this param's value (e.g. `method`).
+    /// Group each kind's stages by this param's value (e.g. `method`; dotted for a field of a
+    /// mapping param, `pgd.steps`; a matrix axis the stage only joins on counts too).
     #[arg(long, value_name = "PARAM")]
     pub by: Option<String>,
     /// Also print each group's mean over the mean of this value's group of the same kind.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use mipipe_cache::Lookup;
-use mipipe_engine::{plan, template::value_text, Lockfile, StageStatus};
+use mipipe_engine::{flatten_params, plan, template::value_text, Lockfile, StageStatus};
 
 use super::{json_line, load, open_cache};
 use crate::cli::TimingsArgs;
@@ -58,11 +58,23 @@ pub(super) fn timings(
         if !args.stages.is_empty() && !args.stages.contains(&stage.base) {
             continue;
         }
+        // A matrix value (also of an axis the stage only joins on), else the param, dotted
+        // for a field of a mapping (`pgd.steps`).
         let value = args
             .by
             .as_ref()
-            .and_then(|by| stage.params.get(by))
-            .map(value_text)
+            .and_then(|by| {
+                stage
+                    .matrix
+                    .iter()
+                    .find(|(axis, _)| axis == by)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| {
+                        flatten_params(&stage.params)
+                            .get(by.as_str())
+                            .map(|v| value_text(v))
+                    })
+            })
             .unwrap_or_default();
         let group = groups
             .entry((kind.clone(), value.clone()))

@@ -449,7 +449,10 @@ fn sweep_lines(table: &Table) -> Option<String> {
     let plot_w = slot * settings.len() as f64;
     let legend_x = left + plot_w + 30.0;
     let mut svg = Svg::new(legend_x + 170.0, top + plot_h + 70.0);
-    let title = format!("{} by setting", table.column_title(&table.columns[column]));
+    let title = format!(
+        "{} accuracy by setting",
+        table.column_title(&table.columns[column])
+    );
     svg.label(20.0, 24.0, "start", 15.0, 0.0, &title);
     let y = |v: f64| top + plot_h * (axis_high - v) / (axis_high - axis_low);
     let x = |i: usize| left + slot * (i as f64 + 0.5);
@@ -722,6 +725,58 @@ mod tests {
             - ys.iter().cloned().fold(f64::MAX, f64::min);
         assert!(span > 40.0, "the consistency curve spans only {span} px");
         assert!(inked(&svg) > 2000);
+    }
+
+    #[test]
+    fn a_sweep_is_one_line_per_model_over_its_settings_in_order_with_intervals() {
+        use crate::table::{build, TableParams};
+        use mipipe_stage_schema::MetricRow;
+        let row = |family: &str, method: &str, seed: &str, value: f64| MetricRow {
+            family: family.into(),
+            size: "s".into(),
+            method: method.into(),
+            seed: seed.into(),
+            dataset: "vqa_overall".into(),
+            task: "vqa".into(),
+            condition: "none".into(),
+            metric: "accuracy".into(),
+            value,
+            n: 400,
+            stage: format!("evaluate[{family},{method},{seed}]"),
+            ci: None,
+        };
+        let mut rows = Vec::new();
+        for (family, base) in [("llava", 0.30), ("blip", 0.60)] {
+            for (k, method) in ["k3", "k1", "k2"].iter().enumerate() {
+                for seed in ["0", "1"] {
+                    rows.push(row(family, method, seed, base + 0.01 * k as f64));
+                }
+            }
+        }
+        let params: TableParams = serde_json::from_value(serde_json::json!({
+            "layout": "sweep",
+            "methods": ["k1", "k2", "k3"],
+            "names": {"k1": "K=1", "k2": "K=2", "k3": "K=3"},
+        }))
+        .unwrap();
+        let table = build(&rows, &params).unwrap();
+        assert!(table
+            .markdown(&params)
+            .contains("| Model | Setting | VQA Overall |"));
+        let figures = render(&table);
+        let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sweep.svg"], "a sweep has its line figure only");
+        let svg = &figures[0].1;
+        assert_eq!(svg.matches("<polyline").count(), 2, "a line per model");
+        assert_eq!(svg.matches("<circle").count(), 6, "a point per setting");
+        // Settings in the `methods` order along the axis, whatever the rows' order.
+        let at = |label: &str| svg.find(&format!(">{label}<")).unwrap();
+        assert!(at("K=1") < at("K=2") && at("K=2") < at("K=3"));
+        // Two seeds per point: each point has its interval (a bar and two caps).
+        let (colour, _) = SERIES[0];
+        let bars = format!("stroke=\"{colour}\" stroke-width=\"1.2\"");
+        assert_eq!(svg.matches(&bars).count(), 3 * 3, "{svg}");
+        assert!(inked(svg) > 2000);
     }
 
     #[test]

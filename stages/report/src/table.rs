@@ -136,7 +136,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 12;
+    const VERSION: u32 = 13;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -458,6 +458,15 @@ enum Markup {
 }
 
 impl Table {
+    /// The header of the row labels: the methods, or a sweep's settings.
+    fn row_title(&self) -> &'static str {
+        if self.sweep {
+            "Setting"
+        } else {
+            "Method"
+        }
+    }
+
     /// Whether a per-item score belongs to one of the table's columns.
     pub fn shows(&self, s: &ItemScore) -> bool {
         self.columns
@@ -749,7 +758,7 @@ impl Table {
             );
         }
         let _ = writeln!(out, "\\begin{{tabular}}{{l{}}}\n\\toprule", "c".repeat(n));
-        let mut header = String::from("Method");
+        let mut header = String::from(self.row_title());
         let mut rules = String::new();
         let mut start = 2;
         for (name, span) in self.spans() {
@@ -812,7 +821,12 @@ impl Table {
             let _ = writeln!(out, "**{}**\n", params.caption);
         }
         let headers: Vec<String> = self.columns.iter().map(|c| self.column_title(c)).collect();
-        let _ = writeln!(out, "| Model | Method | {} |", headers.join(" | "));
+        let _ = writeln!(
+            out,
+            "| Model | {} | {} |",
+            self.row_title(),
+            headers.join(" | ")
+        );
         let _ = writeln!(out, "|---|---|{}", "---:|".repeat(self.columns.len()));
         for group in &self.groups {
             for (r, (method, _)) in group.rows.iter().enumerate() {
