@@ -579,6 +579,10 @@ pub struct PredictParams {
     /// The split to answer (`test`); rows of other splits are ignored.
     #[serde(default = "default_split")]
     pub split: String,
+    /// Text put before every question (and before any context the item carries), such as the
+    /// chain-of-thought prompt of the paper's Table 9; empty (the default) adds nothing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prompt_prefix: String,
     /// Rows per forward pass.
     #[serde(default = "default_predict_batch")]
     pub batch_size: usize,

@@ -35,6 +35,35 @@ pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
     segments
 }
 
+/// The item with `prefix` before its question and any context: the context (`meta.context`) is
+/// folded into the question after the prefix, as both are question tokens.
+pub fn with_prompt_prefix(item: &Item, prefix: &str) -> Item {
+    let mut out = item.clone();
+    if prefix.is_empty() {
+        return out;
+    }
+    let context = item_context(item);
+    if context.is_some() {
+        let mut meta: serde_json::Value =
+            serde_json::from_str(item.meta.as_deref().unwrap_or("{}")).unwrap_or_default();
+        if let Some(object) = meta.as_object_mut() {
+            object.remove("context");
+        }
+        out.meta = Some(meta.to_string());
+    }
+    out.question = [
+        Some(prefix.to_string()),
+        context,
+        Some(item.question.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| !s.is_empty())
+    .collect::<Vec<_>>()
+    .join(" ");
+    out
+}
+
 /// The text prepended to an item's question (its `meta`'s `context`: a lecture, a hint, or
 /// the UF perturbation's facts), if any.
 pub fn item_context(item: &Item) -> Option<String> {
@@ -269,6 +298,34 @@ mod tests {
             Some(r#"{"context":"Snow is hot."}"#),
         );
         assert!(prompt(&with_context).starts_with("Question : Snow is hot. What shape?"));
+    }
+
+    #[test]
+    fn a_prompt_prefix_comes_before_the_context_and_the_question() {
+        let with_context = item(
+            "a",
+            Task::ImageHeavy,
+            "uf",
+            "What shape?",
+            Some(r#"{"context":"Snow is hot.","points_at":1}"#),
+        );
+        let prefixed = with_prompt_prefix(&with_context, "Think first.");
+        assert_eq!(
+            prompt(&prefixed),
+            "Question : Think first. Snow is hot. What shape? Options : A : circle B : square C : star Answer :"
+        );
+        // The context is not repeated; the rest of `meta` stays.
+        assert_eq!(item_context(&prefixed), None);
+        assert_eq!(
+            meta_field(&prefixed, "points_at"),
+            Some(serde_json::json!(1))
+        );
+        let plain = item("b", Task::TextHeavy, "rp", "How many?", None);
+        assert_eq!(
+            prompt(&with_prompt_prefix(&plain, "Think first.")),
+            "Question : Think first. How many? Options : A : circle B : square C : star Answer :"
+        );
+        assert_eq!(with_prompt_prefix(&with_context, ""), with_context);
     }
 
     #[test]

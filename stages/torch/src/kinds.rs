@@ -17,7 +17,7 @@ use crate::checkpoint;
 use crate::decode::{Decoding, Prompts};
 use crate::encode::{
     answer_ids, encode, encode_sequences, letter, prediction, prompt, prompt_ids, prompt_tokens,
-    row_task, Sequence,
+    row_task, with_prompt_prefix, Sequence,
 };
 use crate::methods::MethodConfig;
 use crate::mixture::{batches, Mixture};
@@ -308,6 +308,7 @@ impl TorchBackend for TchBackend {
         let items: Vec<Item> = read_all_items(ctx, "items")?
             .into_iter()
             .filter(|i| i.split == params.split)
+            .map(|i| with_prompt_prefix(&i, &params.prompt_prefix))
             .collect();
         if items.is_empty() {
             return Err(StageError::failed(format!(
