@@ -8,7 +8,7 @@ use crate::Project;
 
 const FAMILIES: [&str; 3] = ["llava", "blip", "qwen"];
 const METHODS: [&str; 7] = ["fft_vqa", "fft_mix", "kl", "js", "rg", "adv", "ours"];
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "causal_effect",
     "figure5",
     "pointing",
@@ -17,6 +17,7 @@ const TABLES: [&str; 8] = [
     "table2",
     "table5",
     "table8",
+    "table9",
 ];
 
 fn pipeline(name: &str) -> String {
@@ -110,17 +111,11 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     run.expect_code(0);
     let seeds = [0];
     let trained: Vec<String> = instances("finetune", &FAMILIES, &METHODS, &seeds);
-    // Figure 5 adds four fine-tunes and predictions and five evaluations.
-    let total = 2
-        + 3
-        + trained.len()
-        + 3
-        + trained.len()
-        + 3
-        + trained.len()
-        + TABLES.len()
-        + 2 * NEW_STEPS.len()
-        + 5;
+    // Figure 5 adds four fine-tunes and predictions and five evaluations; Table 9 a
+    // prediction and an evaluation per vanilla model.
+    let sweep_stages = 2 * NEW_STEPS.len() + 5;
+    let cot_stages = 2 * FAMILIES.len();
+    let total = 2 + 3 + 3 * trained.len() + 3 + 3 + TABLES.len() + sweep_stages + cot_stages;
     assert_eq!(run.stages_with("ran").len(), total, "{}", run.stderr);
     assert_eq!(executed(&run).len(), total, "{}", run.stderr);
     let table1 = project.read("results/quick/table1.md");
@@ -315,19 +310,25 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     project.write("mipipe.yaml", &two_seeds);
     let run = project.mipipe(&["run", "-j", "2"]);
     run.expect_code(0);
-    let new_branch: BTreeSet<String> = ["pretrain", "predict_vanilla", "evaluate_vanilla"]
-        .iter()
-        .flat_map(|s| instances(s, &FAMILIES, &[], &[1]))
-        .chain(
-            ["finetune", "predict", "evaluate"]
-                .iter()
-                .flat_map(|s| instances(s, &FAMILIES, &METHODS, &[1])),
-        )
-        .chain(sweep("finetune_pgd_steps", &NEW_STEPS, &[1]))
-        .chain(sweep("predict_pgd_steps", &NEW_STEPS, &[1]))
-        .chain(sweep("evaluate_pgd_steps", &[1, 2, 3, 4, 5], &[1]))
-        .chain(TABLES.map(String::from))
-        .collect();
+    let new_branch: BTreeSet<String> = [
+        "pretrain",
+        "predict_vanilla",
+        "evaluate_vanilla",
+        "predict_cot",
+        "evaluate_cot",
+    ]
+    .iter()
+    .flat_map(|s| instances(s, &FAMILIES, &[], &[1]))
+    .chain(
+        ["finetune", "predict", "evaluate"]
+            .iter()
+            .flat_map(|s| instances(s, &FAMILIES, &METHODS, &[1])),
+    )
+    .chain(sweep("finetune_pgd_steps", &NEW_STEPS, &[1]))
+    .chain(sweep("predict_pgd_steps", &NEW_STEPS, &[1]))
+    .chain(sweep("evaluate_pgd_steps", &[1, 2, 3, 4, 5], &[1]))
+    .chain(TABLES.map(String::from))
+    .collect();
     assert_eq!(executed(&run), new_branch, "{}", run.stderr);
     let table1 = project.read("results/quick/table1.md");
     assert!(table1.contains('±'), "two seeds give mean ± std: {table1}");

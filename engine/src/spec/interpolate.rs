@@ -156,29 +156,7 @@ pub(super) fn interpolate(
                             }
                         }
                     }
-                    "matrix" => {
-                        match this.matrix.iter().find(|(axis, _)| axis == name) {
-                            Some((_, value)) => Some(Some(value.clone())),
-                            None => {
-                                let axes: Vec<String> =
-                                    this.matrix.iter().map(|(a, _)| a.clone()).collect();
-                                this.push(
-                                err(
-                                    SpecErrorKind::Interpolation,
-                                    format!("`${{matrix.{name}}}` names no matrix axis of this stage"),
-                                    this.span_within(node.span, &format!("${{matrix.{name}}}")),
-                                    "no such axis",
-                                )
-                                .with_help(suggestion_help(
-                                    name,
-                                    "axes",
-                                    axes.iter().map(String::as_str),
-                                )),
-                            );
-                                None
-                            }
-                        }
-                    }
+                    "matrix" => matrix_value(this, node, name).map(Some),
                     "inputs" | "outs" => Some(None),
                     other => {
                         this.push(
@@ -274,6 +252,30 @@ pub(super) fn interpolate(
         }
         _ => Some(node.clone()),
     }
+}
+
+/// This instance's value on matrix axis `name`, for `${matrix.NAME}` in `node`.
+fn matrix_value(check: &mut Checker<'_>, node: &Node, name: &str) -> Option<Node> {
+    if let Some((_, value)) = check.matrix.iter().find(|(axis, _)| axis == name) {
+        return Some(value.clone());
+    }
+    let axes: Vec<String> = check.matrix.iter().map(|(a, _)| a.clone()).collect();
+    let reference = format!("${{matrix.{name}}}");
+    let span = check.span_within(node.span, &reference);
+    check.push(
+        err(
+            SpecErrorKind::Interpolation,
+            format!("`{reference}` names no matrix axis of this stage"),
+            span,
+            "no such axis",
+        )
+        .with_help(suggestion_help(
+            name,
+            "axes",
+            axes.iter().map(String::as_str),
+        )),
+    );
+    None
 }
 
 pub(super) fn check_runtime_refs(
