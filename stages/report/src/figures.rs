@@ -401,6 +401,9 @@ fn drop_bars(table: &Table, group: &Group) -> Option<String> {
     Some(svg.finish())
 }
 
+/// A point of a sweep's line: the mean over seeds and its 95% interval, in percent.
+type SweepPoint = (f64, Option<(f64, f64)>);
+
 /// The last column (VQA Overall) of a sweep: one line per model group over the rows (in the
 /// table's order, labelled by their names), with each point's 95% interval as a bar.
 fn sweep_lines(table: &Table) -> Option<String> {
@@ -417,7 +420,7 @@ fn sweep_lines(table: &Table) -> Option<String> {
         return None;
     }
     // (group name, per setting: mean and interval, in %)
-    let series: Vec<(String, Vec<Option<(f64, Option<(f64, f64)>)>>)> = table
+    let series: Vec<(String, Vec<Option<SweepPoint>>)> = table
         .groups
         .iter()
         .map(|group| {
