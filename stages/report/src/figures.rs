@@ -101,6 +101,28 @@ impl Svg {
         self.label(x + 28.0, y + 4.0, "start", 11.0, 0.0, name);
     }
 
+    /// A vertical value axis at x = `left` with a tick, a label and a grid line to `right` at
+    /// every value of `ticks` (the first at `bottom`, the last at `top`), and `title` along the
+    /// left edge; returns the map from a value to its y.
+    fn value_axis(
+        &mut self,
+        (left, right): (f64, f64),
+        (top, bottom): (f64, f64),
+        ticks: &[f64],
+        title: &str,
+    ) -> impl Fn(f64) -> f64 {
+        let (low, high) = (ticks[0], ticks[ticks.len() - 1]);
+        let y = move |v: f64| top + (bottom - top) * (high - v) / (high - low);
+        self.line((left, top), (left, bottom), "#333", 1.0);
+        for &t in ticks {
+            self.line((left - 4.0, y(t)), (left, y(t)), "#333", 1.0);
+            self.line((left, y(t)), (right, y(t)), "#e4e4e4", 0.6);
+            self.label(left - 7.0, y(t) + 4.0, "end", 10.0, 0.0, &tick_text(t));
+        }
+        self.label(18.0, (top + bottom) / 2.0, "middle", 11.0, -90.0, title);
+        y
+    }
+
     fn rect(&mut self, x: f64, y: f64, width: f64, height: f64, fill: &str) {
         let _ = writeln!(
             self.text,
@@ -351,29 +373,18 @@ fn drop_bars(table: &Table, group: &Group) -> Option<String> {
         .collect();
     let low = drops.iter().map(|d| d.1).fold(0.0, f64::min);
     let high = drops.iter().map(|d| d.1).fold(1.0, f64::max);
-    let axis = ticks(low, high);
-    let (axis_low, axis_high) = (axis[0], axis[axis.len() - 1]);
     let (left, top, plot_h, slot) = (70.0, 50.0, 220.0, 70.0);
     let width = left + slot * drops.len() as f64 + 20.0;
-    let y = |v: f64| top + plot_h * (axis_high - v) / (axis_high - axis_low);
     let mut svg = Svg::new(width, top + plot_h + 110.0);
     let title = format!(
         "{}: clean minus perturbed accuracy",
         table.name(&group.name)
     );
     svg.label(20.0, 24.0, "start", 15.0, 0.0, &title);
-    svg.line((left, top), (left, top + plot_h), "#333", 1.0);
-    for &t in &axis {
-        svg.line((left - 4.0, y(t)), (left, y(t)), "#333", 1.0);
-        svg.line((left, y(t)), (width - 20.0, y(t)), "#e4e4e4", 0.6);
-        svg.label(left - 7.0, y(t) + 4.0, "end", 10.0, 0.0, &format!("{t}"));
-    }
-    svg.label(
-        18.0,
-        top + plot_h / 2.0,
-        "middle",
-        11.0,
-        -90.0,
+    let y = svg.value_axis(
+        (left, width - 20.0),
+        (top, top + plot_h),
+        &ticks(low, high),
         "drop (points)",
     );
     svg.line((left, y(0.0)), (width - 20.0, y(0.0)), "#333", 1.0);
@@ -446,8 +457,6 @@ fn sweep_lines(table: &Table) -> Option<String> {
     if low > high {
         return None;
     }
-    let axis = ticks(low - 1.0, high + 1.0);
-    let (axis_low, axis_high) = (axis[0], axis[axis.len() - 1]);
     let (left, top, plot_h, slot) = (70.0, 50.0, 260.0, 90.0);
     let plot_w = slot * settings.len() as f64;
     let legend_x = left + plot_w + 30.0;
@@ -457,27 +466,18 @@ fn sweep_lines(table: &Table) -> Option<String> {
         table.column_title(&table.columns[column])
     );
     svg.label(20.0, 24.0, "start", 15.0, 0.0, &title);
-    let y = |v: f64| top + plot_h * (axis_high - v) / (axis_high - axis_low);
+    let y = svg.value_axis(
+        (left, left + plot_w),
+        (top, top + plot_h),
+        &ticks(low - 1.0, high + 1.0),
+        "accuracy (%)",
+    );
     let x = |i: usize| left + slot * (i as f64 + 0.5);
-    svg.line((left, top), (left, top + plot_h), "#333", 1.0);
     svg.line(
         (left, top + plot_h),
         (left + plot_w, top + plot_h),
         "#333",
         1.0,
-    );
-    for &t in &axis {
-        svg.line((left - 4.0, y(t)), (left, y(t)), "#333", 1.0);
-        svg.line((left, y(t)), (left + plot_w, y(t)), "#e4e4e4", 0.6);
-        svg.label(left - 7.0, y(t) + 4.0, "end", 10.0, 0.0, &tick_text(t));
-    }
-    svg.label(
-        18.0,
-        top + plot_h / 2.0,
-        "middle",
-        11.0,
-        -90.0,
-        "accuracy (%)",
     );
     for (i, setting) in settings.iter().enumerate() {
         svg.line(
