@@ -11,7 +11,8 @@
 //! linked, so machines without a GPU pay one failed `dlopen`. The sum is `None` (and the record
 //! has no GPU figure) when the library is missing, when no device or process is visible, or
 //! when NVML's process ids are not this machine's (a container without the host's process
-//! namespace): a process is counted only if `/proc` names our group as its own.
+//! namespace): a process is counted only if `/proc` shows it in our group or descended from the
+//! group's leader.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::OnceLock;
@@ -128,33 +129,58 @@ impl Nvml {
     }
 }
 
-/// The process group of `pid`, from `/proc/PID/stat` (the fifth field, after the command name
-/// in parentheses, which may itself hold spaces and parentheses).
-pub(crate) fn process_group_of(pid: u32) -> Option<libc::pid_t> {
+/// The parent and the process group of `pid`, from `/proc/PID/stat` (the fourth and fifth
+/// fields, after the command name in parentheses, which may itself hold spaces and parentheses).
+fn parent_and_group(pid: u32) -> Option<(u32, libc::pid_t)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
     // state, ppid, pgrp
-    after_name.split_whitespace().nth(2)?.parse().ok()
+    let mut fields = after_name.split_whitespace().skip(1);
+    let parent = fields.next()?.parse().ok()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((parent, group))
+}
+
+/// The process group of `pid`.
+pub(crate) fn process_group_of(pid: u32) -> Option<libc::pid_t> {
+    parent_and_group(pid).map(|(_, group)| group)
+}
+
+/// Whether `pid` is in the group `group`, whose leader [`crate::run_child`] started, or
+/// descends from that leader through processes that moved to groups of their own (a stage's
+/// command run under `--isolate` by a worker in its own group).
+fn belongs_to(pid: u32, group: libc::pid_t) -> bool {
+    let mut at = pid;
+    // A chain of parents ends at init; the bound guards against a cycle read mid-change.
+    for _ in 0..4096 {
+        let Some((parent, pgrp)) = parent_and_group(at) else {
+            return false;
+        };
+        if pgrp == group || at as libc::pid_t == group {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        at = parent;
+    }
+    false
 }
 
 /// The GPU memory, in bytes, that the driver reports for the processes of process group
-/// `group`, summed over processes and devices; `None` when NVML is not there or none of the
-/// group's processes uses a GPU.
+/// `group` and their descendants, summed over processes and devices; `None` when NVML is not
+/// there or none of those processes uses a GPU.
 pub fn group_bytes(group: libc::pid_t) -> Option<u64> {
     let nvml = NVML.get_or_init(open).as_ref()?;
-    sum_for_group(&nvml.processes(), group, process_group_of)
+    sum_for_group(&nvml.processes(), |pid| belongs_to(pid, group))
 }
 
-/// The memory of the processes whose group (by `group_of`) is `group`.
-fn sum_for_group(
-    processes: &[ProcessInfo],
-    group: libc::pid_t,
-    group_of: impl Fn(u32) -> Option<libc::pid_t>,
-) -> Option<u64> {
+/// The memory of the processes `belongs` accepts.
+fn sum_for_group(processes: &[ProcessInfo], belongs: impl Fn(u32) -> bool) -> Option<u64> {
     let used: Vec<u64> = processes
         .iter()
         .filter(|p| p.used_gpu_memory != NVML_VALUE_NOT_AVAILABLE)
-        .filter(|p| group_of(p.pid) == Some(group))
+        .filter(|p| belongs(p.pid))
         .map(|p| p.used_gpu_memory)
         .collect();
     (!used.is_empty()).then(|| used.iter().sum())
@@ -223,6 +249,42 @@ mod tests {
     }
 
     #[test]
+    fn a_descendant_in_a_group_of_its_own_still_belongs_to_the_stage() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        // The leader starts a grandchild in a new session (so a new group) and prints its pid.
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 5 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(leader.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let grandchild: u32 = line.trim().parse().unwrap();
+        // `setsid` may still be turning into `sleep`; its group settles at once.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let group = leader.id() as libc::pid_t;
+        let (in_leader_group, belongs) = (
+            process_group_of(grandchild) == Some(group),
+            belongs_to(grandchild, group),
+        );
+        let _ = std::process::Command::new("kill")
+            .arg(grandchild.to_string())
+            .status();
+        leader.kill().unwrap();
+        leader.wait().unwrap();
+        assert!(!in_leader_group, "setsid gave it a group of its own");
+        assert!(belongs, "but it descends from the stage's process");
+        assert!(
+            !belongs_to(std::process::id(), group),
+            "its parent does not belong"
+        );
+    }
+
+    #[test]
     fn only_the_groups_processes_with_known_memory_are_summed() {
         let process = |pid, used| ProcessInfo {
             pid,
@@ -240,12 +302,10 @@ mod tests {
             12 => Some(8),
             _ => None,
         };
-        assert_eq!(
-            sum_for_group(&processes, 7, group_of),
-            Some((1 << 30) + (1 << 20))
-        );
-        assert_eq!(sum_for_group(&processes, 8, group_of), Some(5 << 30));
-        assert_eq!(sum_for_group(&processes, 9, group_of), None);
+        let sum = |group| sum_for_group(&processes, |pid| group_of(pid) == Some(group));
+        assert_eq!(sum(7), Some((1 << 30) + (1 << 20)));
+        assert_eq!(sum(8), Some(5 << 30));
+        assert_eq!(sum(9), None);
     }
 
     #[test]
