@@ -141,11 +141,6 @@ fn parent_and_group(pid: u32) -> Option<(u32, libc::pid_t)> {
     Some((parent, group))
 }
 
-/// The process group of `pid`.
-pub(crate) fn process_group_of(pid: u32) -> Option<libc::pid_t> {
-    parent_and_group(pid).map(|(_, group)| group)
-}
-
 /// Whether `pid` is in the group `group`, whose leader [`crate::run_child`] started, or
 /// descends from that leader through processes that moved to groups of their own (a stage's
 /// command run under `--isolate` by a worker in its own group).
@@ -223,6 +218,10 @@ impl GpuSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process_group_of(pid: u32) -> Option<libc::pid_t> {
+        parent_and_group(pid).map(|(_, group)| group)
+    }
 
     #[test]
     fn the_process_group_is_read_from_proc_even_with_odd_command_names() {
