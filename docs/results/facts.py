@@ -1,5 +1,5 @@
 """The numbers docs/results/README.md quotes besides the tables, read from the cache of a run of
-pipelines/ablation.yaml: chance level per set, the scale terms of the training logs (RMS of the
+pipelines/ablation.yaml (or pipelines/sensitivity.yaml): chance level per set, the scale terms of the training logs (RMS of the
 embeddings, ||delta||/||e||, ||noise||/||e||), L_adv against L_sup, and the consistency term's
 weighted share of the loss.
 
@@ -44,7 +44,12 @@ for dataset, inverse in sorted(by_set.items()):
     emit(fact="chance", dataset=dataset, chance=round(statistics.mean(inverse), 4),
          options=counts, n=len(inverse))
 
-LAMBDA = 0.01
+def weight(params):
+    """λ of the divergence a fine-tune's method uses (KL for `kl`, JS for `js`, Ours's own)."""
+    consistency = params.get("consistency", {})
+    method = params.get("method")
+    divergence = "kl" if method == "kl" else consistency.get("ours_divergence", "js") if method == "ours" else "js"
+    return consistency.get(divergence + "_weight", 0.01)
 
 
 def median(rows, column):
@@ -67,7 +72,9 @@ for stage in sorted(lock):
         if value is not None:
             fact[column + "_median"] = value
     if fact.get("consistency_median") is not None:
-        shares = [LAMBDA * r["consistency"] / r["loss"] for r in log
+        lam = weight(lock[stage]["params"])
+        fact["lambda"] = lam
+        shares = [lam * r["consistency"] / r["loss"] for r in log
                   if r.get("consistency") is not None and r["loss"] > 0]
         fact["weighted_consistency_share_median"] = round(statistics.median(shares), 6)
     if fact.get("adv_median") is not None:
