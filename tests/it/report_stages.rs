@@ -199,14 +199,17 @@ fn the_latex_table_compiles_with_pdflatex() {
         "mipipe.yaml",
         &PIPELINE.replace(
             "layout: orig_perturbed,",
-            "layout: vqa, caption: \"VQA accuracy & relative change (100%, \\\\%) {#1} $x_2$ ~^\",",
+            "layout: vqa, caption: \"VQA accuracy & relative change (100%, \\\\%) {#1} $x_2$ ~^ at λ ≥ 1, ε = 0.1 ± 0.01\",",
         ),
     );
     project.mipipe(&["run"]).expect_code(0);
     assert!(
         project
             .read("table.tex")
-            .contains("\\caption{VQA accuracy \\& relative change (100\\%, \\textbackslash{}\\%)"),
+            .contains("\\caption{VQA accuracy \\& relative change (100\\%, \\textbackslash{}\\%)")
+            && project
+                .read("table.tex")
+                .contains("at $\\lambda$ $\\geq$ 1, $\\varepsilon$ = 0.1 $\\pm$ 0.01"),
         "{}",
         project.read("table.tex")
     );

@@ -136,7 +136,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 14;
+    const VERSION: u32 = 15;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -958,10 +958,100 @@ pub fn latex_text(s: &str) -> String {
             }
             '~' => out.push_str("\\textasciitilde{}"),
             '^' => out.push_str("\\textasciicircum{}"),
-            _ => out.push(c),
+            _ => match unicode_in_latex(c) {
+                Some(latex) => out.push_str(latex),
+                None => out.push(c),
+            },
         }
     }
     out
+}
+
+/// LaTeX for the characters pdflatex's UTF-8 input does not set by itself (Greek letters and
+/// common math symbols: `λ` -> `$\lambda$`); accented Latin letters it sets as they are.
+fn unicode_in_latex(c: char) -> Option<&'static str> {
+    const GREEK_LOWER: [&str; 25] = [
+        "$\\alpha$",
+        "$\\beta$",
+        "$\\gamma$",
+        "$\\delta$",
+        "$\\varepsilon$",
+        "$\\zeta$",
+        "$\\eta$",
+        "$\\theta$",
+        "$\\iota$",
+        "$\\kappa$",
+        "$\\lambda$",
+        "$\\mu$",
+        "$\\nu$",
+        "$\\xi$",
+        "o",
+        "$\\pi$",
+        "$\\rho$",
+        "$\\varsigma$",
+        "$\\sigma$",
+        "$\\tau$",
+        "$\\upsilon$",
+        "$\\varphi$",
+        "$\\chi$",
+        "$\\psi$",
+        "$\\omega$",
+    ];
+    const GREEK_UPPER: [&str; 25] = [
+        "A",
+        "B",
+        "$\\Gamma$",
+        "$\\Delta$",
+        "E",
+        "Z",
+        "H",
+        "$\\Theta$",
+        "I",
+        "K",
+        "$\\Lambda$",
+        "M",
+        "N",
+        "$\\Xi$",
+        "O",
+        "$\\Pi$",
+        "P",
+        "",
+        "$\\Sigma$",
+        "T",
+        "$\\Upsilon$",
+        "$\\Phi$",
+        "X",
+        "$\\Psi$",
+        "$\\Omega$",
+    ];
+    let code = c as u32;
+    match c {
+        '\u{3b1}'..='\u{3c9}' => Some(GREEK_LOWER[(code - 0x3b1) as usize]),
+        // U+03A2 is unassigned (there is no capital final sigma).
+        '\u{391}'..='\u{3a9}' if c != '\u{3a2}' => Some(GREEK_UPPER[(code - 0x391) as usize]),
+        'ϵ' => Some("$\\epsilon$"),
+        'ϕ' => Some("$\\phi$"),
+        'ϑ' => Some("$\\vartheta$"),
+        'µ' => Some("$\\mu$"),
+        '±' => Some("$\\pm$"),
+        '×' => Some("$\\times$"),
+        '÷' => Some("$\\div$"),
+        '·' => Some("$\\cdot$"),
+        '−' => Some("$-$"),
+        '≤' => Some("$\\leq$"),
+        '≥' => Some("$\\geq$"),
+        '≠' => Some("$\\neq$"),
+        '≈' => Some("$\\approx$"),
+        '∞' => Some("$\\infty$"),
+        '→' => Some("$\\rightarrow$"),
+        '←' => Some("$\\leftarrow$"),
+        '↑' => Some("$\\uparrow$"),
+        '↓' => Some("$\\downarrow$"),
+        '°' => Some("$^{\\circ}$"),
+        '†' => Some("\\dag{}"),
+        '…' => Some("\\ldots{}"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -990,6 +1080,15 @@ mod tests {
             stage: format!("evaluate[method={method},seed={seed}]"),
             ci: None,
         }
+    }
+
+    #[test]
+    fn greek_letters_and_math_symbols_become_latex_and_accents_stay() {
+        assert_eq!(
+            latex_text("λ=0.01, ε ≥ 1e-3 ± 2, Ω, K×2, naïve"),
+            "$\\lambda$=0.01, $\\varepsilon$ $\\geq$ 1e-3 $\\pm$ 2, $\\Omega$, K$\\times$2, naïve"
+        );
+        assert_eq!(latex_text("αω ΑΣ"), "$\\alpha$$\\omega$ A$\\Sigma$");
     }
 
     fn params(layout: Layout) -> TableParams {
