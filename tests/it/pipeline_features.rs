@@ -515,24 +515,35 @@ stages:
         run.expect_code(2);
         assert!(run.stderr.contains(words), "{words}:\n{}", run.stderr);
     };
-    refused(
-        pipeline("{method: ours, pgd: {steps: 2}}", "pgd.steps", "ours"),
-        "`pgd.steps` is both a matrix axis and a param of stage `sweep`",
-    );
-    refused(
-        pipeline("{method: ours, pgd: 3}", "pgd.steps", "ours"),
-        "`pgd.steps` sets a field of `pgd`, which is",
-    );
-    refused(
-        pipeline("{method: ours}", "k", "ours"),
-        "Stage kind `predict` has no param `k`",
-    );
-    refused(
-        pipeline("{method: ours}", "pgd.steps", "ours_k${matrix.k}"),
-        "`${matrix.k}` names no matrix axis of this stage",
-    );
-    refused(
-        pipeline("{method: ours, pgd.stepz: 4}", "pgd.steps", "ours"),
-        "stepz",
-    );
+    // (the sweep's params, predict's axis, evaluate's method label, words of the error)
+    let mistakes = [
+        (
+            "{method: ours, pgd: {steps: 2}}",
+            "pgd.steps",
+            "ours",
+            "`pgd.steps` is both a matrix axis and a param of stage `sweep`",
+        ),
+        (
+            "{method: ours, pgd: 3}",
+            "pgd.steps",
+            "ours",
+            "`pgd.steps` sets a field of `pgd`, which is",
+        ),
+        (
+            "{method: ours}",
+            "k",
+            "ours",
+            "Stage kind `predict` has no param `k`",
+        ),
+        (
+            "{method: ours}",
+            "pgd.steps",
+            "ours_k${matrix.k}",
+            "`${matrix.k}` names no matrix axis of this stage",
+        ),
+        ("{method: ours, pgd.stepz: 4}", "pgd.steps", "ours", "stepz"),
+    ];
+    for (sweep_params, axis, label, words) in mistakes {
+        refused(pipeline(sweep_params, axis, label), words);
+    }
 }
