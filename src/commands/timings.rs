@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use mipipe_cache::Lookup;
-use mipipe_engine::{flatten_params, plan, template::value_text, Lockfile, StageStatus};
+use mipipe_engine::{plan, Lockfile, StageStatus};
 
-use super::{json_line, load, open_cache};
+use super::{flatten_params, json_line, load, open_cache};
 use crate::cli::TimingsArgs;
 use crate::CliError;
 
@@ -69,11 +69,7 @@ pub(super) fn timings(
                     .iter()
                     .find(|(axis, _)| axis == by)
                     .map(|(_, v)| v.clone())
-                    .or_else(|| {
-                        flatten_params(&stage.params)
-                            .get(by.as_str())
-                            .map(|v| value_text(v))
-                    })
+                    .or_else(|| flatten_params(&stage.params).remove(by.as_str()))
             })
             .unwrap_or_default();
         let group = groups

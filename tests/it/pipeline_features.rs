@@ -547,3 +547,47 @@ stages:
         refused(pipeline(sweep_params, axis, label), words);
     }
 }
+
+/// `mipipe timings --stage NAME --by FIELD`: a dotted field of a mapping param (here a
+/// `command` stage's free param, swept by a dotted axis) groups only the named stage's instances.
+#[test]
+fn timings_group_the_named_stage_by_a_dotted_field() {
+    let project = Project::new();
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  sweep:
+    kind: command
+    matrix: {opt.depth: [1, 2]}
+    params:
+      cmd: echo ${params.opt} > ${outs.txt}
+      opt: {width: 3}
+      outs: {txt: out.txt}
+  other:
+    kind: command
+    params:
+      cmd: echo other > ${outs.txt}
+      opt: {depth: 9}
+      outs: {txt: out.txt}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    let run = project.mipipe(&["timings", "--stage", "sweep", "--by", "opt.depth"]);
+    run.expect_code(0);
+    for depth in ["1", "2"] {
+        assert!(
+            run.stdout.contains(&format!("| command | {depth} | 1 |")),
+            "{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains("| 9 |"), "{}", run.stdout);
+    // The field was nested into the mapping, next to the stage's own.
+    let show = project.mipipe(&["show", "sweep[opt.depth=2]", "--json"]);
+    let value: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(
+        value["params"]["opt"],
+        serde_json::json!({"depth": 2, "width": 3})
+    );
+}

@@ -37,31 +37,26 @@ pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
 
 /// The item with `prefix` before its question and any context: the context (`meta.context`) is
 /// folded into the question after the prefix, as both are question tokens.
-pub fn with_prompt_prefix(item: &Item, prefix: &str) -> Item {
-    let mut out = item.clone();
+pub fn with_prompt_prefix(mut item: Item, prefix: &str) -> Item {
     if prefix.is_empty() {
-        return out;
+        return item;
     }
-    let context = item_context(item);
+    let context = item_context(&item);
     if context.is_some() {
         let mut meta: serde_json::Value =
             serde_json::from_str(item.meta.as_deref().unwrap_or("{}")).unwrap_or_default();
         if let Some(object) = meta.as_object_mut() {
             object.remove("context");
         }
-        out.meta = Some(meta.to_string());
+        item.meta = Some(meta.to_string());
     }
-    out.question = [
-        Some(prefix.to_string()),
-        context,
-        Some(item.question.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|s| !s.is_empty())
-    .collect::<Vec<_>>()
-    .join(" ");
-    out
+    item.question = [Some(prefix.to_string()), context, Some(item.question)]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    item
 }
 
 /// The text prepended to an item's question (its `meta`'s `context`: a lecture, a hint, or
@@ -309,7 +304,7 @@ mod tests {
             "What shape?",
             Some(r#"{"context":"Snow is hot.","points_at":1}"#),
         );
-        let prefixed = with_prompt_prefix(&with_context, "Think first.");
+        let prefixed = with_prompt_prefix(with_context.clone(), "Think first.");
         assert_eq!(
             prompt(&prefixed),
             "Question : Think first. Snow is hot. What shape? Options : A : circle B : square C : star Answer :"
@@ -322,10 +317,10 @@ mod tests {
         );
         let plain = item("b", Task::TextHeavy, "rp", "How many?", None);
         assert_eq!(
-            prompt(&with_prompt_prefix(&plain, "Think first.")),
+            prompt(&with_prompt_prefix(plain, "Think first.")),
             "Question : Think first. How many? Options : A : circle B : square C : star Answer :"
         );
-        assert_eq!(with_prompt_prefix(&with_context, ""), with_context);
+        assert_eq!(with_prompt_prefix(with_context.clone(), ""), with_context);
     }
 
     #[test]

@@ -308,7 +308,7 @@ impl TorchBackend for TchBackend {
         let items: Vec<Item> = read_all_items(ctx, "items")?
             .into_iter()
             .filter(|i| i.split == params.split)
-            .map(|i| with_prompt_prefix(&i, &params.prompt_prefix))
+            .map(|i| with_prompt_prefix(i, &params.prompt_prefix))
             .collect();
         if items.is_empty() {
             return Err(StageError::failed(format!(
