@@ -368,7 +368,7 @@ fn seedbench_keeps_image_questions_only() {
 }
 
 #[test]
-fn llava_instruct_first_turn_and_textcaps_captions_are_free_form_vqa() {
+fn llava_instruct_first_turn_and_textcaps_captions_are_open_ended_vqa() {
     let (_, items) = convert(
         "llava-instruct",
         "{format: llava_instruct_json, path: llava-instruct/llava_v1_5_mix665k.json}",
@@ -379,6 +379,11 @@ fn llava_instruct_first_turn_and_textcaps_captions_are_free_form_vqa() {
         "What are the colors of the bus in the image?"
     );
     assert_eq!(items[0].options, ["The bus in the image is white and red."]);
+    assert_eq!(
+        items[0].reference_answers().unwrap(),
+        items[0].options,
+        "open-ended, its one reference the first gpt turn"
+    );
     assert_eq!(items[0].split, "train");
     let (_, items) = convert(
         "textcaps",
@@ -393,9 +398,18 @@ fn llava_instruct_first_turn_and_textcaps_captions_are_free_form_vqa() {
         .as_deref()
         .unwrap()
         .contains("train/0054c91397f2fe05.jpg"));
-    assert!(items
-        .iter()
-        .all(|i| i.meta.as_deref().unwrap().contains("\"free_form\":true")));
+    // Each caption of an image is a reference answer of every item of that image.
+    let both = [
+        "A red bus with the number 12 on it.",
+        "The bus says EXPRESS on the front.",
+    ];
+    for item in &items[..2] {
+        assert_eq!(item.reference_answers().unwrap(), both, "{}", item.id);
+    }
+    assert_eq!(
+        items[2].reference_answers().unwrap(),
+        ["A red sign reading STOP."]
+    );
 }
 
 #[test]
@@ -537,8 +551,9 @@ fn the_real_data_study_runs_end_to_end_on_the_fixtures() {
         std::fs::read_to_string(root.join("pipelines/examples/real-data/study.yaml")).unwrap();
     project.write("mipipe.yaml", &study);
 
-    // Small sizes, batches of one (the fixtures hold one ScienceQA training item, the study's
-    // D_VQA); two device slots (on a CPU machine `device: auto` computes on the CPU).
+    // Small sizes, batches of one (the fixtures hold one LLaVA-Instruct item, the study's D_VQA,
+    // and three TextCaps items, InstructBLIP's too); two device slots (on a CPU machine
+    // `device: auto` computes on the CPU).
     let args = [
         "run",
         "--gpus",
@@ -555,7 +570,30 @@ fn the_real_data_study_runs_end_to_end_on_the_fixtures() {
     let run = project.mipipe(&args);
     run.expect_code(0);
     let ran = run.stages_with("ran");
-    assert_eq!(ran.len(), 114, "every stage ran: {}", run.stderr);
+    assert_eq!(ran.len(), 113, "every stage ran: {}", run.stderr);
+    // D_VQA: LLaVA-Instruct for every family, with TextCaps for InstructBLIP (paper §5.1).
+    for (stage, anchors) in [
+        (
+            "finetune[family=llava,method=fft_vqa,seed=0]",
+            "VQA anchors from llava-instruct (1)\n",
+        ),
+        (
+            "finetune[family=qwen,method=ours,seed=0]",
+            "VQA anchors from llava-instruct (1)\n",
+        ),
+        (
+            "finetune[family=blip,method=fft_vqa,seed=0]",
+            "VQA anchors from llava-instruct (1), textcaps (3)\n",
+        ),
+        (
+            "llava15_finetune[method=ours,seed=0]",
+            "VQA anchors from llava-instruct (1)\n",
+        ),
+    ] {
+        let log = project.mipipe(&["log", stage]);
+        log.expect_code(0);
+        assert!(log.stdout.contains(anchors), "{stage}:\n{}", log.stdout);
+    }
     for table in ["table1", "table2", "table5", "table11"] {
         let md = project.read(&format!("results/{table}.md"));
         for model in ["llava-xs", "blip-xs", "qwen-xs", "llava-1.5-7b"] {
@@ -600,4 +638,42 @@ fn the_real_data_study_resolves() {
             run.stdout
         );
     }
+}
+
+/// Open-ended rows are training data: `predict` asked to answer them (here LLaVA-Instruct's, by
+/// `split: train`) refuses, naming the first, instead of scoring its words as an option.
+#[test]
+fn predict_refuses_open_ended_rows_by_name() {
+    crate::require_torch_worker();
+    let project = Project::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(
+        &root.join("tests/fixtures/llava-instruct"),
+        &project.path().join("llava-instruct"),
+    );
+    copy_dir(
+        &root.join("stages/torch/tests/fixtures/llava/checkpoint"),
+        &project.path().join("llava-tiny"),
+    );
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  instruct:
+    kind: convert
+    params: {format: llava_instruct_json, path: llava-instruct/llava_v1_5_mix665k.json}
+  predict:
+    kind: predict
+    inputs: {items: instruct.items}
+    params: {checkpoint: llava-tiny, split: train}
+"#,
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("item `llava-instruct/")
+            && run.stderr.contains("is open-ended (`meta.answers`)"),
+        "{}",
+        run.stderr
+    );
 }

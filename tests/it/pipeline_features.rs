@@ -167,11 +167,25 @@ stages:
       outs: {ckpt: base.txt}
   finetune:
     kind: command
-    matrix: {family: [llava, blip], method: [js, kl]}
+    matrix:
+      family: [llava, blip]
+      method: [js, kl]
+      # Keys an include adds to combinations are params: no join waits on them.
+      include:
+        - {family: llava, sets: [a]}
+        - {family: blip, sets: [a, b], width: 2}
     inputs: {base: pretrain.ckpt}
     params:
-      cmd: (cat ${inputs.base}; echo ${params.method}) > ${outs.ckpt}
+      cmd: (cat ${inputs.base}; echo ${params.method} ${params.sets}) > ${outs.ckpt}
       outs: {ckpt: ft.txt}
+  predict:
+    kind: command
+    matrix: {family: [llava, blip], method: [js, kl]}
+    inputs: {model: finetune.ckpt}
+    params:
+      cmd: cat ${inputs.model} > ${outs.p}
+      outs: {p: p.txt}
+      materialize: {p: "p-${matrix.family}-${matrix.method}.txt"}
 "#,
     );
     let dag = project.mipipe(&["dag"]);
@@ -183,6 +197,19 @@ stages:
         "{}",
         dag.stdout
     );
+    assert!(
+        dag.stdout.contains(
+            "predict[family=blip,method=kl] (command)\n    model <- finetune[family=blip,method=kl].ckpt"
+        ),
+        "{}",
+        dag.stdout
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    assert_eq!(
+        project.read("p-blip-js.txt"),
+        "base blip\njs [\"a\",\"b\"]\n"
+    );
+    assert_eq!(project.read("p-llava-js.txt"), "base llava\njs [\"a\"]\n");
 }
 
 #[test]

@@ -16,7 +16,11 @@ pub(super) const MAX_INSTANCES: usize = 10_000;
 /// A matrix instance before resolution.
 pub(super) struct Instance {
     pub(super) name: String,
+    /// Every key the combination sets: its axes and the extra keys an `include` added.
     pub(super) values: Vec<(String, Node)>,
+    /// The keys that name the instance (and that other stages join on): the axes, or every key
+    /// of a standalone `include`; not the extra keys an `include` added to a combination.
+    pub(super) axes: Vec<String>,
 }
 
 pub(super) fn expand(
@@ -231,14 +235,18 @@ pub(super) fn expand(
     for combo in combos {
         // Names show the axes (and the keys of standalone includes), not keys an include
         // added to an existing combination.
-        let named: Vec<String> = combo
+        let naming: Vec<&(String, Node)> = combo
             .iter()
             .filter(|(k, _)| {
                 axis_names.contains(&k.as_str())
                     || !combo.iter().any(|(a, _)| axis_names.contains(&a.as_str()))
             })
+            .collect();
+        let named: Vec<String> = naming
+            .iter()
             .map(|(k, v)| format!("{k}={}", text_of(v)))
             .collect();
+        let axes: Vec<String> = naming.iter().map(|(k, _)| k.clone()).collect();
         let name = format!("{}[{}]", raw.name, named.join(","));
         let span = combo.first().map_or(matrix.span, |(_, v)| v.span);
         if let Some(first) = seen.insert(name.clone(), span) {
@@ -273,6 +281,7 @@ pub(super) fn expand(
         instances.push(Instance {
             name,
             values: combo,
+            axes,
         });
     }
     Some(instances)

@@ -183,6 +183,7 @@ pub(super) fn resolve_stages(
             None => vec![Instance {
                 name: raw.name.clone(),
                 values: Vec::new(),
+                axes: Vec::new(),
             }],
             Some(matrix) => match matrix::expand(check, raw, matrix, &params, &pipeline.vars) {
                 Some(instances) => instances,
@@ -425,6 +426,7 @@ pub(super) fn resolve_instance(
         matrix: instance
             .values
             .iter()
+            .filter(|(k, _)| instance.axes.contains(k))
             .map(|(k, v)| (k.clone(), v.scalar_text().unwrap_or_default()))
             .collect(),
         kind: kind.clone(),

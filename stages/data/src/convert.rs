@@ -172,7 +172,7 @@ pub struct ConvertStage;
 impl Stage for ConvertStage {
     type Params = ConvertParams;
     const KIND: &'static str = "convert";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Convert a real dataset from its published format to the unified multiple-choice table";
 
@@ -1015,17 +1015,23 @@ fn seedbench(sink: &mut Sink) -> Result<(), StageError> {
     Ok(())
 }
 
-/// A free-form VQA training item: the answer is the single option (`meta.free_form`).
+/// An open-ended (free-form) VQA training item: `answer` is its single option, the answer it
+/// is trained on, and `meta.answers` lists every reference answer (`answer` among them).
 fn free_form(
     sink: &mut Sink,
     id: &str,
     image: Vec<u8>,
     question: &str,
     answer: &str,
+    references: &[String],
     meta: serde_json::Value,
 ) {
     let mut meta = meta;
-    meta["free_form"] = serde_json::Value::Bool(true);
+    let mut answers: Vec<String> = references.iter().map(|a| a.trim().to_string()).collect();
+    if !answers.iter().any(|a| a == answer.trim()) {
+        answers.insert(0, answer.trim().to_string());
+    }
+    meta["answers"] = serde_json::json!(answers);
     sink.push(
         id,
         Task::Vqa,
@@ -1087,6 +1093,7 @@ fn llava_instruct(sink: &mut Sink) -> Result<(), StageError> {
             image,
             question.trim(),
             &gpt.value,
+            std::slice::from_ref(&gpt.value),
             serde_json::json!({"image": image_name}),
         );
     }
@@ -1148,7 +1155,12 @@ fn textcaps(sink: &mut Sink) -> Result<(), StageError> {
             continue;
         };
         let single = captions.len() == 1;
-        for caption in captions {
+        // Every caption of the image is a reference answer of each of its items.
+        let references: Vec<String> = entry
+            .reference_strs
+            .clone()
+            .unwrap_or_else(|| captions.clone());
+        for caption in &captions {
             let n = seen.entry(entry.image_id.clone()).or_insert(0);
             // The natural id `<image_id>/<caption_id>` for one caption per entry; reference
             // captions are numbered.
@@ -1165,7 +1177,8 @@ fn textcaps(sink: &mut Sink) -> Result<(), StageError> {
                 &id,
                 image.clone(),
                 "Briefly describe this image.",
-                &caption,
+                caption,
+                &references,
                 meta,
             );
         }

@@ -15,6 +15,10 @@
 //! | `origin_id` | utf8 | the clean item this row is (or perturbs) |
 //! | `facts` | list<utf8 nullable>, nullable | per option, a description of it (null for the gold) |
 //! | `meta` | utf8, nullable | JSON with anything else |
+//!
+//! An **open-ended** row (free-form VQA: LLaVA-Instruct, TextCaps) has `meta.answers`, the
+//! list of its reference answers; its single option is the answer it is trained on and is never
+//! shown as an option ([`Item::reference_answers`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -86,6 +90,26 @@ pub struct Item {
     pub facts: Option<Vec<Option<String>>>,
     /// JSON metadata.
     pub meta: Option<String>,
+}
+
+impl Item {
+    /// For an open-ended row, its reference answers (`meta.answers`); `None` for a
+    /// multiple-choice row.
+    pub fn reference_answers(&self) -> Option<Vec<String>> {
+        let meta: serde_json::Value = serde_json::from_str(self.meta.as_deref()?).ok()?;
+        let answers = meta.get("answers")?.as_array()?;
+        Some(
+            answers
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    /// Whether the row is open-ended (free-form): answered in words, not by an option.
+    pub fn is_open_ended(&self) -> bool {
+        self.reference_answers().is_some()
+    }
 }
 
 /// The Arrow schema of the unified table.

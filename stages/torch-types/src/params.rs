@@ -463,6 +463,12 @@ pub struct FinetuneParams {
     /// D_mixed's ratios (not used by `fft_vqa`, which trains on VQA anchors only).
     #[serde(default)]
     pub mixture: MixtureParams,
+    /// The datasets whose clean `train` VQA rows are the VQA anchors (D_VQA, and D_mixed's VQA
+    /// share), by their `dataset` column: the paper's InstructBLIP trains on LLaVA-Instruct and
+    /// TextCaps, its other families on LLaVA-Instruct alone. Empty (the default): every VQA
+    /// training row. A name with no such rows is an error.
+    #[serde(default)]
+    pub vqa_datasets: Vec<String>,
     /// Consistency (`kl`, `js`, `ours`).
     #[serde(default)]
     pub consistency: ConsistencyParams,
@@ -517,6 +523,9 @@ impl Serialize for FinetuneParams {
         map.serialize_entry("optimizer", &self.optimizer)?;
         if self.method != Method::FftVqa {
             map.serialize_entry("mixture", &self.mixture)?;
+        }
+        if !self.vqa_datasets.is_empty() {
+            map.serialize_entry("vqa_datasets", &self.vqa_datasets)?;
         }
         if let Some(divergence) = self.method.divergence(self.consistency.ours_divergence) {
             let c = &self.consistency;

@@ -3,8 +3,11 @@
 //! Prompt (the authors' evaluation format, seed-repo.md §1.8, without a chat template since our
 //! models have none): `<bos> Question : {context} {question} Options : A : {option} B : ... Answer :`
 //! then the answer letter and `<eos>` (taught, unlike the authors' training strings, so models
-//! learn to stop). Only the letter and `<eos>` are answer tokens. Images are decoded from PNG and
-//! resized (nearest neighbour) to the model's size; rows without an image get a black one.
+//! learn to stop). Only the letter and `<eos>` are answer tokens. An open-ended row (free-form
+//! VQA, [`Item::is_open_ended`]) has no `Options :` part and is answered in words: its answer
+//! tokens are the reference answer it is trained on, then `<eos>`, whatever the answer format.
+//! Images are decoded from PNG and resized (nearest neighbour) to the model's size; rows without
+//! an image get a black one.
 
 use tch::{Kind, Tensor};
 
@@ -18,7 +21,7 @@ use crate::tokenizer::{Tokenizer, BOS, EOS, PAD};
 
 /// The prompt of an item (everything before the answer) as text segments, each with the role
 /// its tokens play: the template (`Question :`, `Options :`, `A :`, `Answer :`), the question
-/// with any prepended context, and the options' words.
+/// with any prepended context, and the options' words (none for an open-ended row).
 pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
     let context = item_context(item);
     let mut segments = vec![("Question :".to_string(), TokenRole::Template)];
@@ -26,10 +29,12 @@ pub fn prompt_segments(item: &Item) -> Vec<(String, TokenRole)> {
         segments.push((context, TokenRole::Question));
     }
     segments.push((item.question.clone(), TokenRole::Question));
-    segments.push(("Options :".to_string(), TokenRole::Template));
-    for (i, option) in item.options.iter().enumerate() {
-        segments.push((format!("{} :", letter(i)), TokenRole::Template));
-        segments.push((option.clone(), TokenRole::Option));
+    if !item.is_open_ended() {
+        segments.push(("Options :".to_string(), TokenRole::Template));
+        for (i, option) in item.options.iter().enumerate() {
+            segments.push((format!("{} :", letter(i)), TokenRole::Template));
+            segments.push((option.clone(), TokenRole::Option));
+        }
     }
     segments.push(("Answer :".to_string(), TokenRole::Template));
     segments
@@ -103,6 +108,16 @@ pub fn prompt(item: &Item) -> String {
         .join(" ")
 }
 
+/// The text of an item the tokenizer is built from: its prompt, and for an open-ended row the
+/// answer it is trained on (a multiple-choice row's options are in its prompt).
+pub fn vocabulary_text(item: &Item) -> String {
+    let prompt = prompt(item);
+    match item.is_open_ended() {
+        true => format!("{prompt} {}", item.options[item.answer]),
+        false => prompt,
+    }
+}
+
 /// The letter of option `index`.
 pub fn letter(index: usize) -> String {
     ((b'A' + index as u8) as char).to_string()
@@ -166,13 +181,19 @@ pub fn prompt_ids(item: &Item, tokenizer: &Tokenizer) -> Vec<i64> {
     prompt_tokens(item, tokenizer).0
 }
 
-/// The answer ids of option `option` in `format`, then `<eos>`.
+/// The answer ids of option `option` in `format`, then `<eos>`; an open-ended row's option
+/// (its reference answer) always in words.
 pub fn answer_ids(
     item: &Item,
     option: usize,
     format: AnswerFormat,
     tokenizer: &Tokenizer,
 ) -> Vec<i64> {
+    let format = if item.is_open_ended() {
+        AnswerFormat::Text
+    } else {
+        format
+    };
     let mut ids = match format {
         AnswerFormat::Letter => vec![tokenizer.id(&letter(option))],
         AnswerFormat::Text => tokenizer.encode(&item.options[option]),
@@ -377,6 +398,51 @@ mod tests {
         );
         assert_eq!(rows.anchor, [None, Some(0)]);
         assert_eq!(rows.images.size(), [2, 3, 8, 8]);
+    }
+
+    #[test]
+    fn an_open_ended_row_shows_no_options_and_is_answered_in_words() {
+        let mut open = item(
+            "v",
+            Task::Vqa,
+            "none",
+            "What does the sign say?",
+            Some(r#"{"answers":["stop here","stop"]}"#),
+        );
+        open.options = vec!["stop here".into()];
+        open.answer = 0;
+        assert_eq!(prompt(&open), "Question : What does the sign say? Answer :");
+        let tokenizer = Tokenizer::train([vocabulary_text(&open).as_str()], 200);
+        assert!(
+            !tokenizer
+                .encode("stop here")
+                .contains(&tokenizer.id(crate::tokenizer::UNK)),
+            "the answer's words are in the vocabulary"
+        );
+        let batch = [BatchRow {
+            item: 0,
+            anchor: None,
+        }];
+        for format in [AnswerFormat::Letter, AnswerFormat::Text] {
+            let rows = encode(std::slice::from_ref(&open), &batch, &tokenizer, format, 8).unwrap();
+            let tokens = Vec::<i64>::try_from(rows.tokens.flatten(0, 1)).unwrap();
+            let answer: Vec<i64> = tokens
+                .iter()
+                .zip(&rows.roles[0])
+                .filter(|(_, r)| **r == TokenRole::Answer)
+                .map(|(t, _)| *t)
+                .collect();
+            let mut words = tokenizer.encode("stop here");
+            words.push(tokenizer.id(EOS));
+            assert_eq!(
+                answer, words,
+                "{format:?}: the reference answer, then <eos>"
+            );
+            assert!(!rows.roles[0].contains(&TokenRole::Option));
+        }
+        // A multiple-choice row keeps its options.
+        let closed = item("c", Task::Vqa, "none", "What does the sign say?", None);
+        assert!(prompt(&closed).contains("Options : A : circle"));
     }
 
     #[test]

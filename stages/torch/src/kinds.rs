@@ -1,6 +1,7 @@
 //! The libtorch backend of the `pretrain`, `finetune` and `predict` stage kinds (declared in
 //! `mipipe-stage-torch-types`), what `mipipe-torch-worker` runs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use mipipe_engine::{StageContext, StageError};
@@ -16,8 +17,8 @@ use tch::nn;
 use crate::checkpoint;
 use crate::decode::{Decoding, Prompts};
 use crate::encode::{
-    answer_ids, encode, encode_sequences, letter, prediction, prompt, prompt_ids, prompt_tokens,
-    row_task, with_prompt_prefix, Sequence,
+    answer_ids, encode, encode_sequences, letter, prediction, prompt_ids, prompt_tokens, row_task,
+    vocabulary_text, with_prompt_prefix, Sequence,
 };
 use crate::methods::MethodConfig;
 use crate::mixture::{batches, Mixture};
@@ -165,7 +166,7 @@ impl TorchBackend for TchBackend {
                 "nothing to train on: the corpus is empty and the items table has no clean `train` rows",
             ));
         }
-        let prompts: Vec<String> = items.iter().map(prompt).collect();
+        let prompts: Vec<String> = items.iter().map(vocabulary_text).collect();
         let tokenizer = Tokenizer::train(
             corpus
                 .iter()
@@ -316,6 +317,13 @@ impl TorchBackend for TchBackend {
                 params.split
             )));
         }
+        if let Some(open) = items.iter().find(|i| i.is_open_ended()) {
+            return Err(StageError::failed(format!(
+                "item `{}` is open-ended (`meta.answers`): `predict` answers multiple-choice rows; \
+                 open-ended rows are training data (LLaVA-Instruct, TextCaps), leave them out of its `split`",
+                open.id
+            )));
+        }
         let out = match &params.checkpoint {
             Some(dir) => {
                 crate::hf::predict::answer(&ctx.workspace().join(dir), device, params, &items, ctx)?
@@ -341,7 +349,7 @@ pub(crate) fn finetune_plan(
     items: &[Item],
     ctx: &StageContext,
 ) -> Result<Vec<(u32, Vec<crate::mixture::BatchRow>)>, StageError> {
-    let mixture = if params.method == Method::FftVqa {
+    let mut mixture = if params.method == Method::FftVqa {
         Mixture::vqa_only(params.batch_size)
     } else {
         Mixture {
@@ -350,6 +358,7 @@ pub(crate) fn finetune_plan(
             ..Mixture::mixed(params.batch_size)
         }
     };
+    mixture.vqa_datasets.clone_from(&params.vqa_datasets);
     let mut plan = Vec::new();
     for epoch in 0..params.epochs {
         let seed = params.seed.wrapping_add(epoch as u64);
@@ -368,6 +377,23 @@ pub(crate) fn finetune_plan(
         plan.len(),
         params.epochs
     ));
+    // Where the VQA anchors come from (D_VQA's datasets), counted once per row.
+    let mut vqa: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for row in plan.iter().flat_map(|(_, batch)| batch) {
+        let item = &items[row.item];
+        if item.task == Task::Vqa {
+            vqa.entry(item.dataset.as_str())
+                .or_default()
+                .insert(row.item);
+        }
+    }
+    if !vqa.is_empty() {
+        let counts: Vec<String> = vqa
+            .iter()
+            .map(|(dataset, rows)| format!("{dataset} ({})", rows.len()))
+            .collect();
+        ctx.log(&format!("VQA anchors from {}", counts.join(", ")));
+    }
     Ok(plan)
 }
 

@@ -4,7 +4,8 @@
 //! `text_ratio` of text-heavy items, the rest VQA items (default 0.25/0.25, paper Table 13). Each
 //! image-heavy anchor (clean condition `none`) brings its MD and UF variants, each text-heavy
 //! anchor (clean condition `rp`: random pixels) its RI, FB and FW variants; VQA anchors come
-//! alone. D_VQA is the same with both ratios 0. The epoch ends when one anchor pool runs out
+//! alone (those of the datasets `vqa_datasets` names, when it names any). D_VQA is the same with
+//! both ratios 0. The epoch ends when one anchor pool runs out
 //! (as the authors' sampler does; the paper only says "1 epoch"). Anchors are shuffled with the
 //! run seed, so every method of an ablation sees the same batches.
 
@@ -45,6 +46,8 @@ pub struct Mixture {
     pub image_variants: Vec<String>,
     /// Variant conditions of text-heavy anchors.
     pub text_variants: Vec<String>,
+    /// The datasets VQA anchors come from (empty: every VQA training row).
+    pub vqa_datasets: Vec<String>,
 }
 
 impl Mixture {
@@ -56,6 +59,7 @@ impl Mixture {
             text_ratio: 0.25,
             image_variants: vec!["md".into(), "uf".into()],
             text_variants: vec!["ri".into(), "fb".into(), "fw".into()],
+            vqa_datasets: Vec::new(),
         }
     }
 
@@ -84,10 +88,24 @@ pub fn batches(items: &[Item], mixture: &Mixture, seed: u64) -> Result<Vec<Vec<B
             .map(|(n, _)| n)
             .collect()
     };
+    let mut vqa = pool(Task::Vqa, "none");
+    if !mixture.vqa_datasets.is_empty() {
+        for name in &mixture.vqa_datasets {
+            if !vqa.iter().any(|&i| items[i].dataset == *name) {
+                let known: std::collections::BTreeSet<&str> =
+                    vqa.iter().map(|&i| items[i].dataset.as_str()).collect();
+                return Err(format!(
+                    "`vqa_datasets` names `{name}`, which has no clean VQA training rows; datasets with some: {}",
+                    if known.is_empty() { "none".to_string() } else { known.into_iter().collect::<Vec<_>>().join(", ") }
+                ));
+            }
+        }
+        vqa.retain(|&i| mixture.vqa_datasets.contains(&items[i].dataset));
+    }
     let mut pools = [
         pool(Task::ImageHeavy, "none"),
         pool(Task::TextHeavy, "rp"),
-        pool(Task::Vqa, "none"),
+        vqa,
     ];
     for (pool, name) in pools.iter_mut().zip(["image-heavy", "text-heavy", "vqa"]) {
         let mut rng = ItemRng::new(seed, &["mixture", name]);
@@ -230,6 +248,41 @@ mod tests {
             .iter()
             .flatten()
             .all(|r| items[r.item].task == Task::Vqa && r.anchor.is_none()));
+    }
+
+    #[test]
+    fn vqa_anchors_come_from_the_named_datasets_only() {
+        let mut items = table();
+        for (i, item) in items.iter_mut().filter(|i| i.task == Task::Vqa).enumerate() {
+            item.dataset = ["llava-instruct", "textcaps", "scienceqa-img"][i % 3].into();
+        }
+        let named = |names: &[&str]| Mixture {
+            vqa_datasets: names.iter().map(|n| n.to_string()).collect(),
+            ..Mixture::vqa_only(2)
+        };
+        let datasets = |names: &[&str]| -> std::collections::BTreeSet<String> {
+            batches(&items, &named(names), 1)
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(|r| items[r.item].dataset.clone())
+                .collect()
+        };
+        assert_eq!(
+            datasets(&["llava-instruct"]),
+            ["llava-instruct".to_string()].into()
+        );
+        assert_eq!(
+            datasets(&["llava-instruct", "textcaps"]),
+            ["llava-instruct".to_string(), "textcaps".to_string()].into()
+        );
+        assert_eq!(datasets(&[]).len(), 3, "none named: every VQA training row");
+        let err = batches(&items, &named(&["llava_instruct"]), 1).unwrap_err();
+        assert!(
+            err.contains("`llava_instruct`")
+                && err.contains("llava-instruct, scienceqa-img, textcaps"),
+            "{err}"
+        );
     }
 
     #[test]

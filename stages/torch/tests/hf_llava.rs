@@ -485,6 +485,39 @@ fn training_rows_give_every_token_its_role() {
 }
 
 #[test]
+fn an_open_ended_row_trains_on_its_answer_in_words_without_options_or_system_message() {
+    let (_vs, model, processor) = load();
+    let mut open = item("v", Task::Vqa, Some(png("images/rgb-47x35.png")), true);
+    open.options = vec!["blue square".into()];
+    open.answer = 0;
+    open.meta = Some(r#"{"answers": ["blue square", "a blue square"]}"#.into());
+    let (ids, roles) = item_tokens(&processor, &open, Some(0)).unwrap();
+    let chosen = |role: TokenRole| -> Vec<i64> {
+        ids.iter()
+            .zip(&roles)
+            .filter(|(_, r)| **r == role)
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    assert!(chosen(TokenRole::Option).is_empty(), "no options shown");
+    let answer = chosen(TokenRole::Answer);
+    assert_eq!(answer.last(), model.config().eos_token_id.as_ref());
+    assert_eq!(processor.decode(&answer).unwrap().trim(), "blue square");
+    assert_eq!(
+        processor.decode(&chosen(TokenRole::Question)).unwrap(),
+        "What colour is the shape?"
+    );
+    let prompt = processor
+        .render(&mipipe_stage_torch::hf::predict::conversation(&open), true)
+        .unwrap();
+    assert!(
+        !prompt.contains(mipipe_stage_torch::hf::predict::SYSTEM_PROMPT)
+            && !prompt.contains("Option:"),
+        "{prompt}"
+    );
+}
+
+#[test]
 fn the_seven_methods_train_a_pretrained_llava() {
     let items = vec![
         item(

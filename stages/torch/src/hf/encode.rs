@@ -1,5 +1,6 @@
 //! Training batches for a pretrained LLaVA: each row is the evaluation prompt of
-//! [`super::predict`] through the checkpoint's chat template, followed by the answer letter and
+//! [`super::predict`] through the checkpoint's chat template, followed by the answer letter (an
+//! open-ended row's reference answer in words) and
 //! the end-of-sequence token (the supervised tokens), with the role of every token so the
 //! paper's modality masks apply: the `<image>` placeholders are image tokens, the question's
 //! words (and any prepended context) the question, the option texts the options, the rest
@@ -38,7 +39,11 @@ pub fn item_tokens(
             .eos_token()
             .ok_or("tokenizer_config.json names no eos_token to end the answer with")?;
         text.push(' ');
-        text.push_str(&letter(option));
+        if item.is_open_ended() {
+            text.push_str(&item.options[option]);
+        } else {
+            text.push_str(&letter(option));
+        }
         text.push_str(eos);
     }
     // Byte ranges of the roles in `text`.

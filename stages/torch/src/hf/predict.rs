@@ -24,14 +24,22 @@ option, no explanation and further question.";
 
 /// The user text of an item in parts, each with the role its tokens play: `Question:\n`, any
 /// prepended context and the question, `\nOption:\n`, then each option as `{letter}: {text}`
-/// on its own line.
+/// on its own line. An open-ended row is its question alone (with any context), as the authors
+/// train LLaVA-Instruct's first turn (seed-repo.md §1.6).
 pub fn user_segments(item: &Item) -> Vec<(String, TokenRole)> {
     let context = item_context(item);
-    let mut segments = vec![("Question:\n".to_string(), TokenRole::Template)];
+    let open = item.is_open_ended();
+    let mut segments = Vec::new();
+    if !open {
+        segments.push(("Question:\n".to_string(), TokenRole::Template));
+    }
     if let Some(context) = context.filter(|c| !c.is_empty()) {
         segments.push((format!("{context} "), TokenRole::Question));
     }
     segments.push((item.question.clone(), TokenRole::Question));
+    if open {
+        return segments;
+    }
     segments.push(("\nOption:\n".to_string(), TokenRole::Template));
     for (i, option) in item.options.iter().enumerate() {
         segments.push((format!("{}: ", letter(i)), TokenRole::Template));
@@ -49,17 +57,21 @@ pub fn user_text(item: &Item) -> String {
         .collect()
 }
 
-/// The conversation of an item: the system message, then the user's turn (picture first).
+/// The conversation of an item: the system message (none for an open-ended row, as the
+/// authors train VQA items), then the user's turn (picture first).
 pub fn conversation(item: &Item) -> Vec<Message> {
-    vec![
-        Message {
-            role: "system".into(),
-            content: vec![Content::Text {
-                text: SYSTEM_PROMPT.into(),
-            }],
-        },
-        Message::user(&user_text(item), item.image.is_some()),
-    ]
+    let system = Message {
+        role: "system".into(),
+        content: vec![Content::Text {
+            text: SYSTEM_PROMPT.into(),
+        }],
+    };
+    let user = Message::user(&user_text(item), item.image.is_some());
+    if item.is_open_ended() {
+        vec![user]
+    } else {
+        vec![system, user]
+    }
 }
 
 /// Answers `items` with the checkpoint in `dir` (pretrained, or fine-tuned by mipipe: then
