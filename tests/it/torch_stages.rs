@@ -1,6 +1,8 @@
 //! The libtorch kinds through `mipipe-torch-worker` on a tiny study: outputs, progress
 //! forwarded from the worker, and a mis-wired checkpoint refused.
 
+use std::collections::BTreeMap;
+
 use crate::Project;
 
 pub(crate) const TINY: &str = r#"
@@ -492,5 +494,189 @@ stages:
             .contains("`method: js` but the checkpoint is `ours`"),
         "{}",
         wrong.stderr
+    );
+}
+
+/// The tensors of a safetensors file: name -> (dtype, values as f32 when the dtype is F32).
+fn safetensors_f32(path: &std::path::Path) -> BTreeMap<String, (String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    let data = &bytes[8 + length..];
+    let mut out = BTreeMap::new();
+    for (name, entry) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = entry["dtype"].as_str().unwrap().to_string();
+        let [from, to] = [0, 1].map(|i| entry["data_offsets"][i].as_u64().unwrap() as usize);
+        let values = match dtype.as_str() {
+            "F32" => data[from..to]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.insert(name.clone(), (dtype, values));
+    }
+    out
+}
+
+/// The first step's loss and the step count a fine-tune's stage log reports.
+fn first_loss_and_steps(project: &Project, stage: &str) -> (f64, usize) {
+    let log = project.mipipe(&["log", stage]);
+    log.expect_code(0);
+    let loss = log
+        .stdout
+        .lines()
+        .find_map(|l| l.split(" loss ").nth(1).filter(|_| l.contains("step 1/")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no first step in:\n{}", log.stdout));
+    let steps = log
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.split(" steps over ")
+                .next()
+                .filter(|_| l.contains(" steps over "))
+        })
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step count in:\n{}", log.stdout));
+    (loss, steps)
+}
+
+/// `dtype: bfloat16` fine-tuning of a Hugging Face checkpoint: the model computes in bf16 and
+/// AdamW steps fp32 master weights, so updates far below bf16's resolution are kept, the
+/// frozen tower is written unrounded, and the first step's loss is fp32's within bf16 error.
+#[test]
+fn bf16_finetuning_steps_fp32_master_weights_and_writes_an_fp32_checkpoint() {
+    crate::require_torch_worker();
+    let project = Project::new();
+    copy_llava_checkpoint(&project);
+    project.write(
+        "mipipe.yaml",
+        r#"
+version: 1
+stages:
+  world:
+    kind: synth
+    params: {train_per_set: 4, test_per_set: 2, instruct_items: 4, pretrain_captions: 4}
+  conditions:
+    kind: perturb
+    inputs: {items: world.items}
+  fp32:
+    kind: finetune
+    inputs: {items: conditions.items}
+    params: {checkpoint: llava-tiny, method: ours, batch_size: 2, lr: 1e-6}
+    materialize: {model: out/fp32/}
+  bf16:
+    kind: finetune
+    inputs: {items: conditions.items}
+    params: {checkpoint: llava-tiny, method: ours, batch_size: 2, lr: 1e-6, dtype: bfloat16}
+    materialize: {model: out/bf16/}
+  predict:
+    kind: predict
+    inputs: {model: bf16.model, items: conditions.items}
+    params: {method: ours, batch_size: 4, max_new_tokens: 2}
+  lora:
+    kind: finetune
+    inputs: {items: conditions.items}
+    params: {checkpoint: llava-tiny, method: adv, batch_size: 4, lr: 1e-4, lora: {rank: 2}, dtype: bfloat16}
+    materialize: {model: out/lora/}
+  half:
+    kind: finetune
+    inputs: {items: conditions.items}
+    params: {checkpoint: llava-tiny, method: ours, dtype: float16}
+"#,
+    );
+    let run = project.mipipe(&["run", "-k"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("`dtype: float16` training needs loss scaling"),
+        "{}",
+        run.stderr
+    );
+    assert!(!mipipe_stage_schema::read_predictions(
+        &project.output_object("predict", "predictions")
+    )
+    .unwrap()
+    .is_empty());
+    let weights = |stage: &str| {
+        let model = project.path().join("out").join(stage);
+        let labels: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(model.join("mipipe.json")).unwrap()).unwrap();
+        (safetensors_f32(&model.join("model.safetensors")), labels)
+    };
+    let ((full, full_labels), (half, half_labels)) = (weights("fp32"), weights("bf16"));
+    // LoRA in bf16: the adapters merged into the fp32 weights, the original keys, all F32.
+    let (merged, _) = weights("lora");
+    assert_eq!(
+        merged.keys().collect::<Vec<_>>(),
+        full.keys().collect::<Vec<_>>()
+    );
+    assert!(merged.values().all(|(dtype, _)| dtype == "F32"));
+    assert_eq!(full_labels.get("dtype"), None);
+    assert_eq!(half_labels["dtype"], "bfloat16");
+    let (full_loss, steps) = first_loss_and_steps(&project, "fp32");
+    let (half_loss, _) = first_loss_and_steps(&project, "bf16");
+    assert!(
+        (full_loss - half_loss).abs() <= 0.02 * full_loss,
+        "first loss {half_loss} in bf16, {full_loss} in fp32"
+    );
+    // Every step moves a weight by at most a few lr (Adam's |m / sqrt(v)| stays near 1), so
+    // the trained weights stay within 4 * steps * lr of the checkpoint's and of each other;
+    // rounding the weights to bf16 (no master copy) would move them by far more.
+    let bound = 4.0 * steps as f32 * 1e-6;
+    let mut source = BTreeMap::new();
+    for shard in std::fs::read_dir(project.path().join("llava-tiny")).unwrap() {
+        let path = shard.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            source.extend(safetensors_f32(&path));
+        }
+    }
+    let mut largest_rounding = 0f32;
+    let mut moved = 0usize;
+    assert_eq!(
+        full.keys().collect::<Vec<_>>(),
+        half.keys().collect::<Vec<_>>()
+    );
+    for (name, (dtype, a)) in &full {
+        let (other, b) = &half[name];
+        assert_eq!((dtype.as_str(), other.as_str()), ("F32", "F32"), "{name}");
+        if name.starts_with("vision_tower.") {
+            assert_eq!(a, b, "{name}: the frozen tower is written as loaded");
+            continue;
+        }
+        if let Some((_, before)) = source.get(name) {
+            for (y, w) in b.iter().zip(before) {
+                assert!((y - w).abs() <= bound, "{name}: {w} moved to {y} in bf16");
+                moved += usize::from(y != w);
+            }
+        }
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= bound,
+                "{name}: {x} (fp32 run) vs {y} (bf16 run)"
+            );
+            let rounded = f32::from_bits((x.to_bits() + 0x8000) & 0xffff_0000);
+            largest_rounding = largest_rounding.max((x - rounded).abs());
+        }
+    }
+    assert!(moved > 1000, "the bf16 run trained: {moved} weights moved");
+    let adapted = merged
+        .iter()
+        .filter(|(name, _)| name.contains("self_attn.q_proj.weight"))
+        .filter(|(name, (_, values))| source.get(*name).is_some_and(|(_, w)| w != values))
+        .count();
+    assert!(
+        adapted > 0,
+        "the merged LoRA updates changed the query projections"
+    );
+    assert!(
+        largest_rounding > 10.0 * bound,
+        "the check needs weights whose bf16 rounding ({largest_rounding}) exceeds the bound ({bound})"
     );
 }

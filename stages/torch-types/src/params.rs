@@ -463,6 +463,11 @@ pub struct FinetuneParams {
     /// D_mixed's ratios (not used by `fft_vqa`, which trains on VQA anchors only).
     #[serde(default)]
     pub mixture: MixtureParams,
+    /// The precision a Hugging Face `checkpoint` trains in: `float32` (the default) or
+    /// `bfloat16` (the model's weights and activations in bf16, AdamW stepping fp32 master
+    /// weights; the output checkpoint is fp32). `float16` is refused: it needs loss scaling.
+    #[serde(default, skip_serializing_if = "Dtype::is_float32")]
+    pub dtype: Dtype,
     /// The datasets whose clean `train` VQA rows are the VQA anchors (D_VQA, and D_mixed's VQA
     /// share), by their `dataset` column: the paper's InstructBLIP trains on LLaVA-Instruct and
     /// TextCaps, its other families on LLaVA-Instruct alone. Empty (the default): every VQA
@@ -521,6 +526,9 @@ impl Serialize for FinetuneParams {
         map.serialize_entry("batch_size", &self.batch_size)?;
         map.serialize_entry("lr", &self.lr)?;
         map.serialize_entry("optimizer", &self.optimizer)?;
+        if !self.dtype.is_float32() {
+            map.serialize_entry("dtype", &self.dtype)?;
+        }
         if self.method != Method::FftVqa {
             map.serialize_entry("mixture", &self.mixture)?;
         }

@@ -131,6 +131,7 @@ impl TrainingRun<'_> {
     ) -> Result<(), StageError> {
         let log = train(
             self.vs,
+            None,
             self.model,
             plan,
             encode,
@@ -275,6 +276,11 @@ impl TorchBackend for TchBackend {
             return Err(StageError::failed(
                 "`lora` fine-tunes Hugging Face checkpoints (`checkpoint`); mipipe's own small \
                  models train in full",
+            ));
+        }
+        if !params.dtype.is_float32() {
+            return Err(StageError::failed(
+                "`dtype` applies to Hugging Face checkpoints; mipipe's own models train in float32",
             ));
         }
         let (vs, model, mut sidecar) = load(ctx.input_path("model")?, device)?;

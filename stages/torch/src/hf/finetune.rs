@@ -9,7 +9,7 @@ use std::path::Path;
 
 use mipipe_engine::{StageContext, StageError};
 use mipipe_stage_schema::Item;
-use mipipe_stage_torch_types::{Family, FinetuneParams, Size};
+use mipipe_stage_torch_types::{Dtype, Family, FinetuneParams, Size};
 use tch::Kind;
 
 use super::llava::LlavaModel;
@@ -17,7 +17,7 @@ use super::processor::LlavaProcessor;
 use crate::kinds::{failed, method_config, method_name};
 use crate::lora::Adapters;
 use crate::mixture::BatchRow;
-use crate::training::{train, write_log};
+use crate::training::{train, write_log, MasterWeights};
 
 /// What a fine-tuned checkpoint says of its training, beside the Hugging Face files.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -28,6 +28,9 @@ pub struct Labels {
     pub seed: u64,
     /// Where it was trained (`cpu`, `cuda:0`).
     pub trained_on: String,
+    /// The precision it was trained in (absent: `float32`).
+    #[serde(default, skip_serializing_if = "Dtype::is_float32")]
+    pub dtype: Dtype,
 }
 
 /// The labels file of a fine-tuned checkpoint.
@@ -57,15 +60,35 @@ pub fn run(
     ctx: &StageContext,
 ) -> Result<(), StageError> {
     check_family_and_size(params.family, params.size, dir)?;
+    let kind = match params.dtype {
+        Dtype::Float32 => Kind::Float,
+        Dtype::Bfloat16 => Kind::BFloat16,
+        Dtype::Float16 => {
+            return Err(StageError::failed(
+                "`dtype: float16` training needs loss scaling, which mipipe does not do; \
+                 use `bfloat16` (same memory, fp32's exponent range)",
+            ))
+        }
+    };
     // Adapters draw their initialisation from the run's seed.
     tch::manual_seed(params.seed as i64);
     let adapters = params.lora.as_ref().map(Adapters::new);
-    let (vs, model) = LlavaModel::load_with_adapters(dir, device, Kind::Float, adapters.as_ref())
-        .map_err(failed)?;
+    let (mut vs, mut model) =
+        LlavaModel::load_with_adapters(dir, device, Kind::Float, adapters.as_ref())
+            .map_err(failed)?;
     let processor = LlavaProcessor::load(dir, model.config()).map_err(failed)?;
     model.freeze_for_finetune(&vs);
+    // In bf16 the master weights are the checkpoint's fp32 values, copied before the model
+    // is converted.
+    let mut master = (kind != Kind::Float).then(|| {
+        let master = MasterWeights::of(&vs, &params.optimizer);
+        model.set_kind(&mut vs, kind);
+        master
+    });
+    let tie_embeddings = model.config().text.tie_embeddings;
     let log = train(
         &vs,
+        master.as_mut(),
         &model,
         plan,
         |batch| super::encode::encode(&processor, items, batch),
@@ -75,6 +98,19 @@ pub fn run(
         ctx,
     )?;
     write_log(ctx.output_path("log")?, &log)?;
+    // Trained in bf16: the checkpoint is the source's fp32 weights with the fp32 master
+    // weights in place of the trained ones (the frozen tower is never rounded).
+    let vs = match master {
+        None => vs,
+        Some(master) => {
+            drop((vs, model));
+            let (full, _) =
+                LlavaModel::load_with_adapters(dir, device, Kind::Float, adapters.as_ref())
+                    .map_err(failed)?;
+            master.copy_into(&full);
+            full
+        }
+    };
     let out = ctx.output_path("model")?;
     std::fs::create_dir_all(out)
         .map_err(|e| failed(format!("cannot create `{}`: {e}", out.display())))?;
@@ -92,12 +128,12 @@ pub fn run(
             merged.len() / 2
         ));
     }
-    super::weights::save(&vs, out, Kind::Float, model.config().text.tie_embeddings)
-        .map_err(failed)?;
+    super::weights::save(&vs, out, Kind::Float, tie_embeddings).map_err(failed)?;
     let labels = Labels {
         method: method_name(params.method),
         seed: params.seed,
         trained_on: crate::device::name(device),
+        dtype: params.dtype,
     };
     let json = serde_json::to_vec_pretty(&labels).map_err(failed)?;
     std::fs::write(out.join(LABELS_FILE), json)

@@ -95,11 +95,16 @@ impl LlavaModel {
         let mut vs = nn::VarStore::new(device);
         let mut model = Self::with_adapters(vs.root(), &config, adapters)?;
         if kind != Kind::Float {
-            vs.set_kind(kind);
-            model.kind = kind;
+            model.set_kind(&mut vs, kind);
         }
         super::weights::load(&vs, dir)?;
         Ok((vs, model))
+    }
+
+    /// Converts the model's variables (all of `vs`) to `kind`, which it then computes in.
+    pub fn set_kind(&mut self, vs: &mut nn::VarStore, kind: Kind) {
+        vs.set_kind(kind);
+        self.kind = kind;
     }
 
     /// The configuration.
@@ -166,10 +171,13 @@ impl LlavaModel {
     }
 
     /// Logits `[batch, seq, vocab]` of input embeddings with the attention mask of a left-padded
-    /// batch (`[batch, seq]`, 1 for real tokens).
+    /// batch (`[batch, seq]`, 1 for real tokens). Embeddings in another dtype (fp32 after a PGD
+    /// or RG perturbation was added in fp32) are cast to the model's.
     pub fn logits(&self, embeddings: &Tensor, attention_mask: &Tensor) -> Tensor {
-        self.decoder
-            .forward_embeddings(embeddings, Some(&attention_mask.to_kind(Kind::Bool)))
+        self.decoder.forward_embeddings(
+            &embeddings.to_kind(self.kind),
+            Some(&attention_mask.to_kind(Kind::Bool)),
+        )
     }
 
     /// The prompts encoded once, for greedy generation and continuation scores with the KV
