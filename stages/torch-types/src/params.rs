@@ -454,9 +454,11 @@ pub struct FinetuneParams {
     /// Anchors per batch (the paper: 8); variants come on top.
     #[serde(default = "default_finetune_batch")]
     pub batch_size: usize,
-    /// Peak learning rate.
-    #[serde(default = "default_finetune_lr")]
-    pub lr: f64,
+    /// Peak learning rate. Default: 2e-5 with a Hugging Face `checkpoint` (every runnable
+    /// LLaVA-1.5-7B config of the authors; the paper leaves it blank), 1e-3 for mipipe's own
+    /// small models (null: that default).
+    #[serde(default, rename = "lr")]
+    pub lr_param: Option<f64>,
     /// AdamW, schedule and clipping.
     #[serde(default)]
     pub optimizer: OptimizerParams,
@@ -468,6 +470,11 @@ pub struct FinetuneParams {
     /// weights; the output checkpoint is fp32). `float16` is refused: it needs loss scaling.
     #[serde(default, skip_serializing_if = "Dtype::is_float32")]
     pub dtype: Dtype,
+    /// Gradient checkpointing of the language model's blocks: each block's activations are
+    /// recomputed in the backward pass instead of kept (activation memory of one block, about
+    /// one more forward pass of time). The gradients are the same up to summation order.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// The datasets whose clean `train` VQA rows are the VQA anchors (D_VQA, and D_mixed's VQA
     /// share), by their `dataset` column: the paper's InstructBLIP trains on LLaVA-Instruct and
     /// TextCaps, its other families on LLaVA-Instruct alone. Empty (the default): every VQA
@@ -496,8 +503,15 @@ fn default_finetune_epochs() -> u32 {
 fn default_finetune_batch() -> usize {
     8
 }
-fn default_finetune_lr() -> f64 {
-    1e-3
+impl FinetuneParams {
+    /// The peak learning rate: `lr`, or the default for the model being fine-tuned.
+    pub fn lr(&self) -> f64 {
+        self.lr_param.unwrap_or(if self.checkpoint.is_some() {
+            2e-5
+        } else {
+            1e-3
+        })
+    }
 }
 fn default_sigma() -> f64 {
     0.05
@@ -524,10 +538,13 @@ impl Serialize for FinetuneParams {
         map.serialize_entry("device", &self.device)?;
         map.serialize_entry("epochs", &self.epochs)?;
         map.serialize_entry("batch_size", &self.batch_size)?;
-        map.serialize_entry("lr", &self.lr)?;
+        map.serialize_entry("lr", &self.lr())?;
         map.serialize_entry("optimizer", &self.optimizer)?;
         if !self.dtype.is_float32() {
             map.serialize_entry("dtype", &self.dtype)?;
+        }
+        if self.gradient_checkpointing {
+            map.serialize_entry("gradient_checkpointing", &true)?;
         }
         if self.method != Method::FftVqa {
             map.serialize_entry("mixture", &self.mixture)?;
@@ -694,6 +711,24 @@ mod tests {
         assert_ne!(pgd("adv"), canonical(json!({"method": "adv"})));
         let fft_vqa = canonical(json!({"method": "fft_vqa", "mixture": {"image_ratio": 0.5}}));
         assert!(fft_vqa.get("mixture").is_none(), "{fft_vqa}");
+    }
+
+    #[test]
+    fn the_default_learning_rate_follows_the_model() {
+        // The canonical form writes the resolved rate, so a default and its value share a key.
+        assert_eq!(canonical(json!({"method": "ours"}))["lr"], json!(1e-3));
+        assert_eq!(
+            canonical(json!({"method": "ours", "checkpoint": "llava"}))["lr"],
+            json!(2e-5)
+        );
+        assert_eq!(
+            canonical(json!({"method": "ours", "checkpoint": "llava", "lr": 1e-6}))["lr"],
+            json!(1e-6)
+        );
+        assert_eq!(
+            canonical(json!({"method": "ours"})),
+            canonical(json!({"method": "ours", "lr": 1e-3}))
+        );
     }
 
     #[test]

@@ -286,6 +286,9 @@ impl TorchBackend for TchBackend {
         let (vs, model, mut sidecar) = load(ctx.input_path("model")?, device)?;
         check_labels(&sidecar, params.family, params.size, None, None)?;
         model.freeze_for_finetune(&vs);
+        model
+            .decoder
+            .set_checkpointing(params.gradient_checkpointing);
         let items = read_all_items(ctx, "items")?;
         let plan = finetune_plan(params, &items, ctx)?;
         tch::manual_seed(params.seed as i64);
@@ -299,7 +302,7 @@ impl TorchBackend for TchBackend {
             vs: &vs,
             model: &model,
             method: method_config(params),
-            lr: params.lr,
+            lr: params.lr(),
             optimizer: &params.optimizer,
             ctx,
         };

@@ -201,6 +201,12 @@ impl KvCache {
     }
 }
 
+/// Whether autograd records operations here (not inside `no_grad`).
+fn grad_mode() -> bool {
+    let probe = Tensor::ones([1], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    (probe * 2.0).requires_grad()
+}
+
 /// What the decoder attends with besides the new tokens' embeddings.
 pub struct Attending<'a> {
     /// Position ids of the new tokens, `[batch, new]`.
@@ -455,6 +461,31 @@ impl Block {
     }
 }
 
+/// Gradient checkpointing of a decoder's blocks (off until [`Decoder::set_checkpointing`]).
+/// A forward pass in grad mode then keeps each block's input only, not its activations, and
+/// records a segment; the backward pass ([`Decoder::backward_checkpoints`],
+/// [`Decoder::input_gradient`]) recomputes one block at a time from its input and carries the
+/// gradient down: activation memory of one block instead of all of them, for one more forward
+/// pass. libtorch's C++ API has no `torch.utils.checkpoint`, so this is done by hand.
+#[derive(Debug, Default)]
+struct Checkpoints {
+    on: std::cell::Cell<bool>,
+    segments: std::cell::RefCell<Vec<Segment>>,
+}
+
+/// One checkpointed forward pass.
+#[derive(Debug)]
+struct Segment {
+    /// The embeddings it was given, with their graph (projector, token embeddings, δ).
+    input: Tensor,
+    positions: Tensor,
+    keys: Option<Tensor>,
+    /// The input of each block, detached.
+    saved: Vec<Tensor>,
+    /// The last block's output as a leaf: the head's graph starts here.
+    top: Tensor,
+}
+
 /// The language model: token embeddings, blocks, final norm, output head.
 #[derive(Debug)]
 pub struct Decoder {
@@ -464,6 +495,7 @@ pub struct Decoder {
     norm: RmsNorm,
     lm_head: nn::Linear,
     rotary: Rotary,
+    checkpoints: Checkpoints,
 }
 
 impl Decoder {
@@ -517,7 +549,72 @@ impl Decoder {
             norm,
             lm_head,
             rotary: Rotary::new(config.head_dim, config.rope_theta, body.device()),
+            checkpoints: Checkpoints::default(),
         }
+    }
+
+    /// Gradient checkpointing on or off (see [`Checkpoints`]); turning it off forgets any
+    /// recorded segment.
+    pub fn set_checkpointing(&self, on: bool) {
+        self.checkpoints.on.set(on);
+        self.checkpoints.segments.borrow_mut().clear();
+    }
+
+    /// Completes the backward pass of a loss whose `backward()` has run over checkpointed
+    /// forward passes: each recorded segment's gradient is carried down its blocks (their
+    /// parameters accumulating gradients) and into the graph of its input embeddings.
+    pub fn backward_checkpoints(&self) {
+        let segments = std::mem::take(&mut *self.checkpoints.segments.borrow_mut());
+        let mut reached = Vec::new();
+        for segment in segments {
+            let grad = segment.top.grad();
+            if !grad.defined() || !segment.input.requires_grad() {
+                continue;
+            }
+            let grad = self.blocks_backward(&segment, grad, true);
+            reached.push((segment.input * grad).sum(Kind::Float));
+        }
+        if !reached.is_empty() {
+            // One pass over the inputs' graphs, which segments may share.
+            Tensor::stack(&reached, 0).sum(Kind::Float).backward();
+        }
+    }
+
+    /// The gradient of `loss` with respect to `wrt` (a tensor the input of the last recorded
+    /// segment was computed from, as PGD's δ), without parameter gradients, when checkpointing
+    /// is on; `None` when it is off.
+    pub fn input_gradient(&self, loss: &Tensor, wrt: &Tensor) -> Option<Tensor> {
+        let segment = self.checkpoints.segments.borrow_mut().pop()?;
+        let top = Tensor::run_backward(&[loss], &[&segment.top], false, false)
+            .pop()
+            .expect("one gradient");
+        let grad = self.blocks_backward(&segment, top, false);
+        let reached = (&segment.input * grad).sum(Kind::Float);
+        Tensor::run_backward(&[&reached], &[wrt], false, false).pop()
+    }
+
+    /// Carries `grad` (of the last block's output) down a segment's blocks, recomputing each
+    /// from its saved input; with `params`, the blocks' parameters accumulate gradients.
+    /// Returns the gradient of the segment's input.
+    fn blocks_backward(&self, segment: &Segment, mut grad: Tensor, params: bool) -> Tensor {
+        let attending = Attending {
+            positions: &segment.positions,
+            keys: segment.keys.as_ref(),
+        };
+        for (block, saved) in self.blocks.iter().zip(&segment.saved).rev() {
+            let x = saved.detach().set_requires_grad(true);
+            let y = block.forward(&x, &self.rotary, &attending, None);
+            let reached = (y * &grad).sum(Kind::Float);
+            grad = if params {
+                reached.backward();
+                x.grad()
+            } else {
+                Tensor::run_backward(&[&reached], &[&x], false, false)
+                    .pop()
+                    .expect("one gradient")
+            };
+        }
+        grad
     }
 
     /// Logits `[batch, seq, vocab]` from input embeddings `[batch, seq, hidden]` (so image
@@ -536,7 +633,28 @@ impl Decoder {
             positions: &positions,
             keys: keys.as_ref(),
         };
-        self.forward_cached(embeddings, &attending, None)
+        if !self.checkpoints.on.get() || !grad_mode() {
+            return self.forward_cached(embeddings, &attending, None);
+        }
+        let mut saved = Vec::with_capacity(self.blocks.len());
+        let top = tch::no_grad(|| {
+            let mut x = embeddings.detach();
+            for block in &self.blocks {
+                saved.push(x.shallow_clone());
+                x = block.forward(&x, &self.rotary, &attending, None);
+            }
+            x
+        })
+        .set_requires_grad(true);
+        let logits = top.apply(&self.norm).apply(&self.lm_head);
+        self.checkpoints.segments.borrow_mut().push(Segment {
+            input: embeddings.shallow_clone(),
+            positions: positions.shallow_clone(),
+            keys,
+            saved,
+            top,
+        });
+        logits
     }
 
     /// Logits of new tokens given what `cache` holds (which it then also holds), or of a whole

@@ -15,6 +15,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::layers::Decoder;
 use crate::model::MultimodalModel;
 use crate::objectives::{
     answer_cross_entropy, consistency, gaussian_noise, modality_mask, Divergence, PerturbTokens,
@@ -119,6 +120,21 @@ pub trait Trainable {
     fn logits_of(&self, embeddings: &Tensor, real: &Tensor) -> Tensor;
     /// Training mode on or off (LoRA's dropout); the default has nothing to switch.
     fn set_training(&self, _on: bool) {}
+    /// The language model, for gradient checkpointing ([`Decoder::set_checkpointing`]).
+    fn decoder(&self) -> &Decoder;
+}
+
+/// The gradient of `loss` with respect to `wrt` alone (no parameter gradients), through the
+/// model's checkpointed segments when checkpointing is on.
+pub fn input_gradient(model: &impl Trainable, loss: &Tensor, wrt: &Tensor) -> Tensor {
+    model
+        .decoder()
+        .input_gradient(loss, wrt)
+        .unwrap_or_else(|| {
+            Tensor::run_backward(&[loss], &[wrt], false, false)
+                .pop()
+                .expect("one gradient")
+        })
 }
 
 impl Trainable for MultimodalModel {
@@ -160,6 +176,10 @@ impl Trainable for MultimodalModel {
 
     fn logits_of(&self, embeddings: &Tensor, real: &Tensor) -> Tensor {
         self.decoder.forward_embeddings(embeddings, Some(real))
+    }
+
+    fn decoder(&self) -> &Decoder {
+        &self.decoder
     }
 }
 
@@ -307,7 +327,12 @@ pub fn training_loss(model: &impl Trainable, rows: &Rows, config: &MethodConfig)
             total = total + noisy;
         }
         Method::Adv | Method::Ours => {
-            let (delta, trace) = config.pgd.perturb(&embeddings, &irrelevant, supervised);
+            let (delta, trace) =
+                config
+                    .pgd
+                    .perturb(&embeddings, &irrelevant, supervised, |l, d| {
+                        input_gradient(model, l, d)
+                    });
             terms.push((
                 "delta_to_text",
                 relative_size(&delta, &embeddings, &(&irrelevant * &text_mask)),
@@ -446,6 +471,58 @@ mod tests {
             losses.push(loss.terms[0].1);
         }
         (losses, vs)
+    }
+
+    /// Every method's loss and parameter gradients, with the decoder's blocks checkpointed
+    /// or not (PGD's inner gradients through the segments too).
+    fn gradients(method: Method, checkpointing: bool) -> (f64, Vec<(String, Tensor)>) {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = MultimodalModel::new(vs.root(), &tiny(Family::Llava));
+        model.freeze_for_finetune(&vs);
+        model.decoder.set_checkpointing(checkpointing);
+        let rows = rows();
+        let mut config = MethodConfig::paper(method);
+        config.pgd.epsilon = 0.05;
+        let loss = training_loss(&model, &rows, &config);
+        loss.total.backward();
+        model.decoder.backward_checkpoints();
+        let mut grads: Vec<(String, Tensor)> = vs
+            .trainable_variables()
+            .iter()
+            .zip(0..)
+            .map(|(v, i)| (i.to_string(), v.grad()))
+            .collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss.total.double_value(&[]), grads)
+    }
+
+    #[test]
+    fn checkpointed_blocks_give_the_gradients_of_the_full_backward_pass() {
+        let _rng = crate::rng_lock();
+        for method in Method::ALL {
+            let (loss, full) = gradients(method, false);
+            let (again, checkpointed) = gradients(method, true);
+            assert!(
+                (loss - again).abs() < 1e-6,
+                "{method:?}: loss {loss} vs {again}"
+            );
+            let mut compared = 0;
+            for ((name, a), (_, b)) in full.iter().zip(&checkpointed) {
+                assert_eq!(a.defined(), b.defined(), "{method:?} variable {name}");
+                if !a.defined() {
+                    continue;
+                }
+                let scale = a.abs().max().double_value(&[]).max(1e-12);
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{method:?} variable {name}: {diff} of {scale}"
+                );
+                compared += 1;
+            }
+            assert!(compared > 10, "{method:?}: {compared} gradients compared");
+        }
     }
 
     #[test]

@@ -140,13 +140,15 @@ pub struct PgdTrace {
 /// ε 1e-3, K 2).
 pub trait Pgd {
     /// Finds δ that increases `loss_of(embeddings + δ)`, within the ball and zero outside the
-    /// mask (`[batch, seq]`). Gradients are taken with respect to δ only (`run_backward` with δ
-    /// as the sole input), so the model's parameters accumulate nothing. Returns δ (detached).
+    /// mask (`[batch, seq]`). Gradients are taken with respect to δ only (`gradient(loss, δ)`:
+    /// `run_backward` with δ as the sole input, or its checkpointed equivalent), so the model's
+    /// parameters accumulate nothing. Returns δ (detached).
     fn perturb(
         &self,
         embeddings: &Tensor,
         mask: &Tensor,
         loss_of: impl Fn(&Tensor) -> Tensor,
+        gradient: impl Fn(&Tensor, &Tensor) -> Tensor,
     ) -> (Tensor, PgdTrace);
 }
 
@@ -169,6 +171,7 @@ impl Pgd for PgdParams {
         embeddings: &Tensor,
         mask: &Tensor,
         loss_of: impl Fn(&Tensor) -> Tensor,
+        gradient: impl Fn(&Tensor, &Tensor) -> Tensor,
     ) -> (Tensor, PgdTrace) {
         let embeddings = embeddings.detach();
         let start = match self.init {
@@ -180,9 +183,7 @@ impl Pgd for PgdParams {
         for _ in 0..self.steps {
             let d = delta.set_requires_grad(true);
             let loss = loss_of(&(&embeddings + &d));
-            let grad = Tensor::run_backward(&[&loss], &[&d], false, false)
-                .pop()
-                .expect("one gradient");
+            let grad = gradient(&loss, &d);
             let step = grad * self.alpha;
             trace
                 .step_to_epsilon
@@ -286,11 +287,20 @@ mod tests {
                 norm,
                 init: PgdInit::Gaussian,
             };
-            let (delta, trace) = pgd.perturb(&embeddings, &mask, |e| {
-                e.apply(&model)
-                    .view([8, 5])
-                    .cross_entropy_for_logits(&targets)
-            });
+            let (delta, trace) = pgd.perturb(
+                &embeddings,
+                &mask,
+                |e| {
+                    e.apply(&model)
+                        .view([8, 5])
+                        .cross_entropy_for_logits(&targets)
+                },
+                |loss, d| {
+                    Tensor::run_backward(&[loss], &[d], false, false)
+                        .pop()
+                        .unwrap()
+                },
+            );
             for (name, p) in vs.variables() {
                 assert!(
                     !p.grad().defined(),

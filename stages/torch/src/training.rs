@@ -188,7 +188,9 @@ impl MasterWeights {
 
 /// Trains `model` (its trainable variables in `vs`) over `plan` (epoch, batch) with
 /// `method`, encoding each batch just before its step. With `master`, the model computes in
-/// its own precision and the fp32 master weights take the optimizer's steps.
+/// its own precision and the fp32 master weights take the optimizer's steps. When the model's
+/// decoder checkpoints ([`crate::layers::Decoder::set_checkpointing`]), each step's backward
+/// pass is completed through its recorded segments.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B>(
     vs: &nn::VarStore,
@@ -234,6 +236,7 @@ pub fn train<B>(
             )));
         }
         loss.total.backward();
+        model.decoder().backward_checkpoints();
         let grad_norm = match master.as_deref_mut() {
             Some(master) => master.step(vs, rate, optimizer.clip),
             None => {

@@ -598,6 +598,31 @@ fn the_seven_methods_train_a_pretrained_llava() {
             .total
             .double_value(&[]);
         assert!(last < first_total, "{method:?}: {first_total} -> {last}");
+        // Gradient checkpointing gives this model's gradients (PGD's inner ones included).
+        let gradients = |checkpointing: bool| {
+            tch::manual_seed(4);
+            model.decoder.set_checkpointing(checkpointing);
+            for mut var in vs.trainable_variables() {
+                var.zero_grad();
+            }
+            let loss = training_loss(&model, &rows, &config);
+            loss.total.backward();
+            model.decoder.backward_checkpoints();
+            model.decoder.set_checkpointing(false);
+            let mut grads: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, v)| v.requires_grad())
+                .map(|(name, v)| (name, v.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            grads
+        };
+        for ((name, a), (_, b)) in gradients(false).iter().zip(&gradients(true)) {
+            let scale = a.abs().max().double_value(&[]).max(1e-12);
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff <= 1e-5 * scale, "{method:?} {name}: {diff} of {scale}");
+        }
         // The vision tower stays as it was loaded.
         let (fresh_vs, _) = LlavaModel::load(&checkpoint(), Device::Cpu, Kind::Float).unwrap();
         let fresh = fresh_vs.variables();

@@ -86,6 +86,10 @@ pub fn run(
         master
     });
     let tie_embeddings = model.config().text.tie_embeddings;
+    check_checkpointing(params)?;
+    model
+        .decoder
+        .set_checkpointing(params.gradient_checkpointing);
     let log = train(
         &vs,
         master.as_mut(),
@@ -93,7 +97,7 @@ pub fn run(
         plan,
         |batch| super::encode::encode(&processor, items, batch),
         &method_config(params),
-        params.lr,
+        params.lr(),
         &params.optimizer,
         ctx,
     )?;
@@ -138,6 +142,21 @@ pub fn run(
     let json = serde_json::to_vec_pretty(&labels).map_err(failed)?;
     std::fs::write(out.join(LABELS_FILE), json)
         .map_err(|e| failed(format!("cannot write {LABELS_FILE}: {e}")))
+}
+
+/// Checkpointing recomputes each block, so a block must compute the same thing twice: LoRA's
+/// dropout would draw a different mask on the recomputation.
+pub fn check_checkpointing(params: &FinetuneParams) -> Result<(), StageError> {
+    match &params.lora {
+        Some(lora) if params.gradient_checkpointing && lora.dropout > 0.0 => {
+            Err(StageError::failed(format!(
+                "`gradient_checkpointing` recomputes each block, and LoRA's dropout ({}) would \
+                 draw another mask the second time; set `lora.dropout: 0` to use both",
+                lora.dropout
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A `family` label must be `llava`, and `size` (which labels mipipe's own models) absent.

@@ -240,6 +240,10 @@ impl Trainable for LlavaModel {
         self.logits(embeddings, real)
     }
 
+    fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     fn set_training(&self, on: bool) {
         if let Some(adapters) = &self.adapters {
             adapters.set_training(on);
