@@ -589,6 +589,10 @@ stages:
     kind: finetune
     inputs: {items: conditions.items}
     params: {checkpoint: llava-tiny, method: ours, dtype: float16}
+  dropout:
+    kind: finetune
+    inputs: {items: conditions.items}
+    params: {checkpoint: llava-tiny, method: ours, lora: {rank: 2}, gradient_checkpointing: true}
 "#,
     );
     let run = project.mipipe(&["run", "-k"]);
@@ -596,6 +600,11 @@ stages:
     assert!(
         run.stderr
             .contains("`dtype: float16` training needs loss scaling"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("set `lora.dropout: 0` to use both"),
         "{}",
         run.stderr
     );

@@ -60,6 +60,7 @@ pub fn run(
     ctx: &StageContext,
 ) -> Result<(), StageError> {
     check_family_and_size(params.family, params.size, dir)?;
+    check_checkpointing(params)?;
     let kind = match params.dtype {
         Dtype::Float32 => Kind::Float,
         Dtype::Bfloat16 => Kind::BFloat16,
@@ -86,7 +87,6 @@ pub fn run(
         master
     });
     let tie_embeddings = model.config().text.tie_embeddings;
-    check_checkpointing(params)?;
     model
         .decoder
         .set_checkpointing(params.gradient_checkpointing);
@@ -146,7 +146,7 @@ pub fn run(
 
 /// Checkpointing recomputes each block, so a block must compute the same thing twice: LoRA's
 /// dropout would draw a different mask on the recomputation.
-pub fn check_checkpointing(params: &FinetuneParams) -> Result<(), StageError> {
+fn check_checkpointing(params: &FinetuneParams) -> Result<(), StageError> {
     match &params.lora {
         Some(lora) if params.gradient_checkpointing && lora.dropout > 0.0 => {
             Err(StageError::failed(format!(
