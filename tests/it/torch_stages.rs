@@ -288,20 +288,9 @@ fn predict_gives_the_same_answers_with_batch_size_1_and_64() {
     }
 }
 
-/// The tensor names of a safetensors file (its header), sorted.
+/// The tensor names of a safetensors file, sorted.
 fn safetensors_keys(path: &std::path::Path) -> Vec<String> {
-    let bytes = std::fs::read(path).unwrap();
-    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
-    let mut keys: Vec<String> = header
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| *k != "__metadata__")
-        .cloned()
-        .collect();
-    keys.sort();
-    keys
+    safetensors_f32(path).into_keys().collect()
 }
 
 /// The tiny LLaVA checkpoint of the parity tests, copied to `llava-tiny/` in the project.

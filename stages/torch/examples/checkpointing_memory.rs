@@ -1,6 +1,6 @@
 //! Peak memory and step time of one training step with the decoder's blocks checkpointed or
 //! not, on one model, in this process: `bench/checkpointing.sh` runs it once per setting (a
-//! process's peak resident memory, `VmHWM`, only grows) and prints the ratios.
+//! process's peak resident memory, `VmHWM`, only grows).
 //!
 //! `cargo run --release -p mipipe-stage-torch --example checkpointing_memory -- on|off METHOD
 //! [steps]` prints one JSON line.
@@ -9,12 +9,14 @@
 
 use std::time::Instant;
 
+#[path = "shared/batch.rs"]
+mod batch;
+use batch::d_mixed_batch;
+
 use mipipe_stage_torch::layers::DecoderConfig;
-use mipipe_stage_torch::methods::{training_loss, Method, MethodConfig, Rows};
+use mipipe_stage_torch::methods::{training_loss, Method, MethodConfig};
 use mipipe_stage_torch::model::{Family, ModelConfig, MultimodalModel};
-use mipipe_stage_torch::objectives::{RowTask, TokenRole};
 use tch::nn::{self, OptimizerConfig};
-use tch::{Kind, Tensor};
 
 /// A decoder deep and long enough that activations, not weights, dominate the peak.
 fn config() -> ModelConfig {
@@ -30,34 +32,6 @@ fn config() -> ModelConfig {
         decoder: DecoderConfig::llama(512, 256, 8, 8, 768, 512),
         queries: 16,
         qformer_layers: 1,
-    }
-}
-
-/// 8 rows like D_mixed (image-heavy with variants, text-heavy, VQA) of `seq` text tokens.
-fn batch(seq: usize) -> Rows {
-    let mut roles = Vec::new();
-    let mut tasks = Vec::new();
-    let mut anchor = Vec::new();
-    for row in 0..8 {
-        let mut r = vec![TokenRole::Question; seq];
-        r[seq - 2] = TokenRole::Answer;
-        r[seq - 1] = TokenRole::Pad;
-        roles.push(r);
-        let (task, a) = match row {
-            0 | 1 => (RowTask::ImageHeavy, None),
-            2 | 3 => (RowTask::ImageHeavy, Some(row - 2)),
-            4 | 5 => (RowTask::TextHeavy, None),
-            _ => (RowTask::Vqa, None),
-        };
-        tasks.push(task);
-        anchor.push(a);
-    }
-    Rows {
-        images: Tensor::rand([8, 3, 32, 32], (Kind::Float, tch::Device::Cpu)),
-        tokens: Tensor::randint(512, [8, seq as i64], (Kind::Int64, tch::Device::Cpu)),
-        roles,
-        tasks,
-        anchor,
     }
 }
 
@@ -83,7 +57,7 @@ fn main() {
     };
     let steps: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
     tch::manual_seed(0);
-    let rows = batch(256);
+    let rows = d_mixed_batch(256);
     let vs = nn::VarStore::new(tch::Device::Cpu);
     let model = MultimodalModel::new(vs.root(), &config());
     model.freeze_for_finetune(&vs);

@@ -8,12 +8,14 @@
 
 use std::time::Instant;
 
+#[path = "shared/batch.rs"]
+mod batch;
+use batch::d_mixed_batch;
+
 use mipipe_stage_torch::layers::DecoderConfig;
-use mipipe_stage_torch::methods::{training_loss, Method, MethodConfig, Rows};
+use mipipe_stage_torch::methods::{training_loss, Method, MethodConfig};
 use mipipe_stage_torch::model::{Family, ModelConfig, MultimodalModel};
-use mipipe_stage_torch::objectives::{RowTask, TokenRole};
 use tch::nn::{self, OptimizerConfig};
-use tch::{Kind, Tensor};
 
 fn config(family: Family) -> ModelConfig {
     ModelConfig {
@@ -31,35 +33,6 @@ fn config(family: Family) -> ModelConfig {
     }
 }
 
-/// A batch of 8 rows like D_mixed: 4 image-heavy with heuristic variants, 2 text-heavy, 2 VQA.
-fn batch(seq: usize) -> Rows {
-    use TokenRole::*;
-    let mut roles = Vec::new();
-    let mut tasks = Vec::new();
-    let mut anchor = Vec::new();
-    for row in 0..8 {
-        let mut r = vec![Question; seq];
-        r[seq - 2] = Answer;
-        r[seq - 1] = Pad;
-        roles.push(r);
-        let (task, a) = match row {
-            0 | 1 => (RowTask::ImageHeavy, None),
-            2 | 3 => (RowTask::ImageHeavy, Some(row - 2)),
-            4 | 5 => (RowTask::TextHeavy, None),
-            _ => (RowTask::Vqa, None),
-        };
-        tasks.push(task);
-        anchor.push(a);
-    }
-    Rows {
-        images: Tensor::rand([8, 3, 32, 32], (Kind::Float, tch::Device::Cpu)),
-        tokens: Tensor::randint(512, [8, seq as i64], (Kind::Int64, tch::Device::Cpu)),
-        roles,
-        tasks,
-        anchor,
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let family = match args.get(1).map(String::as_str) {
@@ -69,7 +42,7 @@ fn main() {
     };
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     tch::manual_seed(0);
-    let rows = batch(48);
+    let rows = d_mixed_batch(48);
     let all = [
         Method::FftMix,
         Method::FftVqa,
