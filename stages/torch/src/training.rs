@@ -88,8 +88,10 @@ pub struct LogRow {
 /// (bf16 weight) + 2 (bf16 gradient) + 4 (master) + 8 (the two moments) = 16 bytes, as in
 /// fp32 training, and the activations half.
 pub struct MasterWeights {
-    /// Per trainable variable name: master weight, first and second moment (all fp32).
-    states: BTreeMap<String, [Tensor; 3]>,
+    /// Per trainable variable name: master weight and, from the first step on, the first and
+    /// second moments (all fp32; allocated then, so loading never holds them beside the fp32
+    /// model).
+    states: BTreeMap<String, (Tensor, Option<(Tensor, Tensor)>)>,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -106,8 +108,7 @@ impl MasterWeights {
             .filter(|(_, var)| var.requires_grad())
             .map(|(name, var)| {
                 let master = var.detach().to_kind(Kind::Float).copy();
-                let zeros = master.zeros_like();
-                (name, [master, zeros.copy(), zeros])
+                (name, (master, None))
             })
             .collect();
         Self {
@@ -154,10 +155,12 @@ impl MasterWeights {
             self.steps += 1;
             let correction1 = 1.0 - self.beta1.powi(self.steps);
             let correction2 = 1.0 - self.beta2.powi(self.steps);
-            for (name, [master, m, v]) in &mut self.states {
+            for (name, (master, moments)) in &mut self.states {
                 let Some(grad) = grad_of(name) else {
                     continue;
                 };
+                let (m, v) =
+                    moments.get_or_insert_with(|| (master.zeros_like(), master.zeros_like()));
                 let grad = grad * scale;
                 let _ = master.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 let _ = m.g_mul_scalar_(self.beta1);
@@ -176,7 +179,7 @@ impl MasterWeights {
     pub fn copy_into(&self, vs: &nn::VarStore) {
         let variables = vs.variables();
         tch::no_grad(|| {
-            for (name, [master, _, _]) in &self.states {
+            for (name, (master, _)) in &self.states {
                 let target = variables
                     .get(name)
                     .unwrap_or_else(|| panic!("`{name}` has no variable to copy into"));
