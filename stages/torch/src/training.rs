@@ -361,13 +361,10 @@ mod tests {
     }
 
     /// A two-variable model and its loss on fixed data.
-    fn toy(kind: Kind) -> (nn::VarStore, impl Fn(&nn::VarStore) -> Tensor) {
-        let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    fn toy() -> (nn::VarStore, impl Fn(&nn::VarStore) -> Tensor) {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
         let _ = vs.root().var_copy("w", &(fixed(&[4, 3], 0.3) * 0.5));
         let _ = vs.root().var_copy("b", &(fixed(&[3], 1.1) * 0.5));
-        if kind != Kind::Float {
-            vs.set_kind(kind);
-        }
         let x = fixed(&[5, 4], 2.9);
         let loss = move |vs: &nn::VarStore| {
             let v = vs.variables();
@@ -380,8 +377,8 @@ mod tests {
     #[test]
     fn master_weight_steps_are_torchs_adamw_with_clipping() {
         let optimizer = OptimizerParams::default();
-        let (ours, loss) = toy(Kind::Float);
-        let (theirs, _) = toy(Kind::Float);
+        let (ours, loss) = toy();
+        let (theirs, _) = toy();
         let mut master = MasterWeights::of(&ours, &optimizer);
         let mut adamw = nn::AdamW {
             beta1: optimizer.beta1,
@@ -419,8 +416,8 @@ mod tests {
             clip: 0.0,
             ..OptimizerParams::default()
         };
-        let (fp32, _) = toy(Kind::Float);
-        let (bf16, loss) = toy(Kind::Float);
+        let (fp32, _) = toy();
+        let (bf16, loss) = toy();
         let mut master = MasterWeights::of(&bf16, &optimizer);
         let mut bf16 = bf16;
         bf16.set_kind(Kind::BFloat16);
