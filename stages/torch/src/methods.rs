@@ -488,10 +488,10 @@ mod tests {
         loss.total.backward();
         model.decoder.backward_checkpoints();
         let mut grads: Vec<(String, Tensor)> = vs
-            .trainable_variables()
-            .iter()
-            .zip(0..)
-            .map(|(v, i)| (i.to_string(), v.grad()))
+            .variables()
+            .into_iter()
+            .filter(|(_, v)| v.requires_grad())
+            .map(|(name, v)| (name, v.grad()))
             .collect();
         grads.sort_by(|a, b| a.0.cmp(&b.0));
         (loss.total.double_value(&[]), grads)
