@@ -640,10 +640,12 @@ fn the_real_data_study_resolves() {
     }
 }
 
-/// Open-ended rows are training data: `predict` asked to answer them (here LLaVA-Instruct's, by
-/// `split: train`) refuses, naming the first, instead of scoring its words as an option.
+/// `predict` asked to answer open-ended rows (here LLaVA-Instruct's, by `split: train`) refuses,
+/// naming the first, instead of scoring their words as an option; with `free_form: true` the
+/// LLaVA-1.5 checkpoint answers them in words and `evaluate` scores them against their
+/// references.
 #[test]
-fn predict_refuses_open_ended_rows_by_name() {
+fn predict_answers_open_ended_rows_only_free_form() {
     crate::require_torch_worker();
     let project = Project::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -672,8 +674,43 @@ stages:
     run.expect_code(1);
     assert!(
         run.stderr.contains("item `llava-instruct/")
-            && run.stderr.contains("is open-ended (`meta.answers`)"),
+            && run.stderr.contains("is open-ended (`meta.answers`)")
+            && run.stderr.contains("free_form: true"),
         "{}",
         run.stderr
     );
+    project.write(
+        "mipipe.yaml",
+        r#"version: 1
+stages:
+  instruct:
+    kind: convert
+    params: {format: llava_instruct_json, path: llava-instruct/llava_v1_5_mix665k.json}
+  predict:
+    kind: predict
+    inputs: {items: instruct.items}
+    params: {checkpoint: llava-tiny, split: train, free_form: true, max_new_tokens: 3}
+  evaluate:
+    kind: evaluate
+    inputs: {predictions: predict.predictions}
+    params: {family: llava, method: vanilla}
+    materialize: {samples: out/samples.jsonl}
+"#,
+    );
+    project.mipipe(&["run"]).expect_code(0);
+    let samples = project.read("out/samples.jsonl");
+    let lines: Vec<serde_json::Value> = samples
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line["target"].as_array().is_some_and(|t| !t.is_empty()),
+            "the references are the target: {line}"
+        );
+        let accuracy = line["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy), "{line}");
+        assert!(line["exact_match"].as_f64().is_some(), "{line}");
+    }
 }

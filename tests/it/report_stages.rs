@@ -20,6 +20,7 @@ fn prediction(origin: &str, dataset: &str, task: &str, condition: &str, raw: &st
         option_logprobs: Some(vec![-0.1, -2.0, -3.0, -4.0]),
         points_at: None,
         unknown_share: None,
+        references: None,
     }
 }
 

@@ -110,7 +110,7 @@ pub const DATASETS: &[(&str, Task, &str)] = &[
 impl Stage for SynthStage {
     type Params = SynthParams;
     const KIND: &'static str = "synth";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str =
         "Generate the embedded multimodal benchmark (image-heavy, text-heavy and VQA sets, pretraining corpus)";
 
@@ -118,6 +118,7 @@ impl Stage for SynthStage {
         vec![
             OutputSpec::file("items", "items.parquet"),
             OutputSpec::file("corpus", "corpus.parquet"),
+            OutputSpec::file("probe", "probe.parquet"),
         ]
     }
 
@@ -140,8 +141,51 @@ impl Stage for SynthStage {
         let corpus = generate_corpus(params);
         ctx.log(&format!("generated {} corpus rows", corpus.len()));
         write_corpus(ctx.output_path("corpus")?, &corpus)
+            .map_err(|e| StageError::environment(e.to_string()))?;
+        let probe = generate_probe(params);
+        ctx.log(&format!("generated {} probe items", probe.len()));
+        write_items(ctx.output_path("probe")?, &probe)
             .map_err(|e| StageError::environment(e.to_string()))
     }
+}
+
+/// The probe set `signs` (test only, `test_per_set` items; docs/embedded-benchmark.md): "Which
+/// home / food / number is this the sign of?" (a third each), the picture the gold word's sign
+/// as the corpus draws it, the options words of the same vocabulary (their signs distinct).
+/// It measures whether a model learnt the sign code that image-to-text interference needs.
+pub fn generate_probe(params: &SynthParams) -> Vec<Item> {
+    let numbers: Vec<String> = (0..=world::MAX_NUMBER).map(|v| v.to_string()).collect();
+    let vocabularies: [(&str, Vec<&str>); 3] = [
+        ("home", world::homes()),
+        ("food", world::foods()),
+        ("number", numbers.iter().map(String::as_str).collect()),
+    ];
+    (0..params.test_per_set)
+        .into_par_iter()
+        .map(|index| {
+            let id = format!("synth/signs/test/{index:06}");
+            let mut rng = ItemRng::new(params.seed, &["signs", &id, "item"]);
+            let (noun, words) = &vocabularies[index % vocabularies.len()];
+            let gold = *rng.choose(words);
+            let (options, answer) = rng.options(gold, words, params.options);
+            let sign = world::sign_of(gold).expect("every answer word has a sign");
+            let picture = world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng);
+            Item {
+                origin_id: id.clone(),
+                id,
+                dataset: "signs".into(),
+                task: Task::ImageHeavy,
+                split: "test".into(),
+                image: Some(picture.to_png()),
+                question: format!("Which {noun} is this the sign of?"),
+                options,
+                answer,
+                perturbation: "none".into(),
+                facts: None,
+                meta: None,
+            }
+        })
+        .collect()
 }
 
 /// Every item of every set, in a fixed order (dataset, split, index), generated in parallel.
@@ -820,6 +864,60 @@ mod tests {
             };
             assert_eq!(gold, expected, "{item:?}");
         }
+    }
+
+    #[test]
+    fn probe_pictures_show_the_golds_sign_and_options_share_its_vocabulary() {
+        let params = SynthParams {
+            test_per_set: 30,
+            ..small()
+        };
+        let probe = generate_probe(&params);
+        assert_eq!(probe.len(), 30);
+        let numbers: Vec<String> = (0..=world::MAX_NUMBER).map(|v| v.to_string()).collect();
+        let mut questions = BTreeSet::new();
+        for item in &probe {
+            assert_eq!((item.split.as_str(), item.task), ("test", Task::ImageHeavy));
+            questions.insert(item.question.clone());
+            let vocabulary: Vec<&str> = if item.question.contains("home") {
+                world::homes()
+            } else if item.question.contains("food") {
+                world::foods()
+            } else {
+                numbers.iter().map(String::as_str).collect()
+            };
+            let distinct: BTreeSet<&String> = item.options.iter().collect();
+            assert_eq!(distinct.len(), params.options, "{:?}", item.options);
+            assert!(item
+                .options
+                .iter()
+                .all(|o| vocabulary.contains(&o.as_str())));
+            // The gold's colour fills part of its quadrant and nothing outside it.
+            let (colour, quadrant) =
+                world::sign_parts(world::sign_of(&item.options[item.answer]).unwrap());
+            let picture = Canvas::from_png(item.image.as_ref().unwrap()).unwrap();
+            let half = params.image_size / 2;
+            let (mut inside, mut outside) = (0, 0);
+            for y in 0..params.image_size {
+                for x in 0..params.image_size {
+                    if picture.get(x, y) == COLORS[colour].1 {
+                        let q = usize::from(x >= half) + 2 * usize::from(y >= half);
+                        if q == quadrant {
+                            inside += 1;
+                        } else {
+                            outside += 1;
+                        }
+                    }
+                }
+            }
+            assert!(
+                inside > 20 && outside == 0,
+                "{} {inside} {outside}",
+                item.id
+            );
+        }
+        assert_eq!(questions.len(), 3, "homes, foods and numbers");
+        assert_eq!(generate_probe(&params), probe, "deterministic");
     }
 
     #[test]

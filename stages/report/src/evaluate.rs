@@ -7,6 +7,11 @@
 //! the clean and the perturbed condition, paired by `origin_id` (an unparseable answer is a value
 //! of its own: unparseable in both conditions is no change). VQA Overall is the pooled accuracy
 //! over every VQA set, weighted by items, which is what the paper's numbers are.
+//!
+//! An open-ended prediction (one with `references`: free-form VQA, the paper's Table 10) is
+//! scored in words instead: `exact_match` (the normalised answer equals a normalised
+//! reference) and `vqa_accuracy` (the VQA benchmark's formula, [`vqa_accuracy`]); it has no
+//! `accuracy`, `unparseable` or causal effect.
 
 use std::collections::BTreeMap;
 
@@ -230,11 +235,30 @@ pub fn scored_answer(p: &Prediction, params: &EvaluateParams) -> Option<usize> {
 /// lmms-eval's per-sample log (`--log_samples`), one JSON object per line, so a result can be
 /// checked against that harness: `doc_id`, `task` (the dataset), `condition`, `target` (the
 /// gold letter), `resps` (the raw answer), `filtered_resps` (the letter scored, empty when
-/// unreadable), and the metric `accuracy` (1 or 0).
+/// unreadable), and the metric `accuracy` (1 or 0). An open-ended row has its references as
+/// `target`, the normalised answer as `filtered_resps`, `exact_match`, and its VQA accuracy as
+/// `accuracy`.
 pub fn samples_jsonl(predictions: &[Prediction], params: &EvaluateParams) -> String {
     let letter = |i: usize| ((b'A' + i as u8) as char).to_string();
     let mut out = String::new();
     for p in predictions {
+        if let Some(references) = &p.references {
+            let answer = normalize_answer(&p.raw_text);
+            let normalized: Vec<String> = references.iter().map(|r| normalize_answer(r)).collect();
+            let line = serde_json::json!({
+                "doc_id": p.id,
+                "task": p.dataset,
+                "condition": p.perturbation,
+                "target": references,
+                "resps": [[p.raw_text]],
+                "filtered_resps": [answer],
+                "exact_match": hit(normalized.contains(&answer)),
+                "accuracy": vqa_accuracy(&answer, &normalized),
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+            continue;
+        }
         let answer = scored_answer(p, params);
         let line = serde_json::json!({
             "doc_id": p.id,
@@ -287,8 +311,21 @@ pub fn evaluate<'p>(
     type Answers<'a> = BTreeMap<&'a str, (&'a Prediction, Option<usize>)>;
     let mut answers: BTreeMap<(&str, &str), Answers> = BTreeMap::new();
     for p in predictions {
-        let answer = scored_answer(p, params);
         let condition = p.perturbation.as_str();
+        if let Some(references) = &p.references {
+            let answer = normalize_answer(&p.raw_text);
+            let references: Vec<String> = references.iter().map(|r| normalize_answer(r)).collect();
+            let exact = references.contains(&answer);
+            scores.push(score(p, condition, "exact_match", hit(exact)));
+            scores.push(score(
+                p,
+                condition,
+                "vqa_accuracy",
+                vqa_accuracy(&answer, &references),
+            ));
+            continue;
+        }
+        let answer = scored_answer(p, params);
         scores.push(score(
             p,
             condition,
@@ -356,7 +393,11 @@ pub fn evaluate<'p>(
     // VQA Overall: pooled over every VQA set, clean condition; an item is named with its set.
     let overall: Vec<ItemScore> = scores
         .iter()
-        .filter(|s| s.task == "vqa" && s.condition == "none" && s.metric == "accuracy")
+        .filter(|s| {
+            s.task == "vqa"
+                && s.condition == "none"
+                && ["accuracy", "exact_match", "vqa_accuracy"].contains(&s.metric.as_str())
+        })
         .map(|s| ItemScore {
             origin_id: format!("{}/{}", s.dataset, s.origin_id),
             dataset: "vqa_overall".into(),
@@ -369,6 +410,57 @@ pub fn evaluate<'p>(
         scores,
         unparseable,
     }
+}
+
+/// An answer as the VQA benchmark's evaluation script compares it: lower case; punctuation
+/// removed (a period between digits kept, a comma between digits dropped); the number words
+/// zero to ten as digits; the articles `a`, `an`, `the` dropped; single spaces. (The script's
+/// table of contractions, "dont" -> "don't", is not applied: no embedded answer has one.)
+pub fn normalize_answer(text: &str) -> String {
+    let lower = text.trim().to_lowercase();
+    let chars: Vec<char> = lower.chars().collect();
+    let mut kept = String::with_capacity(lower.len());
+    for (i, &c) in chars.iter().enumerate() {
+        let between_digits = i > 0
+            && i + 1 < chars.len()
+            && chars[i - 1].is_ascii_digit()
+            && chars[i + 1].is_ascii_digit();
+        if c.is_alphanumeric() || c.is_whitespace() || (c == '.' && between_digits) {
+            kept.push(c);
+        } else if !(c == ',' && between_digits) && c != '\'' {
+            kept.push(' ');
+        }
+    }
+    const NUMBERS: [&str; 11] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    ];
+    kept.split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .map(|w| match NUMBERS.iter().position(|n| *n == w) {
+            Some(n) => n.to_string(),
+            None => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The VQA accuracy of a normalised answer against normalised references: for each reference,
+/// min(1, (how many of the *other* references equal the answer) / 3), averaged over the
+/// references, as the benchmark's script computes it over its ten annotators. A single
+/// reference stands for ten unanimous annotators, for whom the formula is the exact match.
+pub fn vqa_accuracy(answer: &str, references: &[String]) -> f64 {
+    if references.len() < 2 {
+        return hit(references.iter().any(|r| r == answer));
+    }
+    let matches = references.iter().filter(|r| *r == answer).count();
+    let total: f64 = references
+        .iter()
+        .map(|r| {
+            let others = matches - usize::from(r == answer);
+            (others as f64 / 3.0).min(1.0)
+        })
+        .sum();
+    total / references.len() as f64
 }
 
 fn hit(yes: bool) -> f64 {
@@ -437,7 +529,7 @@ fn pointing_scores(
         if let Some(share) = p.unknown_share {
             out.push(score(p, condition, "unknown_tokens", share));
         }
-        if condition == "none" || condition == "rp" {
+        if condition == "none" || condition == "rp" || p.references.is_some() {
             continue;
         }
         let answer = scored_answer(p, params);
@@ -573,6 +665,7 @@ mod tests {
             option_logprobs: None,
             points_at: None,
             unknown_share: None,
+            references: None,
         }
     }
 
@@ -600,6 +693,71 @@ mod tests {
         rows.iter()
             .find(|r| r.dataset == dataset && r.condition == condition && r.metric == metric)
             .unwrap_or_else(|| panic!("no {dataset}/{condition}/{metric}"))
+    }
+
+    #[test]
+    fn answers_are_normalised_as_the_vqa_script_does() {
+        assert_eq!(normalize_answer("  The Red, circle! "), "red circle");
+        assert_eq!(normalize_answer("Three"), "3");
+        assert_eq!(normalize_answer("an apple"), "apple");
+        assert_eq!(normalize_answer("3.5"), "3.5", "a decimal point stays");
+        assert_eq!(normalize_answer("1,000"), "1000", "a thousands comma goes");
+        assert_eq!(normalize_answer("end."), "end");
+        assert_eq!(normalize_answer("red-brown"), "red brown");
+    }
+
+    #[test]
+    fn vqa_accuracy_is_the_benchmarks_leave_one_out_formula() {
+        let refs = |answers: &[(&str, usize)]| -> Vec<String> {
+            answers
+                .iter()
+                .flat_map(|(a, n)| std::iter::repeat_n(a.to_string(), *n))
+                .collect()
+        };
+        // Ten annotators: an answer four of them gave scores 1 (three others in every subset).
+        assert_eq!(vqa_accuracy("red", &refs(&[("red", 4), ("blue", 6)])), 1.0);
+        // Three of ten: 7 subsets keep all three (1), 3 subsets keep two (2/3): 0.9.
+        let three = vqa_accuracy("red", &refs(&[("red", 3), ("blue", 7)]));
+        assert!((three - 0.9).abs() < 1e-12, "{three}");
+        // One of ten: 9 subsets keep it (1/3), one loses it: 0.3.
+        let one = vqa_accuracy("red", &refs(&[("red", 1), ("blue", 9)]));
+        assert!((one - 0.3).abs() < 1e-12, "{one}");
+        assert_eq!(vqa_accuracy("green", &refs(&[("red", 10)])), 0.0);
+        // A single reference is ten unanimous annotators.
+        assert_eq!(vqa_accuracy("red", &refs(&[("red", 1)])), 1.0);
+        assert_eq!(vqa_accuracy("blue", &refs(&[("red", 1)])), 0.0);
+    }
+
+    #[test]
+    fn open_ended_predictions_are_scored_in_words_and_pooled() {
+        let open = |origin: &str, dataset: &str, raw: &str, references: &[&str]| Prediction {
+            references: Some(references.iter().map(|r| r.to_string()).collect()),
+            options: vec![references[0].to_string()],
+            ..prediction(origin, dataset, "vqa", "none", 0, raw)
+        };
+        let preds = vec![
+            open("a", "counting", "Three", &["3"]),
+            open("b", "counting", "4", &["3"]),
+            open("c", "spatial", "the star.", &["star"]),
+            open("d", "spatial", "ring", &["star"]),
+        ];
+        let out = evaluate(&preds, &default_params(), &label());
+        let rows = &out.metrics;
+        assert_eq!(metric(rows, "counting", "none", "exact_match").value, 0.5);
+        assert_eq!(metric(rows, "spatial", "none", "vqa_accuracy").value, 0.5);
+        let overall = metric(rows, "vqa_overall", "none", "vqa_accuracy");
+        assert_eq!((overall.value, overall.n), (0.5, 4));
+        assert!(
+            rows.iter()
+                .all(|r| r.metric != "accuracy" && r.metric != "unparseable"),
+            "open-ended rows have no multiple-choice metrics"
+        );
+        assert!(out.unparseable.is_empty());
+        let samples = samples_jsonl(&preds, &default_params());
+        let first: serde_json::Value =
+            serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+        assert_eq!(first["filtered_resps"][0], "3");
+        assert_eq!(first["target"][0], "3");
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum Layout {
     /// (the `methods` entries, in order, label the points) with the VQA sets and Overall, and
     /// a line figure of VQA Overall per model over the sweep.
     Sweep,
+    /// Table 10: free-form answers (open-ended predictions), the VQA accuracy of each set's
+    /// clean rows (image-heavy `none`, text-heavy `rp`, VQA `none`) and VQA Overall.
+    FreeForm,
 }
 
 /// Params of the `table` kind.
@@ -136,7 +139,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 15;
+    const VERSION: u32 = 16;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -325,12 +328,14 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
                 &[("ri", "RI"), ("fb", "FB"), ("fw", "FW"), ("th", "TH")]
             }
             (Layout::Vqa | Layout::Sweep, "vqa") => &[("none", "Acc")],
+            (Layout::FreeForm, "image_heavy" | "vqa") => &[("none", "Acc")],
+            (Layout::FreeForm, "text_heavy") => &[("rp", "Acc")],
             _ => &[],
         };
-        let metric = if layout == Layout::CausalEffect {
-            "causal_effect"
-        } else {
-            "accuracy"
+        let metric = match layout {
+            Layout::CausalEffect => "causal_effect",
+            Layout::FreeForm => "vqa_accuracy",
+            _ => "accuracy",
         };
         for (condition, header) in conditions {
             let mut c = column(dataset, condition, metric, header);
@@ -354,8 +359,16 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
             out.push(c);
         }
     }
-    if matches!(layout, Layout::OrigPerturbed | Layout::Vqa | Layout::Sweep) {
-        let mut c = column("vqa_overall", "none", "accuracy", "Overall");
+    if matches!(
+        layout,
+        Layout::OrigPerturbed | Layout::Vqa | Layout::Sweep | Layout::FreeForm
+    ) {
+        let metric = if layout == Layout::FreeForm {
+            "vqa_accuracy"
+        } else {
+            "accuracy"
+        };
+        let mut c = column("vqa_overall", "none", metric, "Overall");
         c.relative = layout == Layout::Vqa;
         out.push(c);
     }
@@ -410,6 +423,35 @@ pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> 
                 entry[i].stages.insert(r.stage.clone());
             }
         }
+    }
+    // A column no row has a value for (a condition the study did not run) is left out.
+    let filled: Vec<bool> = (0..columns.len())
+        .map(|i| cells.values().any(|row| !row[i].values.is_empty()))
+        .collect();
+    let columns: Vec<Column> = columns
+        .into_iter()
+        .zip(&filled)
+        .filter_map(|(c, &f)| f.then_some(c))
+        .collect();
+    let cells: BTreeMap<(String, String), Vec<Cell>> = cells
+        .into_iter()
+        .map(|(key, row)| {
+            let row = row
+                .into_iter()
+                .zip(&filled)
+                .filter_map(|(c, &f)| f.then_some(c))
+                .collect();
+            (key, row)
+        })
+        .collect();
+    if columns.is_empty() {
+        return Err(format!(
+            "No metric row fits the `{}` layout's columns",
+            serde_json::to_value(params.layout)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ));
     }
     let mut groups: Vec<Group> = Vec::new();
     for ((group, method), row) in cells {
@@ -1108,6 +1150,41 @@ mod tests {
             metric("ours", "1", "vqa_overall", "vqa", "none", 0.60),
             metric("ours", "2", "vqa_overall", "vqa", "none", 0.62),
         ]
+    }
+
+    #[test]
+    fn free_form_tables_show_vqa_accuracy_of_the_clean_rows_and_leave_out_empty_columns() {
+        let words =
+            |method: &str, dataset: &str, task: &str, condition: &str, value: f64| MetricRow {
+                metric: "vqa_accuracy".into(),
+                ..metric(method, "1", dataset, task, condition, value)
+            };
+        let rows = vec![
+            words("vanilla", "counting", "vqa", "none", 0.20),
+            words("ours", "counting", "vqa", "none", 0.30),
+            words("vanilla", "creatures", "text_heavy", "rp", 0.50),
+            words("vanilla", "vqa_overall", "vqa", "none", 0.20),
+            words("ours", "vqa_overall", "vqa", "none", 0.30),
+            // A multiple-choice accuracy is not a free-form cell.
+            metric("vanilla", "1", "counting", "vqa", "none", 0.90),
+            // A condition the layout does not show.
+            words("vanilla", "shapes", "image_heavy", "md", 0.10),
+        ];
+        let table = build(&rows, &params(Layout::FreeForm)).unwrap();
+        let md = table.markdown(&params(Layout::FreeForm));
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(
+            lines[0], "| Model | Method | creatures Acc | counting Acc | VQA Overall |",
+            "shapes has no clean free-form cell, so no column"
+        );
+        assert!(lines[2].contains("| **50.0** | 20.0 | 20.0 |"), "{md}");
+        assert!(lines[3].contains("| – | **30.0** | **30.0** |"), "{md}");
+        let error = build(
+            &[metric("vanilla", "1", "shapes", "image_heavy", "md", 0.1)],
+            &params(Layout::FreeForm),
+        )
+        .unwrap_err();
+        assert!(error.contains("free_form"), "{error}");
     }
 
     #[test]

@@ -110,6 +110,28 @@ impl Item {
     pub fn is_open_ended(&self) -> bool {
         self.reference_answers().is_some()
     }
+
+    /// The row as an open-ended one: a multiple-choice row becomes its question without
+    /// options, with the gold option's words as its one reference answer (in `meta.answers`,
+    /// beside what `meta` held) and as its single option; an open-ended row stays as it is.
+    pub fn into_open_ended(mut self) -> Item {
+        if self.is_open_ended() {
+            return self;
+        }
+        let gold = self.options.get(self.answer).cloned().unwrap_or_default();
+        let mut meta = self
+            .meta
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        meta["answers"] = serde_json::json!([gold]);
+        self.meta = Some(meta.to_string());
+        self.options = vec![gold];
+        self.answer = 0;
+        self.facts = None;
+        self
+    }
 }
 
 /// The Arrow schema of the unified table.
@@ -293,4 +315,42 @@ pub fn read_corpus(path: &Path) -> Result<Vec<CorpusRow>, TableError> {
             })
             .collect())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multiple_choice_row_becomes_its_question_with_the_gold_as_reference() {
+        let item = Item {
+            id: "x".into(),
+            dataset: "counting".into(),
+            task: Task::Vqa,
+            split: "test".into(),
+            image: None,
+            question: "How many circles are in the picture?".into(),
+            options: vec!["2".into(), "3".into(), "4".into()],
+            answer: 1,
+            perturbation: "none".into(),
+            origin_id: "x".into(),
+            facts: Some(vec![Some("two".into()), None, Some("four".into())]),
+            meta: Some(r#"{"points_at": 2}"#.into()),
+        };
+        assert!(!item.is_open_ended());
+        let open = item.into_open_ended();
+        assert_eq!(open.reference_answers(), Some(vec!["3".to_string()]));
+        assert_eq!(
+            (open.options.clone(), open.answer),
+            (vec!["3".to_string()], 0)
+        );
+        assert_eq!(open.facts, None);
+        let meta: serde_json::Value = serde_json::from_str(open.meta.as_deref().unwrap()).unwrap();
+        assert_eq!(meta["points_at"], 2, "the rest of meta stays");
+        assert_eq!(
+            open.clone().into_open_ended(),
+            open,
+            "an open-ended row stays as it is"
+        );
+    }
 }

@@ -10,13 +10,21 @@
 //! | `raw_text` | utf8 | the generated text (greedy decoding) |
 //! | `predicted` | utf8, nullable | the letter the predicting stage parsed, if it did |
 //! | `option_logprobs` | list<float64>, nullable | log-probability of each option letter |
+//! | `points_at` | int32, nullable | the option the row's perturbation points at |
+//! | `unknown_share` | float64, nullable | share of the prompt's tokens that are `<unk>` |
+//! | `references` | list<utf8>, nullable | an open-ended row's reference answers |
+//!
+//! `references` is written only when some row is open-ended (answered in words, scored against
+//! its references by `evaluate`), so the tables of multiple-choice predictions keep the
+//! columns, and the bytes, they had before it existed; readers treat a missing column as no
+//! references. An open-ended row has null `predicted` and `option_logprobs`.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use mipipe_cache::arrow_array::builder::{Float64Builder, ListBuilder, StringBuilder};
 use mipipe_cache::arrow_array::{
-    Array, Float64Array, Int32Array, ListArray, RecordBatch, StringArray,
+    Array, ArrayRef, Float64Array, Int32Array, ListArray, RecordBatch, StringArray,
 };
 use mipipe_cache::arrow_schema::{DataType, Field, Schema};
 use mipipe_cache::{write_table, TableError};
@@ -52,12 +60,25 @@ pub struct Prediction {
     /// Share of the prompt's tokens the model's tokenizer does not know (`<unk>`), where the
     /// model has a word vocabulary.
     pub unknown_share: Option<f64>,
+    /// An open-ended row's reference answers (free-form VQA); `None` for a multiple-choice row.
+    pub references: Option<Vec<String>>,
 }
 
-/// The Arrow schema of predictions.
+fn list(t: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", t, true)))
+}
+
+/// The Arrow schema of predictions, with the `references` column (see the module doc for when
+/// it is written).
 pub fn predictions_schema() -> Arc<Schema> {
-    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
-    Arc::new(Schema::new(vec![
+    let mut fields = multiple_choice_fields();
+    fields.push(Field::new("references", list(DataType::Utf8), true));
+    Arc::new(Schema::new(fields))
+}
+
+/// The columns every predictions table has.
+fn multiple_choice_fields() -> Vec<Field> {
+    vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("origin_id", DataType::Utf8, false),
         Field::new("dataset", DataType::Utf8, false),
@@ -70,68 +91,91 @@ pub fn predictions_schema() -> Arc<Schema> {
         Field::new("option_logprobs", list(DataType::Float64), true),
         Field::new("points_at", DataType::Int32, true),
         Field::new("unknown_share", DataType::Float64, true),
-    ]))
+    ]
 }
 
 /// Writes predictions.
 pub fn write_predictions(path: &Path, rows: &[Prediction]) -> Result<(), TableError> {
+    let open_ended = rows.iter().any(|r| r.references.is_some());
+    let schema = if open_ended {
+        predictions_schema()
+    } else {
+        Arc::new(Schema::new(multiple_choice_fields()))
+    };
     let batches: Vec<RecordBatch> = rows
         .chunks(4096)
         .map(|chunk| {
-            let mut options = ListBuilder::new(StringBuilder::new());
-            let mut logprobs = ListBuilder::new(Float64Builder::new());
-            for row in chunk {
-                for o in &row.options {
-                    options.values().append_value(o);
-                }
-                options.append(true);
-                match &row.option_logprobs {
-                    Some(values) => {
-                        for v in values {
-                            logprobs.values().append_value(*v);
+            let mut columns = prediction_columns(chunk);
+            if open_ended {
+                let mut references = ListBuilder::new(StringBuilder::new());
+                for row in chunk {
+                    match &row.references {
+                        Some(values) => {
+                            for v in values {
+                                references.values().append_value(v);
+                            }
+                            references.append(true);
                         }
-                        logprobs.append(true);
+                        None => references.append(false),
                     }
-                    None => logprobs.append(false),
                 }
+                columns.push(Arc::new(references.finish()));
             }
-            let predicted: StringArray = chunk.iter().map(|r| r.predicted.as_deref()).collect();
-            RecordBatch::try_new(
-                predictions_schema(),
-                vec![
-                    strings(chunk.iter().map(|r| r.id.as_str())),
-                    strings(chunk.iter().map(|r| r.origin_id.as_str())),
-                    strings(chunk.iter().map(|r| r.dataset.as_str())),
-                    strings(chunk.iter().map(|r| r.task.as_str())),
-                    strings(chunk.iter().map(|r| r.perturbation.as_str())),
-                    Arc::new(
-                        chunk
-                            .iter()
-                            .map(|r| r.answer as i32)
-                            .collect::<Int32Array>(),
-                    ),
-                    Arc::new(options.finish()),
-                    strings(chunk.iter().map(|r| r.raw_text.as_str())),
-                    Arc::new(predicted),
-                    Arc::new(logprobs.finish()),
-                    Arc::new(
-                        chunk
-                            .iter()
-                            .map(|r| r.points_at.map(|p| p as i32))
-                            .collect::<Int32Array>(),
-                    ),
-                    Arc::new(
-                        chunk
-                            .iter()
-                            .map(|r| r.unknown_share)
-                            .collect::<Float64Array>(),
-                    ),
-                ],
-            )
-            .expect("columns match the schema")
+            RecordBatch::try_new(schema.clone(), columns).expect("columns match the schema")
         })
         .collect();
-    write_table(path, predictions_schema(), &batches)
+    write_table(path, schema, &batches)
+}
+
+/// The columns of [`multiple_choice_fields`] for `chunk`.
+fn prediction_columns(chunk: &[Prediction]) -> Vec<ArrayRef> {
+    let mut options = ListBuilder::new(StringBuilder::new());
+    let mut logprobs = ListBuilder::new(Float64Builder::new());
+    for row in chunk {
+        for o in &row.options {
+            options.values().append_value(o);
+        }
+        options.append(true);
+        match &row.option_logprobs {
+            Some(values) => {
+                for v in values {
+                    logprobs.values().append_value(*v);
+                }
+                logprobs.append(true);
+            }
+            None => logprobs.append(false),
+        }
+    }
+    let predicted: StringArray = chunk.iter().map(|r| r.predicted.as_deref()).collect();
+    vec![
+        strings(chunk.iter().map(|r| r.id.as_str())),
+        strings(chunk.iter().map(|r| r.origin_id.as_str())),
+        strings(chunk.iter().map(|r| r.dataset.as_str())),
+        strings(chunk.iter().map(|r| r.task.as_str())),
+        strings(chunk.iter().map(|r| r.perturbation.as_str())),
+        Arc::new(
+            chunk
+                .iter()
+                .map(|r| r.answer as i32)
+                .collect::<Int32Array>(),
+        ),
+        Arc::new(options.finish()),
+        strings(chunk.iter().map(|r| r.raw_text.as_str())),
+        Arc::new(predicted),
+        Arc::new(logprobs.finish()),
+        Arc::new(
+            chunk
+                .iter()
+                .map(|r| r.points_at.map(|p| p as i32))
+                .collect::<Int32Array>(),
+        ),
+        Arc::new(
+            chunk
+                .iter()
+                .map(|r| r.unknown_share)
+                .collect::<Float64Array>(),
+        ),
+    ]
 }
 
 fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> {
@@ -147,6 +191,10 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
     let logprobs = column::<ListArray>(batch, "option_logprobs")?;
     let points_at = column::<Int32Array>(batch, "points_at")?;
     let unknown = column::<Float64Array>(batch, "unknown_share")?;
+    let references = match batch.column_by_name("references") {
+        Some(_) => Some(column::<ListArray>(batch, "references")?),
+        None => None,
+    };
     (0..batch.num_rows())
         .map(|row| {
             let option_values = options.value(row);
@@ -178,6 +226,21 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
                 option_logprobs: lp,
                 points_at: (!points_at.is_null(row)).then(|| points_at.value(row) as usize),
                 unknown_share: (!unknown.is_null(row)).then(|| unknown.value(row)),
+                references: references
+                    .filter(|r| !r.is_null(row))
+                    .map(|r| {
+                        let values = r.value(row);
+                        let values = values
+                            .as_any()
+                            .downcast_ref::<StringArray>()
+                            .ok_or("`references` is not a list of strings")?;
+                        Ok::<_, String>(
+                            (0..values.len())
+                                .map(|i| values.value(i).to_string())
+                                .collect(),
+                        )
+                    })
+                    .transpose()?,
             })
         })
         .collect()
@@ -281,5 +344,55 @@ mod parse_tests {
             Some(1),
             "the first mention"
         );
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    fn row(id: &str, references: Option<Vec<String>>) -> Prediction {
+        Prediction {
+            id: id.into(),
+            origin_id: id.into(),
+            dataset: "counting".into(),
+            task: "vqa".into(),
+            perturbation: "none".into(),
+            answer: 0,
+            options: vec!["3".into()],
+            raw_text: "3".into(),
+            predicted: None,
+            option_logprobs: references.is_none().then(|| vec![-0.5]),
+            points_at: None,
+            unknown_share: Some(0.0),
+            references,
+        }
+    }
+
+    #[test]
+    fn references_are_written_only_for_open_ended_predictions_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let columns = |path: &Path| {
+            let (schema, _) = mipipe_cache::read_table(path).unwrap();
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        };
+        let choice = dir.path().join("choice.parquet");
+        write_predictions(&choice, &[row("a", None)]).unwrap();
+        assert!(!columns(&choice).contains(&"references".to_string()));
+        assert_eq!(columns(&choice).len(), 12, "the multiple-choice columns");
+        assert_eq!(read_predictions(&choice).unwrap(), vec![row("a", None)]);
+
+        let open = dir.path().join("open.parquet");
+        let rows = vec![
+            row("a", None),
+            row("b", Some(vec!["3".into(), "three".into()])),
+        ];
+        write_predictions(&open, &rows).unwrap();
+        assert_eq!(columns(&open).last().unwrap(), "references");
+        assert_eq!(read_predictions(&open).unwrap(), rows);
     }
 }

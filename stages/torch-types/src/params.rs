@@ -613,6 +613,16 @@ pub struct PredictParams {
     /// The split to answer (`test`); rows of other splits are ignored.
     #[serde(default = "default_split")]
     pub split: String,
+    /// The conditions to answer (`perturbation` values, e.g. `[none, rp]` for the clean rows);
+    /// empty (the default) answers every row of `split`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<String>,
+    /// Answer every row in words, without its options (the paper's free-form VQA, Table 10):
+    /// a multiple-choice row is asked as its question alone and its gold option's words become
+    /// its reference answer; `evaluate` scores the generated answer by exact match and the
+    /// VQA accuracy formula. Without it, open-ended rows (`meta.answers`) are refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub free_form: bool,
     /// Text put before every question (and before any context the item carries), such as the
     /// chain-of-thought prompt of the paper's Table 9; empty (the default) adds nothing.
     #[serde(default, skip_serializing_if = "String::is_empty")]

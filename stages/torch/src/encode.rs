@@ -77,12 +77,16 @@ fn meta_field(item: &Item, key: &str) -> Option<serde_json::Value> {
 }
 
 /// The prediction of one item: its identity, the parsed letter of the raw answer, the
-/// options' log-probabilities and the option its perturbation points at (`meta.points_at`).
+/// options' log-probabilities and the option its perturbation points at (`meta.points_at`);
+/// for an open-ended row its reference answers instead of a letter and scores.
 pub fn prediction(item: &Item, raw_text: String, option_logprobs: Vec<f64>) -> Prediction {
     let points_at = meta_field(item, "points_at")
         .and_then(|p| p.as_u64())
         .map(|p| p as usize);
+    let references = item.reference_answers();
+    let open = references.is_some();
     Prediction {
+        references,
         points_at,
         unknown_share: None,
         id: item.id.clone(),
@@ -92,9 +96,11 @@ pub fn prediction(item: &Item, raw_text: String, option_logprobs: Vec<f64>) -> P
         perturbation: item.perturbation.clone(),
         answer: item.answer,
         options: item.options.clone(),
-        predicted: parse_option(&raw_text, &item.options).map(letter),
+        predicted: (!open)
+            .then(|| parse_option(&raw_text, &item.options).map(letter))
+            .flatten(),
         raw_text,
-        option_logprobs: Some(option_logprobs),
+        option_logprobs: (!open).then_some(option_logprobs),
     }
 }
 

@@ -318,20 +318,48 @@ impl TorchBackend for TchBackend {
         let items: Vec<Item> = read_all_items(ctx, "items")?
             .into_iter()
             .filter(|i| i.split == params.split)
+            .filter(|i| params.conditions.is_empty() || params.conditions.contains(&i.perturbation))
             .map(|i| with_prompt_prefix(i, &params.prompt_prefix))
+            .map(|i| {
+                if params.free_form {
+                    i.into_open_ended()
+                } else {
+                    i
+                }
+            })
             .collect();
         if items.is_empty() {
             return Err(StageError::failed(format!(
-                "the items table has no `{}` rows (param `split`)",
-                params.split
+                "the items table has no `{}` rows{} (param `split`{})",
+                params.split,
+                if params.conditions.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of the conditions {}", params.conditions.join(", "))
+                },
+                if params.conditions.is_empty() {
+                    ""
+                } else {
+                    ", `conditions`"
+                }
             )));
         }
-        if let Some(open) = items.iter().find(|i| i.is_open_ended()) {
+        if let Some(open) = items
+            .iter()
+            .find(|i| i.is_open_ended() && !params.free_form)
+        {
             return Err(StageError::failed(format!(
-                "item `{}` is open-ended (`meta.answers`): `predict` answers multiple-choice rows; \
-                 open-ended rows are training data (LLaVA-Instruct, TextCaps), leave them out of its `split`",
+                "item `{}` is open-ended (`meta.answers`): set `free_form: true` to answer it in \
+                 words, or leave open-ended rows (training data such as LLaVA-Instruct, TextCaps) \
+                 out of the `split`",
                 open.id
             )));
+        }
+        if params.free_form {
+            ctx.log(&format!(
+                "free-form: {} rows answered in words, without options",
+                items.len()
+            ));
         }
         let out = match &params.checkpoint {
             Some(dir) => {
@@ -476,6 +504,7 @@ fn predict_own(
         let decoding = Decoding::prefill(&model, &prompts);
         let first = decoding.first_logprobs();
         let scores: Vec<Vec<f64>> = match sidecar.answer {
+            _ if chunk.iter().all(Item::is_open_ended) => vec![Vec::new(); chunk.len()],
             AnswerFormat::Letter => chunk
                 .iter()
                 .enumerate()

@@ -155,7 +155,11 @@ pub fn answer(
                 pixels.as_ref(),
             )
             .map_err(failed)?;
-        let scores = decoding.score_options(chunk, |_, option| letters[option].clone());
+        let scores = if chunk.iter().all(Item::is_open_ended) {
+            vec![Vec::new(); chunk.len()]
+        } else {
+            decoding.score_options(chunk, |_, option| letters[option].clone())
+        };
         let history = batch.input_ids.to_device(device);
         let generated = decoding.generate_with(
             params.max_new_tokens,
