@@ -1,5 +1,6 @@
 """The numbers docs/results/README.md quotes besides the tables, read from the cache of a run of
-pipelines/ablation.yaml (or pipelines/sensitivity.yaml): chance level per set, the scale terms of the training logs (RMS of the
+pipelines/ablation.yaml (or pipelines/sensitivity.yaml): chance level per set (multiple choice,
+and free-form: distinct answers and the majority-answer share), the scale terms of the training logs (RMS of the
 embeddings, ||delta||/||e||, ||noise||/||e||), L_adv against L_sup, and the consistency term's
 weighted share of the loss.
 
@@ -43,6 +44,20 @@ for dataset, inverse in sorted(by_set.items()):
     counts = sorted({round(1 / x) for x in inverse})
     emit(fact="chance", dataset=dataset, chance=round(statistics.mean(inverse), 4),
          options=counts, n=len(inverse))
+
+# Free-form chance (Table 10): per set, how many distinct gold answers its clean test items
+# have (an answer drawn uniformly from them is right 1/k of the time) and the share of the most
+# frequent one (the majority-answer baseline).
+golds = {}
+for item in items:
+    if item["split"] == "test":
+        golds.setdefault(item["dataset"], []).append(item["options"][item["answer"]])
+for dataset, answers in sorted(golds.items()):
+    top = max(set(answers), key=answers.count)
+    emit(fact="free_form_chance", dataset=dataset, distinct_answers=len(set(answers)),
+         uniform=round(1 / len(set(answers)), 4), majority_answer=top,
+         majority_share=round(answers.count(top) / len(answers), 4), n=len(answers))
+
 
 def weight(params):
     """λ of the divergence a fine-tune's method uses (KL for `kl`, JS for `js`, Ours's own)."""

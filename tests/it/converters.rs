@@ -657,9 +657,7 @@ fn predict_answers_open_ended_rows_only_free_form() {
         &root.join("stages/torch/tests/fixtures/llava/checkpoint"),
         &project.path().join("llava-tiny"),
     );
-    project.write(
-        "mipipe.yaml",
-        r#"version: 1
+    let pipeline = r#"version: 1
 stages:
   instruct:
     kind: convert
@@ -668,8 +666,8 @@ stages:
     kind: predict
     inputs: {items: instruct.items}
     params: {checkpoint: llava-tiny, split: train}
-"#,
-    );
+"#;
+    project.write("mipipe.yaml", pipeline);
     let run = project.mipipe(&["run"]);
     run.expect_code(1);
     assert!(
@@ -679,23 +677,19 @@ stages:
         "{}",
         run.stderr
     );
+    let free_form = pipeline.replace(
+        "split: train}",
+        "split: train, free_form: true, max_new_tokens: 3}",
+    );
     project.write(
         "mipipe.yaml",
-        r#"version: 1
-stages:
-  instruct:
-    kind: convert
-    params: {format: llava_instruct_json, path: llava-instruct/llava_v1_5_mix665k.json}
-  predict:
-    kind: predict
-    inputs: {items: instruct.items}
-    params: {checkpoint: llava-tiny, split: train, free_form: true, max_new_tokens: 3}
-  evaluate:
+        &(free_form
+            + r#"  evaluate:
     kind: evaluate
     inputs: {predictions: predict.predictions}
     params: {family: llava, method: vanilla}
     materialize: {samples: out/samples.jsonl}
-"#,
+"#),
     );
     project.mipipe(&["run"]).expect_code(0);
     let samples = project.read("out/samples.jsonl");

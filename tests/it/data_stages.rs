@@ -7,7 +7,7 @@ stages:
   world:
     kind: synth
     params: {seed: 3, train_per_set: 20, test_per_set: 10, instruct_items: 10, pretrain_captions: 30}
-    materialize: {items: items.parquet, corpus: corpus.parquet}
+    materialize: {items: items.parquet, corpus: corpus.parquet, probe: probe.parquet}
   conditions:
     kind: perturb
     inputs: {items: world.items}
@@ -29,7 +29,12 @@ fn synth_is_byte_identical_for_the_same_seed_and_thread_count() {
         .output()
         .unwrap();
     assert!(run.status.success());
-    for file in ["items.parquet", "corpus.parquet", "perturbed.parquet"] {
+    for file in [
+        "items.parquet",
+        "corpus.parquet",
+        "probe.parquet",
+        "perturbed.parquet",
+    ] {
         let a = std::fs::read(one.path().join(file)).unwrap();
         let b = std::fs::read(two.path().join(file)).unwrap();
         assert!(a.len() > 1000, "{file} is suspiciously small");
@@ -71,6 +76,9 @@ assert all(0 <= r["answer"] < len(r["options"]) for r in rows)
 pictured = lambda r: r["task"] != "text_heavy" or r["split"] == "train"
 assert all(r["image"] is None for r in rows if not pictured(r))
 assert all(r["image"][:8] == b"\x89PNG\r\n\x1a\n" for r in rows if pictured(r))
+probe = pq.read_table("probe.parquet")
+assert probe.schema == t.schema
+assert {r["dataset"] for r in probe.to_pylist()} == {"signs"} and probe.num_rows == 10
 c = pq.read_table("corpus.parquet")
 assert c.schema.names == ["id", "image", "text"], c.schema.names
 p = pq.read_table("perturbed.parquet")

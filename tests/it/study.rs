@@ -8,17 +8,21 @@ use crate::Project;
 
 const FAMILIES: [&str; 3] = ["llava", "blip", "qwen"];
 const METHODS: [&str; 7] = ["fft_vqa", "fft_mix", "kl", "js", "rg", "adv", "ours"];
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 11] = [
     "causal_effect",
     "figure5",
     "pointing",
+    "probe",
     "table1",
+    "table10",
     "table11",
     "table2",
     "table5",
     "table8",
     "table9",
 ];
+/// The tables that read the vanilla models only.
+const VANILLA_TABLES: [&str; 2] = ["probe", "table8"];
 
 fn pipeline(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,10 +118,22 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     let seeds = [0];
     let trained: Vec<String> = instances("finetune", &FAMILIES, &METHODS, &seeds);
     // Figure 5's sweep adds a fine-tune and a prediction per new K and an evaluation per K;
-    // Table 9 a prediction and an evaluation per vanilla model.
+    // Table 9 a prediction and an evaluation per vanilla model; Table 10 a free-form
+    // prediction and evaluation per model; the probe one per vanilla model.
     let sweep_stages = 2 * NEW_STEPS.len() + STEPS.len();
     let cot_stages = 2 * FAMILIES.len();
-    let total = 2 + 3 + 3 * trained.len() + 3 + 3 + TABLES.len() + sweep_stages + cot_stages;
+    let free_form_stages = 2 * (FAMILIES.len() + trained.len());
+    let probe_stages = 2 * FAMILIES.len();
+    let total = 2
+        + 3
+        + 3 * trained.len()
+        + 3
+        + 3
+        + TABLES.len()
+        + sweep_stages
+        + cot_stages
+        + free_form_stages
+        + probe_stages;
     assert_eq!(run.stages_with("ran").len(), total, "{}", run.stderr);
     assert_eq!(executed(&run).len(), total, "{}", run.stderr);
     let table1 = project.read("results/quick/table1.md");
@@ -162,6 +178,24 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     assert!(predictions
         .iter()
         .all(|p| p.option_logprobs.as_ref().map(Vec::len) == Some(p.options.len())));
+    // Table 10's free-form predictions: the clean test rows, answered in words, each with its
+    // gold option's words as the reference and no option scored.
+    let clean_rows = mipipe_stage_schema::read_items(&conditions)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.split == "test" && (i.perturbation == "none" || i.perturbation == "rp"))
+        .count();
+    let free_form = mipipe_stage_schema::read_predictions(&project.output_object(
+        "predict_free_form[family=blip,method=ours,seed=0]",
+        "predictions",
+    ))
+    .unwrap();
+    assert_eq!(free_form.len(), clean_rows);
+    assert!(free_form.iter().all(|p| p.option_logprobs.is_none()
+        && p.predicted.is_none()
+        && p.references.as_ref().is_some_and(|r| r.len() == 1)));
+    let table10 = project.read("results/quick/table10.md");
+    assert!(table10.contains("| VQA Overall |"), "{table10}");
 
     // Tables test methods against FFT w/ D_mixed from the per-item scores (the CSV has each
     // test; the Markdown says what a dagger means).
@@ -261,18 +295,30 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     let retrained: BTreeSet<String> = instances("finetune", &FAMILIES, &["js", "ours"], &seeds)
         .into_iter()
         .chain(instances("predict", &FAMILIES, &["js", "ours"], &seeds))
+        .chain(instances(
+            "predict_free_form",
+            &FAMILIES,
+            &["js", "ours"],
+            &seeds,
+        ))
         .chain(sweep("finetune_pgd_steps", &NEW_STEPS, &seeds))
         .chain(sweep("predict_pgd_steps", &NEW_STEPS, &seeds))
         .collect();
     assert!(retrained.is_subset(&ran), "{}", run.stderr);
     let may_follow: BTreeSet<String> = instances("evaluate", &FAMILIES, &["js", "ours"], &seeds)
         .into_iter()
+        .chain(instances(
+            "evaluate_free_form",
+            &FAMILIES,
+            &["js", "ours"],
+            &seeds,
+        ))
         .chain(sweep("evaluate_pgd_steps", &STEPS, &seeds))
-        // Every table but table 8, which reads the vanilla models only.
+        // Every table but those that read the vanilla models only.
         .chain(
             TABLES
                 .iter()
-                .filter(|t| **t != "table8")
+                .filter(|t| !VANILLA_TABLES.contains(t))
                 .map(|t| t.to_string()),
         )
         .collect();
@@ -318,13 +364,23 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
         "evaluate_vanilla",
         "predict_cot",
         "evaluate_cot",
+        "predict_free_form_vanilla",
+        "evaluate_free_form_vanilla",
+        "predict_probe",
+        "evaluate_probe",
     ]
     .iter()
     .flat_map(|s| instances(s, &FAMILIES, &[], &[1]))
     .chain(
-        ["finetune", "predict", "evaluate"]
-            .iter()
-            .flat_map(|s| instances(s, &FAMILIES, &METHODS, &[1])),
+        [
+            "finetune",
+            "predict",
+            "evaluate",
+            "predict_free_form",
+            "evaluate_free_form",
+        ]
+        .iter()
+        .flat_map(|s| instances(s, &FAMILIES, &METHODS, &[1])),
     )
     .chain(sweep("finetune_pgd_steps", &NEW_STEPS, &[1]))
     .chain(sweep("predict_pgd_steps", &NEW_STEPS, &[1]))

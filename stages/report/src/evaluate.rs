@@ -243,17 +243,16 @@ pub fn samples_jsonl(predictions: &[Prediction], params: &EvaluateParams) -> Str
     let mut out = String::new();
     for p in predictions {
         if let Some(references) = &p.references {
-            let answer = normalize_answer(&p.raw_text);
-            let normalized: Vec<String> = references.iter().map(|r| normalize_answer(r)).collect();
+            let scored = FreeForm::score(&p.raw_text, references);
             let line = serde_json::json!({
                 "doc_id": p.id,
                 "task": p.dataset,
                 "condition": p.perturbation,
                 "target": references,
                 "resps": [[p.raw_text]],
-                "filtered_resps": [answer],
-                "exact_match": hit(normalized.contains(&answer)),
-                "accuracy": vqa_accuracy(&answer, &normalized),
+                "filtered_resps": [scored.answer],
+                "exact_match": scored.exact_match,
+                "accuracy": scored.vqa_accuracy,
             });
             out.push_str(&line.to_string());
             out.push('\n');
@@ -313,16 +312,9 @@ pub fn evaluate<'p>(
     for p in predictions {
         let condition = p.perturbation.as_str();
         if let Some(references) = &p.references {
-            let answer = normalize_answer(&p.raw_text);
-            let references: Vec<String> = references.iter().map(|r| normalize_answer(r)).collect();
-            let exact = references.contains(&answer);
-            scores.push(score(p, condition, "exact_match", hit(exact)));
-            scores.push(score(
-                p,
-                condition,
-                "vqa_accuracy",
-                vqa_accuracy(&answer, &references),
-            ));
+            let scored = FreeForm::score(&p.raw_text, references);
+            scores.push(score(p, condition, "exact_match", scored.exact_match));
+            scores.push(score(p, condition, "vqa_accuracy", scored.vqa_accuracy));
             continue;
         }
         let answer = scored_answer(p, params);
@@ -409,6 +401,28 @@ pub fn evaluate<'p>(
         metrics: metrics_of(&scores, &label.stage),
         scores,
         unparseable,
+    }
+}
+
+/// How an open-ended answer scores against its references.
+struct FreeForm {
+    /// The normalised answer ([`normalize_answer`]).
+    answer: String,
+    /// 1 when it equals a normalised reference.
+    exact_match: f64,
+    /// [`vqa_accuracy`] against the normalised references.
+    vqa_accuracy: f64,
+}
+
+impl FreeForm {
+    fn score(raw: &str, references: &[String]) -> FreeForm {
+        let answer = normalize_answer(raw);
+        let references: Vec<String> = references.iter().map(|r| normalize_answer(r)).collect();
+        FreeForm {
+            exact_match: hit(references.contains(&answer)),
+            vqa_accuracy: vqa_accuracy(&answer, &references),
+            answer,
+        }
     }
 }
 

@@ -329,19 +329,17 @@ impl TorchBackend for TchBackend {
             })
             .collect();
         if items.is_empty() {
+            let wanted = if params.conditions.is_empty() {
+                format!("`{}` rows (param `split`)", params.split)
+            } else {
+                format!(
+                    "`{}` rows of the conditions {} (params `split`, `conditions`)",
+                    params.split,
+                    params.conditions.join(", ")
+                )
+            };
             return Err(StageError::failed(format!(
-                "the items table has no `{}` rows{} (param `split`{})",
-                params.split,
-                if params.conditions.is_empty() {
-                    String::new()
-                } else {
-                    format!(" of the conditions {}", params.conditions.join(", "))
-                },
-                if params.conditions.is_empty() {
-                    ""
-                } else {
-                    ", `conditions`"
-                }
+                "the items table has no {wanted}"
             )));
         }
         if let Some(open) = items
