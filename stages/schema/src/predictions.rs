@@ -197,11 +197,6 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
     };
     (0..batch.num_rows())
         .map(|row| {
-            let option_values = options.value(row);
-            let option_values = option_values
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or("`options` is not a list of strings")?;
             let lp = (!logprobs.is_null(row))
                 .then(|| {
                     let values = logprobs.value(row);
@@ -218,9 +213,7 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
                 task: task.value(row).to_string(),
                 perturbation: perturbation.value(row).to_string(),
                 answer: answer.value(row) as usize,
-                options: (0..option_values.len())
-                    .map(|i| option_values.value(i).to_string())
-                    .collect(),
+                options: string_list(options, row, "options")?,
                 raw_text: raw.value(row).to_string(),
                 predicted: optional_str(predicted, row),
                 option_logprobs: lp,
@@ -228,22 +221,23 @@ fn batch_to_predictions(batch: &RecordBatch) -> Result<Vec<Prediction>, String> 
                 unknown_share: (!unknown.is_null(row)).then(|| unknown.value(row)),
                 references: references
                     .filter(|r| !r.is_null(row))
-                    .map(|r| {
-                        let values = r.value(row);
-                        let values = values
-                            .as_any()
-                            .downcast_ref::<StringArray>()
-                            .ok_or("`references` is not a list of strings")?;
-                        Ok::<_, String>(
-                            (0..values.len())
-                                .map(|i| values.value(i).to_string())
-                                .collect(),
-                        )
-                    })
+                    .map(|r| string_list(r, row, "references"))
                     .transpose()?,
             })
         })
         .collect()
+}
+
+/// Row `row` of a list-of-strings column.
+fn string_list(list: &ListArray, row: usize, name: &str) -> Result<Vec<String>, String> {
+    let values = list.value(row);
+    let values = values
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| format!("`{name}` is not a list of strings"))?;
+    Ok((0..values.len())
+        .map(|i| values.value(i).to_string())
+        .collect())
 }
 
 /// Reads predictions.
