@@ -58,6 +58,11 @@ pub struct SynthParams {
     /// random pixels otherwise); `false` gives them none, as synth v1 did (a pilot's control).
     #[serde(default = "default_true")]
     pub text_heavy_pictures: bool,
+    /// Pictures of each sign in the corpus, each drawn anew: the first captioned with the code
+    /// in words ("The sign of moss is a green patch at the top left."), the others with the
+    /// word the picture stands for ("This is the sign of moss.", the direction the probe asks).
+    #[serde(default = "default_sign_pictures")]
+    pub sign_pictures: usize,
 }
 
 fn default_image_size() -> u32 {
@@ -89,6 +94,9 @@ fn default_true() -> bool {
 }
 fn default_general() -> usize {
     500
+}
+fn default_sign_pictures() -> usize {
+    1
 }
 
 /// The `synth` stage kind.
@@ -149,7 +157,8 @@ impl Stage for SynthStage {
     }
 }
 
-/// The probe set `signs` (test only, `test_per_set` items; docs/embedded-benchmark.md): "Which
+/// The probe set `signs` (`test_per_set` test items, then `val_per_set` val items for pilots;
+/// docs/embedded-benchmark.md): "Which
 /// home / food / number is this the sign of?" (a third each), the picture the gold word's sign
 /// as the corpus draws it, the options words of the same vocabulary (their signs distinct).
 /// It measures whether a model learnt the sign code that image-to-text interference needs.
@@ -160,10 +169,13 @@ pub fn generate_probe(params: &SynthParams) -> Vec<Item> {
         ("food", world::foods()),
         ("number", numbers.iter().map(String::as_str).collect()),
     ];
-    (0..params.test_per_set)
-        .into_par_iter()
-        .map(|index| {
-            let id = format!("synth/signs/test/{index:06}");
+    let jobs: Vec<(&str, usize)> = [("test", params.test_per_set), ("val", params.val_per_set)]
+        .into_iter()
+        .flat_map(|(split, count)| (0..count).map(move |index| (split, index)))
+        .collect();
+    jobs.into_par_iter()
+        .map(|(split, index)| {
+            let id = format!("synth/signs/{split}/{index:06}");
             let mut rng = ItemRng::new(params.seed, &["signs", &id, "item"]);
             let (noun, words) = &vocabularies[index % vocabularies.len()];
             let gold = *rng.choose(words);
@@ -175,7 +187,7 @@ pub fn generate_probe(params: &SynthParams) -> Vec<Item> {
                 id,
                 dataset: "signs".into(),
                 task: Task::ImageHeavy,
-                split: "test".into(),
+                split: split.into(),
                 image: Some(picture.to_png()),
                 question: format!("Which {noun} is this the sign of?"),
                 options,
@@ -657,14 +669,26 @@ pub fn generate_corpus(params: &SynthParams) -> Vec<CorpusRow> {
         .chain(numbers.iter().map(String::as_str));
     for word in words {
         let sign = world::sign_of(word).expect("every answer word has a sign");
-        let id = format!("synth/corpus/sign/{word}");
-        let mut rng = ItemRng::new(params.seed, &["corpus", &id, "item"]);
-        let picture = world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng);
-        rows.push(CorpusRow {
-            id,
-            image: Some(picture.to_png()),
-            text: world::describe_sign(word, sign),
-        });
+        for copy in 0..params.sign_pictures {
+            let (id, text) = if copy == 0 {
+                (
+                    format!("synth/corpus/sign/{word}"),
+                    world::describe_sign(word, sign),
+                )
+            } else {
+                (
+                    format!("synth/corpus/sign/{word}/{copy}"),
+                    format!("This is the sign of {word}."),
+                )
+            };
+            let mut rng = ItemRng::new(params.seed, &["corpus", &id, "item"]);
+            let picture = world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng);
+            rows.push(CorpusRow {
+                id,
+                image: Some(picture.to_png()),
+                text,
+            });
+        }
     }
     rows.extend(general_text(params));
     rows
@@ -893,31 +917,90 @@ mod tests {
                 .iter()
                 .all(|o| vocabulary.contains(&o.as_str())));
             // The gold's colour fills part of its quadrant and nothing outside it.
-            let (colour, quadrant) =
-                world::sign_parts(world::sign_of(&item.options[item.answer]).unwrap());
-            let picture = Canvas::from_png(item.image.as_ref().unwrap()).unwrap();
-            let half = params.image_size / 2;
-            let (mut inside, mut outside) = (0, 0);
-            for y in 0..params.image_size {
-                for x in 0..params.image_size {
-                    if picture.get(x, y) == COLORS[colour].1 {
-                        let q = usize::from(x >= half) + 2 * usize::from(y >= half);
-                        if q == quadrant {
-                            inside += 1;
-                        } else {
-                            outside += 1;
-                        }
-                    }
-                }
-            }
-            assert!(
-                inside > 20 && outside == 0,
-                "{} {inside} {outside}",
-                item.id
-            );
+            let sign = world::sign_of(&item.options[item.answer]).unwrap();
+            assert_sign_drawn(item.image.as_ref().unwrap(), sign, &item.id);
         }
         assert_eq!(questions.len(), 3, "homes, foods and numbers");
         assert_eq!(generate_probe(&params), probe, "deterministic");
+    }
+
+    /// Asserts that a picture shows `sign`: its colour fills part of its quadrant and nothing
+    /// outside it.
+    fn assert_sign_drawn(png: &[u8], sign: usize, what: &str) {
+        let (colour, quadrant) = world::sign_parts(sign);
+        let picture = Canvas::from_png(png).unwrap();
+        let size = picture.width();
+        let half = size / 2;
+        let (mut inside, mut outside) = (0, 0);
+        for y in 0..size {
+            for x in 0..size {
+                if picture.get(x, y) == COLORS[colour].1 {
+                    let q = usize::from(x >= half) + 2 * usize::from(y >= half);
+                    if q == quadrant {
+                        inside += 1;
+                    } else {
+                        outside += 1;
+                    }
+                }
+            }
+        }
+        assert!(inside > 20 && outside == 0, "{what} {inside} {outside}");
+    }
+
+    #[test]
+    fn a_val_split_adds_probe_items_after_the_unchanged_test_ones() {
+        let test_only = SynthParams {
+            test_per_set: 12,
+            ..small()
+        };
+        let with_val = SynthParams {
+            val_per_set: 9,
+            ..test_only.clone()
+        };
+        let probe = generate_probe(&with_val);
+        assert_eq!(probe[..12], generate_probe(&test_only)[..]);
+        let val: Vec<&Item> = probe[12..].iter().collect();
+        assert_eq!(val.len(), 9);
+        assert!(val
+            .iter()
+            .all(|i| i.split == "val" && i.id.contains("/val/")));
+    }
+
+    #[test]
+    fn more_sign_pictures_add_drawings_that_name_their_word() {
+        let one = small();
+        let three = SynthParams {
+            sign_pictures: 3,
+            ..one.clone()
+        };
+        let (corpus_one, corpus_three) = (generate_corpus(&one), generate_corpus(&three));
+        let extra: Vec<&CorpusRow> = corpus_three
+            .iter()
+            .filter(|r| !corpus_one.iter().any(|o| o.id == r.id))
+            .collect();
+        let signs = corpus_one
+            .iter()
+            .filter(|r| r.id.starts_with("synth/corpus/sign/"))
+            .count();
+        assert_eq!(extra.len(), 2 * signs);
+        // Every row of the one-picture corpus is still there, unchanged and in order.
+        let kept: Vec<&CorpusRow> = corpus_three
+            .iter()
+            .filter(|r| corpus_one.iter().any(|o| o.id == r.id))
+            .collect();
+        assert_eq!(kept, corpus_one.iter().collect::<Vec<_>>());
+        for row in &extra {
+            let word = row
+                .text
+                .strip_prefix("This is the sign of ")
+                .and_then(|t| t.strip_suffix('.'))
+                .unwrap_or_else(|| panic!("{}: {}", row.id, row.text));
+            let sign = world::sign_of(word).unwrap();
+            assert_sign_drawn(row.image.as_ref().unwrap(), sign, &row.id);
+        }
+        let pictures: BTreeSet<&Vec<u8>> =
+            extra.iter().map(|r| r.image.as_ref().unwrap()).collect();
+        assert!(pictures.len() > extra.len() / 2, "drawn anew, not copied");
     }
 
     #[test]
