@@ -158,9 +158,8 @@ impl Stage for SynthStage {
 }
 
 /// The probe set `signs` (`test_per_set` test items, then `val_per_set` val items for pilots;
-/// docs/embedded-benchmark.md): "Which
-/// home / food / number is this the sign of?" (a third each), the picture the gold word's sign
-/// as the corpus draws it, the options words of the same vocabulary (their signs distinct).
+/// docs/embedded-benchmark.md): "Which home / food / number is this the sign of?" (a third
+/// each), the picture the gold word's sign as the corpus draws it, the options words of the same vocabulary (their signs distinct).
 /// It measures whether a model learnt the sign code that image-to-text interference needs.
 pub fn generate_probe(params: &SynthParams) -> Vec<Item> {
     let numbers: Vec<String> = (0..=world::MAX_NUMBER).map(|v| v.to_string()).collect();
