@@ -29,6 +29,7 @@ fn registry_with(libtorch: bool) -> mipipe_engine::Registry {
     registry.register(mipipe_stage_command::CommandStage);
     registry.register(mipipe_stage_data::SynthStage);
     registry.register(mipipe_stage_data::PerturbStage);
+    registry.register(mipipe_stage_data::SelectStage);
     registry.register(mipipe_stage_data::ConvertStage);
     registry.register(mipipe_stage_report::EvaluateStage);
     registry.register(mipipe_stage_report::TableStage);

@@ -185,3 +185,76 @@ stages:
         }
     }
 }
+
+const SELECTED: &str = r#"version: 1
+stages:
+  world:
+    kind: synth
+    params: {seed: 3, train_per_set: 8, test_per_set: 4, instruct_items: 4, pretrain_captions: 10}
+  conditions:
+    kind: perturb
+    inputs: {items: world.items}
+  train_conditions:
+    kind: select
+    inputs: {items: conditions.items}
+    params: {split: train}
+  colours:
+    kind: select
+    inputs: {items: world.items}
+    params: {split: test, datasets: [colors]}
+  trainer:
+    kind: command
+    inputs: {rows: train_conditions.items}
+    params:
+      cmd: echo trained >> runs.log && cp ${inputs.rows} ${outs.model}
+      outs: {model: model.bin}
+"#;
+
+#[test]
+fn select_keeps_one_split_so_more_test_items_retrain_nothing() {
+    let project = Project::new();
+    project.write("mipipe.yaml", SELECTED);
+    project.mipipe(&["run"]).expect_code(0);
+    let all =
+        mipipe_stage_schema::read_items(&project.output_object("conditions", "items")).unwrap();
+    let train =
+        mipipe_stage_schema::read_items(&project.output_object("train_conditions", "items"))
+            .unwrap();
+    let wanted: Vec<_> = all.iter().filter(|i| i.split == "train").cloned().collect();
+    assert!(!wanted.is_empty() && wanted.len() < all.len());
+    assert!(train == wanted, "the training rows, in their order");
+    let colours =
+        mipipe_stage_schema::read_items(&project.output_object("colours", "items")).unwrap();
+    assert!(!colours.is_empty());
+    assert!(colours
+        .iter()
+        .all(|i| i.split == "test" && i.dataset == "colors"));
+
+    // More test rows: the data stages rerun, the selected training rows keep their bytes and
+    // the stage that trains on them stays cached (early cutoff).
+    project.write(
+        "mipipe.yaml",
+        &SELECTED.replace("test_per_set: 4", "test_per_set: 6"),
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(0);
+    let ran = run.stages_with("ran");
+    for stage in ["world", "conditions", "train_conditions", "colours"] {
+        assert!(ran.iter().any(|s| s == stage), "{stage}: {}", run.stderr);
+    }
+    assert!(!ran.iter().any(|s| s == "trainer"), "{}", run.stderr);
+    assert_eq!(project.read("runs.log"), "trained\n");
+
+    // A misspelt split stops the run with the param named and the splits there are.
+    project.write(
+        "mipipe.yaml",
+        &SELECTED.replace("{split: train}", "{split: trian}"),
+    );
+    let run = project.mipipe(&["run"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("`split`") && run.stderr.contains("test, train"),
+        "{}",
+        run.stderr
+    );
+}

@@ -124,7 +124,8 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     let cot_stages = 2 * FAMILIES.len();
     let free_form_stages = 2 * (FAMILIES.len() + trained.len());
     let probe_stages = 2 * FAMILIES.len();
-    let total = 2
+    // world, conditions and the two `select`s of their training rows; pretraining; ...
+    let total = 4
         + 3
         + 3 * trained.len()
         + 3
@@ -351,10 +352,46 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     assert_eq!(run.stages_with("ran"), ["table2"], "{}", run.stderr);
     assert!(object.is_file(), "the object is back");
 
-    // 7. A second seed (`vars.seeds`, the `seed` axis of every training and evaluation
+    // 7. More test items retrain nothing: the training stages read the `select`ed training
+    //    rows, whose bytes do not change; every prediction reruns on the new test rows.
+    let more_tests = decimals.replace("test_per_set: 30 ", "test_per_set: 36 ");
+    assert_ne!(more_tests, decimals);
+    project.write("mipipe.yaml", &more_tests);
+    let run = project.mipipe(&["run", "-j", "2"]);
+    run.expect_code(0);
+    let ran = executed(&run);
+    for stage in ["world", "conditions", "train_items", "train_conditions"] {
+        assert!(ran.contains(stage), "{stage} did not rerun\n{}", run.stderr);
+    }
+    let retrained: Vec<&String> = ran
+        .iter()
+        .filter(|s| s.starts_with("pretrain") || s.starts_with("finetune"))
+        .collect();
+    assert!(
+        retrained.is_empty(),
+        "retrained {retrained:?}\n{}",
+        run.stderr
+    );
+    let predictions: BTreeSet<String> = instances("predict", &FAMILIES, &METHODS, &seeds)
+        .into_iter()
+        .chain(instances("predict_vanilla", &FAMILIES, &[], &seeds))
+        .collect();
+    assert!(predictions.is_subset(&ran), "{}", run.stderr);
+    let test_rows = mipipe_stage_schema::read_items(&project.output_object("conditions", "items"))
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.split == "test")
+        .count();
+    let predicted = mipipe_stage_schema::read_predictions(
+        &project.output_object("predict[family=qwen,method=kl,seed=0]", "predictions"),
+    )
+    .unwrap();
+    assert_eq!(predicted.len(), test_rows);
+
+    // 8. A second seed (`vars.seeds`, the `seed` axis of every training and evaluation
     //    stage) runs only the new seed's branch, and the tables that read it.
-    let two_seeds = decimals.replace("seeds: [0]", "seeds: [0, 1]");
-    assert_ne!(two_seeds, decimals);
+    let two_seeds = more_tests.replace("seeds: [0]", "seeds: [0, 1]");
+    assert_ne!(two_seeds, more_tests);
     project.write("mipipe.yaml", &two_seeds);
     let run = project.mipipe(&["run", "-j", "2"]);
     run.expect_code(0);

@@ -206,7 +206,7 @@ pub struct PerturbStage;
 impl Stage for PerturbStage {
     type Params = PerturbParams;
     const KIND: &'static str = "perturb";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Add the paper's perturbed conditions (UF, MD, OCR; RP, RI, FB, FW, screenshot) to a unified table";
 
@@ -287,7 +287,7 @@ impl Stage for PerturbStage {
             }
             None => BTreeMap::new(),
         };
-        let image_pool = real_image_pool(&items);
+        let image_pool = ImagePool::new(&items);
         let size = match params.image_size {
             Some(size) => size,
             None => image_pool
@@ -317,7 +317,7 @@ struct Context<'a> {
     params: &'a PerturbParams,
     uf_pool: &'a [String],
     facts_file: &'a BTreeMap<String, BTreeMap<String, String>>,
-    image_pool: &'a [&'a [u8]],
+    image_pool: &'a ImagePool<'a>,
     size: u32,
 }
 
@@ -406,12 +406,18 @@ impl Context<'_> {
                         world::draw_sign(self.size, sign, style, &mut rng).to_png()
                     }
                     None => {
-                        if self.image_pool.is_empty() {
-                            return Err(StageError::failed(
-                                "`ri` needs real images, and the table has no clean image-heavy items to draw them from",
-                            ));
+                        let pool = self.image_pool.for_row(&item.split, self.params.held_out);
+                        if pool.is_empty() {
+                            return Err(StageError::failed(if self.params.held_out {
+                                format!(
+                                    "`ri` needs real images, and the table has no clean image-heavy items in split `{}` to draw them from (with `held_out: false` every split draws from every split's images)",
+                                    item.split
+                                )
+                            } else {
+                                "`ri` needs real images, and the table has no clean image-heavy items to draw them from".to_string()
+                            }));
                         }
-                        rng.choose(self.image_pool).to_vec()
+                        rng.choose(pool).to_vec()
                     }
                 },
             };
@@ -555,15 +561,48 @@ impl Signs {
 }
 
 /// The real images RI draws from: the clean image-heavy images of the table, ordered by item
-/// id so that the order of rows never changes a draw.
-fn real_image_pool(items: &[Item]) -> Vec<&[u8]> {
-    let mut pool: Vec<(&str, &[u8])> = items
-        .iter()
-        .filter(|i| i.task == Task::ImageHeavy && i.perturbation == "none")
-        .filter_map(|i| i.image.as_deref().map(|image| (i.id.as_str(), image)))
-        .collect();
-    pool.sort_by(|a, b| a.0.cmp(b.0));
-    pool.into_iter().map(|(_, image)| image).collect()
+/// id so that the order of rows never changes a draw. With held-out perturbations each split
+/// draws from its own split's images, so no test image is ever shown in a training row (and a
+/// change to the test rows never changes a training row).
+struct ImagePool<'a> {
+    all: Vec<&'a [u8]>,
+    by_split: BTreeMap<&'a str, Vec<&'a [u8]>>,
+}
+
+impl<'a> ImagePool<'a> {
+    fn new(items: &'a [Item]) -> Self {
+        let mut pool: Vec<(&str, &str, &[u8])> = items
+            .iter()
+            .filter(|i| i.task == Task::ImageHeavy && i.perturbation == "none")
+            .filter_map(|i| {
+                let image = i.image.as_deref()?;
+                Some((i.id.as_str(), i.split.as_str(), image))
+            })
+            .collect();
+        pool.sort_by(|a, b| a.0.cmp(b.0));
+        let mut by_split: BTreeMap<&str, Vec<&[u8]>> = BTreeMap::new();
+        for &(_, split, image) in &pool {
+            by_split.entry(split).or_default().push(image);
+        }
+        ImagePool {
+            all: pool.into_iter().map(|(_, _, image)| image).collect(),
+            by_split,
+        }
+    }
+
+    /// The first image by item id: it gives generated pictures their size.
+    fn first(&self) -> Option<&'a [u8]> {
+        self.all.first().copied()
+    }
+
+    /// The images a row of `split` draws from.
+    fn for_row(&self, split: &str, held_out: bool) -> &[&'a [u8]] {
+        if held_out {
+            self.by_split.get(split).map_or(&[], Vec::as_slice)
+        } else {
+            &self.all
+        }
+    }
 }
 
 /// Field names of the OCR-noise snippets (FUNSD-style form fields).
@@ -639,7 +678,7 @@ mod tests {
     }
 
     fn perturb_all(params: &PerturbParams, items: &[Item]) -> Vec<Item> {
-        let pool = real_image_pool(items);
+        let pool = ImagePool::new(items);
         let uf: Vec<String> = UNRELATED_FACTS.iter().map(|s| s.to_string()).collect();
         let facts = BTreeMap::new();
         let context = Context {
@@ -794,6 +833,56 @@ mod tests {
             }
         }
         assert_eq!(thirds.len(), 3, "{thirds:?}");
+    }
+
+    #[test]
+    fn real_irrelevant_images_come_from_the_rows_own_split_when_held_out() {
+        // Text-heavy items without signs (a converted dataset) get real images for RI.
+        let items: Vec<Item> = context_items()
+            .into_iter()
+            .map(|mut i| {
+                if i.task == Task::TextHeavy {
+                    i.meta = None;
+                }
+                i
+            })
+            .collect();
+        let digest = |png: &[u8]| *blake3::hash(png).as_bytes();
+        let images_of = |split: &str| -> BTreeSet<[u8; 32]> {
+            items
+                .iter()
+                .filter(|i| i.task == Task::ImageHeavy && i.split == split)
+                .filter_map(|i| i.image.as_deref().map(digest))
+                .collect()
+        };
+        let (train, test) = (images_of("train"), images_of("test"));
+        assert!(
+            train.is_disjoint(&test),
+            "the fixture's splits share images"
+        );
+        let drawn = |p: &PerturbParams, split: &str| -> BTreeSet<[u8; 32]> {
+            perturb_all(p, &items)
+                .iter()
+                .filter(|r| r.perturbation == "ri" && r.split == split)
+                .map(|r| digest(r.image.as_deref().unwrap()))
+                .collect()
+        };
+        let held_out = params();
+        assert!(held_out.held_out);
+        for (split, own) in [("train", &train), ("test", &test)] {
+            let got = drawn(&held_out, split);
+            assert!(!got.is_empty() && got.is_subset(own), "{split}");
+        }
+        // As the authors' code does: every split draws from every image.
+        let shared = PerturbParams {
+            held_out: false,
+            ..params()
+        };
+        let got = drawn(&shared, "train");
+        assert!(
+            !got.is_disjoint(&test),
+            "train rows never drew a test image"
+        );
     }
 
     #[test]
