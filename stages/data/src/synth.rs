@@ -63,6 +63,11 @@ pub struct SynthParams {
     /// word the picture stands for ("This is the sign of moss.", the direction the probe asks).
     #[serde(default = "default_sign_pictures")]
     pub sign_pictures: usize,
+    /// Training items of the set `signs` in the probe's format ("Which home is this the sign
+    /// of?" under the word's sign), appended after every other row of `items`: instruction
+    /// items whose answer is the sign code (docs/embedded-benchmark.md, "Sign items").
+    #[serde(default)]
+    pub sign_items: usize,
 }
 
 fn default_image_size() -> u32 {
@@ -159,44 +164,49 @@ impl Stage for SynthStage {
 
 /// The probe set `signs` (`test_per_set` test items, then `val_per_set` val items for pilots;
 /// docs/embedded-benchmark.md): "Which home / food / number is this the sign of?" (a third
-/// each), the picture the gold word's sign as the corpus draws it, the options words of the same vocabulary (their signs distinct).
-/// It measures whether a model learnt the sign code that image-to-text interference needs.
+/// each, [`sign_item`]). It measures whether a model learnt the sign code that image-to-text
+/// interference needs.
 pub fn generate_probe(params: &SynthParams) -> Vec<Item> {
+    let jobs: Vec<(&str, usize)> = [("test", params.test_per_set), ("val", params.val_per_set)]
+        .into_iter()
+        .flat_map(|(split, count)| (0..count).map(move |index| (split, index)))
+        .collect();
+    jobs.into_par_iter()
+        .map(|(split, index)| sign_item(params, split, index))
+        .collect()
+}
+
+/// Item `index` of split `split` of the set `signs`: a third each asks for a home, a food or a
+/// number, the picture the gold word's sign drawn as the corpus draws it, the options words of
+/// the same vocabulary.
+fn sign_item(params: &SynthParams, split: &str, index: usize) -> Item {
     let numbers: Vec<String> = (0..=world::MAX_NUMBER).map(|v| v.to_string()).collect();
     let vocabularies: [(&str, Vec<&str>); 3] = [
         ("home", world::homes()),
         ("food", world::foods()),
         ("number", numbers.iter().map(String::as_str).collect()),
     ];
-    let jobs: Vec<(&str, usize)> = [("test", params.test_per_set), ("val", params.val_per_set)]
-        .into_iter()
-        .flat_map(|(split, count)| (0..count).map(move |index| (split, index)))
-        .collect();
-    jobs.into_par_iter()
-        .map(|(split, index)| {
-            let id = format!("synth/signs/{split}/{index:06}");
-            let mut rng = ItemRng::new(params.seed, &["signs", &id, "item"]);
-            let (noun, words) = &vocabularies[index % vocabularies.len()];
-            let gold = *rng.choose(words);
-            let (options, answer) = rng.options(gold, words, params.options);
-            let sign = world::sign_of(gold).expect("every answer word has a sign");
-            let picture = world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng);
-            Item {
-                origin_id: id.clone(),
-                id,
-                dataset: "signs".into(),
-                task: Task::ImageHeavy,
-                split: split.into(),
-                image: Some(picture.to_png()),
-                question: format!("Which {noun} is this the sign of?"),
-                options,
-                answer,
-                perturbation: "none".into(),
-                facts: None,
-                meta: None,
-            }
-        })
-        .collect()
+    let id = format!("synth/signs/{split}/{index:06}");
+    let mut rng = ItemRng::new(params.seed, &["signs", &id, "item"]);
+    let (noun, words) = &vocabularies[index % vocabularies.len()];
+    let gold = *rng.choose(words);
+    let (options, answer) = rng.options(gold, words, params.options);
+    let sign = world::sign_of(gold).expect("every answer word has a sign");
+    let picture = world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng);
+    Item {
+        origin_id: id.clone(),
+        id,
+        dataset: "signs".into(),
+        task: Task::ImageHeavy,
+        split: split.into(),
+        image: Some(picture.to_png()),
+        question: format!("Which {noun} is this the sign of?"),
+        options,
+        answer,
+        perturbation: "none".into(),
+        facts: None,
+        meta: None,
+    }
 }
 
 /// Every item of every set, in a fixed order (dataset, split, index), generated in parallel.
@@ -218,9 +228,16 @@ pub fn generate_items(params: &SynthParams) -> Vec<Item> {
             }
         }
     }
-    jobs.par_iter()
+    let mut items: Vec<Item> = jobs
+        .par_iter()
         .map(|&(dataset, task, split, index)| make_item(params, dataset, task, split, index))
-        .collect()
+        .collect();
+    items.par_extend(
+        (0..params.sign_items)
+            .into_par_iter()
+            .map(|index| sign_item(params, "train", index)),
+    );
+    items
 }
 
 struct Placed {
@@ -963,6 +980,42 @@ mod tests {
         assert!(val
             .iter()
             .all(|i| i.split == "val" && i.id.contains("/val/")));
+    }
+
+    #[test]
+    fn sign_items_are_training_rows_after_the_unchanged_others_and_no_probe_item() {
+        let without = small();
+        let with = SynthParams {
+            sign_items: 12,
+            val_per_set: 6,
+            ..without.clone()
+        };
+        let base = generate_items(&SynthParams {
+            val_per_set: 6,
+            ..without.clone()
+        });
+        let items = generate_items(&with);
+        assert_eq!(
+            items[..base.len()],
+            base[..],
+            "every other row unchanged, in order"
+        );
+        let signs = &items[base.len()..];
+        assert_eq!(signs.len(), 12);
+        let probe = generate_probe(&with);
+        for item in signs {
+            assert_eq!(
+                (item.dataset.as_str(), item.split.as_str(), item.task),
+                ("signs", "train", Task::ImageHeavy)
+            );
+            let sign = world::sign_of(&item.options[item.answer]).unwrap();
+            assert_sign_drawn(item.image.as_ref().unwrap(), sign, &item.id);
+            assert!(probe
+                .iter()
+                .all(|p| p.id != item.id && p.image != item.image));
+        }
+        let questions: BTreeSet<&str> = signs.iter().map(|i| i.question.as_str()).collect();
+        assert_eq!(questions.len(), 3, "homes, foods and numbers");
     }
 
     #[test]
