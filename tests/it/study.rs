@@ -105,6 +105,23 @@ fn executed(run: &crate::Run) -> BTreeSet<String> {
         .collect()
 }
 
+/// The predictions of `stage`, asserting there is one for every test row of `conditions`.
+fn predictions_of_every_test_row(
+    project: &Project,
+    stage: &str,
+) -> Vec<mipipe_stage_schema::Prediction> {
+    let test_rows = mipipe_stage_schema::read_items(&project.output_object("conditions", "items"))
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.split == "test")
+        .count();
+    let predictions =
+        mipipe_stage_schema::read_predictions(&project.output_object(stage, "predictions"))
+            .unwrap();
+    assert_eq!(predictions.len(), test_rows, "{stage}");
+    predictions
+}
+
 #[test]
 fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
     crate::require_torch_worker();
@@ -166,16 +183,8 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
 
     // Every test row of every condition got a prediction from every model.
     let conditions = project.output_object("conditions", "items");
-    let test_rows = mipipe_stage_schema::read_items(&conditions)
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.split == "test")
-        .count();
-    let predictions = mipipe_stage_schema::read_predictions(
-        &project.output_object("predict[family=blip,method=ours,seed=0]", "predictions"),
-    )
-    .unwrap();
-    assert_eq!(predictions.len(), test_rows);
+    let predictions =
+        predictions_of_every_test_row(&project, "predict[family=blip,method=ours,seed=0]");
     assert!(predictions
         .iter()
         .all(|p| p.option_logprobs.as_ref().map(Vec::len) == Some(p.options.len())));
@@ -377,16 +386,7 @@ fn the_quick_study_runs_end_to_end_and_reruns_only_what_each_change_touches() {
         .chain(instances("predict_vanilla", &FAMILIES, &[], &seeds))
         .collect();
     assert!(predictions.is_subset(&ran), "{}", run.stderr);
-    let test_rows = mipipe_stage_schema::read_items(&project.output_object("conditions", "items"))
-        .unwrap()
-        .into_iter()
-        .filter(|i| i.split == "test")
-        .count();
-    let predicted = mipipe_stage_schema::read_predictions(
-        &project.output_object("predict[family=qwen,method=kl,seed=0]", "predictions"),
-    )
-    .unwrap();
-    assert_eq!(predicted.len(), test_rows);
+    predictions_of_every_test_row(&project, "predict[family=qwen,method=kl,seed=0]");
 
     // 8. A second seed (`vars.seeds`, the `seed` axis of every training and evaluation
     //    stage) runs only the new seed's branch, and the tables that read it.
