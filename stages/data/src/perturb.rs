@@ -836,6 +836,48 @@ mod tests {
     }
 
     #[test]
+    fn colour_code_pictures_show_the_colour_of_the_option_they_point_at() {
+        let synth: SynthParams = serde_json::from_value(serde_json::json!({
+            "train_per_set": 6, "test_per_set": 9, "instruct_items": 2, "sign_code": "colour"
+        }))
+        .unwrap();
+        let items = generate_items(&synth);
+        let mut p = params();
+        p.text_heavy.push(Condition::Th);
+        let colour_of = |word: &str| {
+            let sign = world::sign_of(word, world::SignCode::Colour).unwrap();
+            world::COLORS[world::sign_parts(sign).0].1
+        };
+        let mut checked = BTreeSet::new();
+        for row in perturb_all(&p, &items).iter().filter(|r| {
+            r.task == Task::TextHeavy && ["ri", "th"].contains(&r.perturbation.as_str())
+        }) {
+            let picture = Canvas::from_png(row.image.as_ref().unwrap()).unwrap();
+            let shows = |rgb: crate::draw::Rgb| {
+                (0..picture.width())
+                    .flat_map(|y| (0..picture.width()).map(move |x| (x, y)))
+                    .any(|(x, y)| picture.get(x, y) == rgb)
+            };
+            let points_at = meta(row)["points_at"].as_u64().map(|v| v as usize);
+            for (i, option) in row.options.iter().enumerate() {
+                assert_eq!(
+                    shows(colour_of(option)),
+                    points_at == Some(i),
+                    "{} ({}) option {i}",
+                    row.id,
+                    row.perturbation
+                );
+            }
+            checked.insert((row.split.clone(), points_at.is_some()));
+        }
+        assert_eq!(
+            checked.len(),
+            4,
+            "train and test rows, pointing and not: {checked:?}"
+        );
+    }
+
+    #[test]
     fn real_irrelevant_images_come_from_the_rows_own_split_when_held_out() {
         // Text-heavy items without signs (a converted dataset) get real images for RI.
         let items: Vec<Item> = context_items()

@@ -8,7 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::draw::Canvas;
-use crate::world::{self, SignStyle, BACKGROUNDS, BACKGROUND_TONES, COLORS, CREATURES, SHAPES};
+use crate::world::{
+    self, SignCode, SignStyle, BACKGROUNDS, BACKGROUND_TONES, COLORS, CREATURES, SHAPES,
+};
 use mipipe_stage_schema::ItemRng;
 use mipipe_stage_schema::{write_corpus, write_items, CorpusRow, Item, Task};
 
@@ -68,6 +70,11 @@ pub struct SynthParams {
     /// items whose answer is the sign code (docs/embedded-benchmark.md, "Sign items").
     #[serde(default)]
     pub sign_items: usize,
+    /// The picture code of the text-heavy sets' answer words: `quadrant` (a colour in a
+    /// quadrant, the default) or `colour` (the colour alone; docs/embedded-benchmark.md,
+    /// "Sign colours"). Under `colour`, items' options are drawn with distinct colours.
+    #[serde(default)]
+    pub sign_code: SignCode,
 }
 
 fn default_image_size() -> u32 {
@@ -190,8 +197,9 @@ fn sign_item(params: &SynthParams, split: &str, index: usize) -> Item {
     let mut rng = ItemRng::new(params.seed, &["signs", &id, "item"]);
     let (noun, words) = &vocabularies[index % vocabularies.len()];
     let gold = *rng.choose(words);
-    let (options, answer) = rng.options(gold, words, params.options);
-    let sign = world::sign_of(gold).expect("every answer word has a sign");
+    let (options, answer) =
+        world::distinct_sign_options(&mut rng, gold, words, params.options, params.sign_code);
+    let sign = world::sign_of(gold, params.sign_code).expect("every answer word has a sign");
     let picture = world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng);
     Item {
         origin_id: id.clone(),
@@ -346,13 +354,14 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
                         world::describe_food,
                     )
                 };
-            let (options, answer) = rng.options(gold, pool, n);
+            let (options, answer) =
+                world::distinct_sign_options(&mut rng, gold, pool, n, params.sign_code);
             let facts = options
                 .iter()
                 .enumerate()
                 .map(|(i, o)| (i != answer).then(|| describe(o)))
                 .collect();
-            let mut meta = signs_meta(&options, pool, &mut rng);
+            let mut meta = signs_meta(&options, pool, params.sign_code, &mut rng);
             meta["creature"] = creature.into();
             Content {
                 image: None,
@@ -393,13 +402,19 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
                 .map(|v| v.to_string())
                 .collect();
             let gold_text = gold.to_string();
-            let picks = rng.sample_indices(window.len(), n - 1);
-            let mut candidates: Vec<&str> = picks.iter().map(|&i| window[i].as_str()).collect();
-            candidates.push(&gold_text);
-            let (options, answer) = rng.options(&gold_text, &candidates, n);
+            let window: Vec<&str> = window.iter().map(String::as_str).collect();
+            let (options, answer) = match params.sign_code {
+                SignCode::Quadrant => {
+                    let picks = rng.sample_indices(window.len(), n - 1);
+                    let mut candidates: Vec<&str> = picks.iter().map(|&i| window[i]).collect();
+                    candidates.push(&gold_text);
+                    rng.options(&gold_text, &candidates, n)
+                }
+                code => world::distinct_sign_options(&mut rng, &gold_text, &window, n, code),
+            };
             let numbers: Vec<String> = (0..=max).map(|v| v.to_string()).collect();
             let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
-            let meta = signs_meta(&options, &numbers, &mut rng);
+            let meta = signs_meta(&options, &numbers, params.sign_code, &mut rng);
             Content {
                 image: None,
                 question,
@@ -415,7 +430,7 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
     // `sign_rate`, random pixels otherwise. Other splits have no picture; `perturb` gives them
     // each condition's.
     let image = if task == Task::TextHeavy && split == "train" && params.text_heavy_pictures {
-        let picture = match world::sign_of(&options[answer]) {
+        let picture = match world::sign_of(&options[answer], params.sign_code) {
             Some(sign) if rng.unit() < params.sign_rate => {
                 world::draw_sign(params.image_size, sign, SignStyle::Patch, &mut rng)
             }
@@ -442,14 +457,21 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
 }
 
 /// The `meta` of a text-heavy item: each option's sign (null for a word without one) and the
-/// sign of a word of the same vocabulary that is no option (`other_sign`), from which
-/// `perturb` draws RI pictures pointing at the gold, a wrong option or nothing.
-fn signs_meta(options: &[String], vocabulary: &[&str], rng: &mut ItemRng) -> serde_json::Value {
-    let signs: Vec<Option<usize>> = options.iter().map(|o| world::sign_of(o)).collect();
+/// sign of a word of the same vocabulary that is no option and shares no option's sign
+/// (`other_sign`), from which `perturb` draws RI pictures pointing at the gold, a wrong option
+/// or nothing.
+fn signs_meta(
+    options: &[String],
+    vocabulary: &[&str],
+    code: SignCode,
+    rng: &mut ItemRng,
+) -> serde_json::Value {
+    let signs: Vec<Option<usize>> = options.iter().map(|o| world::sign_of(o, code)).collect();
     let others: Vec<usize> = vocabulary
         .iter()
         .filter(|w| !options.iter().any(|o| o == *w))
-        .filter_map(|w| world::sign_of(w))
+        .filter_map(|w| world::sign_of(w, code))
+        .filter(|sign| !signs.contains(&Some(*sign)))
         .collect();
     let other = (!others.is_empty()).then(|| *rng.choose(&others));
     serde_json::json!({"signs": signs, "other_sign": other})
@@ -684,7 +706,7 @@ pub fn generate_corpus(params: &SynthParams) -> Vec<CorpusRow> {
         .chain(world::foods())
         .chain(numbers.iter().map(String::as_str));
     for word in words {
-        let sign = world::sign_of(word).expect("every answer word has a sign");
+        let sign = world::sign_of(word, params.sign_code).expect("every answer word has a sign");
         for copy in 0..params.sign_pictures {
             let (id, text) = if copy == 0 {
                 (
@@ -811,25 +833,75 @@ mod tests {
         assert_eq!(ids.len(), items.len(), "ids are unique");
     }
 
+    /// The small world under each sign code.
+    fn under_each_code() -> [SynthParams; 2] {
+        [SignCode::Quadrant, SignCode::Colour].map(|sign_code| SynthParams {
+            sign_code,
+            ..small()
+        })
+    }
+
     #[test]
     fn every_text_heavy_option_has_a_sign_distinct_within_the_item() {
-        for item in generate_items(&small())
-            .iter()
-            .filter(|i| i.task == Task::TextHeavy)
-        {
-            let signs: Vec<usize> = item
-                .options
+        for params in under_each_code() {
+            for item in generate_items(&params)
                 .iter()
-                .map(|o| world::sign_of(o).expect("an option without a sign"))
-                .collect();
-            assert!(signs.iter().all(|&s| s < world::SIGNS));
-            let unique: BTreeSet<&usize> = signs.iter().collect();
-            assert_eq!(unique.len(), signs.len(), "{item:?}");
-            let meta: serde_json::Value =
-                serde_json::from_str(item.meta.as_deref().unwrap()).unwrap();
-            let other = meta["other_sign"].as_u64().unwrap() as usize;
-            assert!(!signs.contains(&other), "the no-option sign is an option's");
+                .filter(|i| i.task == Task::TextHeavy)
+            {
+                let signs: Vec<usize> = item
+                    .options
+                    .iter()
+                    .map(|o| world::sign_of(o, params.sign_code).expect("an option without a sign"))
+                    .collect();
+                assert!(signs.iter().all(|&s| s < world::SIGNS));
+                let unique: BTreeSet<&usize> = signs.iter().collect();
+                assert_eq!(unique.len(), signs.len(), "{item:?}");
+                let meta: serde_json::Value =
+                    serde_json::from_str(item.meta.as_deref().unwrap()).unwrap();
+                let listed: Vec<usize> = meta["signs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_u64().unwrap() as usize)
+                    .collect();
+                assert_eq!(listed, signs, "meta.signs are the options' signs");
+                let other = meta["other_sign"].as_u64().unwrap() as usize;
+                assert!(!signs.contains(&other), "the no-option sign is an option's");
+                if item.dataset == "arithmetic" {
+                    // The colour code keeps arithmetic's distractors within 5 of the gold.
+                    let gold: i64 = item.options[item.answer].parse().unwrap();
+                    assert!(item
+                        .options
+                        .iter()
+                        .all(|o| (o.parse::<i64>().unwrap() - gold).abs() <= 5));
+                }
+            }
         }
+    }
+
+    #[test]
+    fn the_colour_code_is_the_quadrant_codes_colour_without_its_place() {
+        let words: Vec<String> = world::homes()
+            .into_iter()
+            .chain(world::foods())
+            .map(String::from)
+            .chain((0..=world::MAX_NUMBER).map(|n| n.to_string()))
+            .collect();
+        let mut colours_used = BTreeSet::new();
+        for word in &words {
+            let quadrant = world::sign_of(word, SignCode::Quadrant).unwrap();
+            let colour = world::sign_of(word, SignCode::Colour).unwrap();
+            let (c, place) = world::sign_parts(colour);
+            assert_eq!(place, None);
+            assert_eq!(c, world::sign_parts(quadrant).0, "{word}");
+            colours_used.insert(c);
+            assert_eq!(
+                world::describe_sign(word, colour),
+                format!("The sign of {word} is a {} patch.", COLORS[c].0)
+            );
+        }
+        assert_eq!(colours_used.len(), COLORS.len());
+        assert_eq!(world::sign_of("zorb", SignCode::Colour), None);
     }
 
     #[test]
@@ -908,11 +980,16 @@ mod tests {
 
     #[test]
     fn probe_pictures_show_the_golds_sign_and_options_share_its_vocabulary() {
-        let params = SynthParams {
-            test_per_set: 30,
-            ..small()
-        };
-        let probe = generate_probe(&params);
+        for params in under_each_code() {
+            probe_shows_the_golds_sign(&SynthParams {
+                test_per_set: 30,
+                ..params
+            });
+        }
+    }
+
+    fn probe_shows_the_golds_sign(params: &SynthParams) {
+        let probe = generate_probe(params);
         assert_eq!(probe.len(), 30);
         let numbers: Vec<String> = (0..=world::MAX_NUMBER).map(|v| v.to_string()).collect();
         let mut questions = BTreeSet::new();
@@ -932,16 +1009,23 @@ mod tests {
                 .options
                 .iter()
                 .all(|o| vocabulary.contains(&o.as_str())));
-            // The gold's colour fills part of its quadrant and nothing outside it.
-            let sign = world::sign_of(&item.options[item.answer]).unwrap();
+            // Only the gold's sign answers: no other option shares it.
+            let signs: BTreeSet<usize> = item
+                .options
+                .iter()
+                .map(|o| world::sign_of(o, params.sign_code).unwrap())
+                .collect();
+            assert_eq!(signs.len(), params.options, "{:?}", item.options);
+            // The gold's colour fills part of its region and nothing outside it.
+            let sign = world::sign_of(&item.options[item.answer], params.sign_code).unwrap();
             assert_sign_drawn(item.image.as_ref().unwrap(), sign, &item.id);
         }
         assert_eq!(questions.len(), 3, "homes, foods and numbers");
-        assert_eq!(generate_probe(&params), probe, "deterministic");
+        assert_eq!(generate_probe(params), probe, "deterministic");
     }
 
-    /// Asserts that a picture shows `sign`: its colour fills part of its quadrant and nothing
-    /// outside it.
+    /// Asserts that a picture shows `sign`: its colour fills part of its region (its quadrant,
+    /// or the middle half of the canvas for the colour code) and nothing outside it.
     fn assert_sign_drawn(png: &[u8], sign: usize, what: &str) {
         let (colour, quadrant) = world::sign_parts(sign);
         let picture = Canvas::from_png(png).unwrap();
@@ -951,8 +1035,13 @@ mod tests {
         for y in 0..size {
             for x in 0..size {
                 if picture.get(x, y) == COLORS[colour].1 {
-                    let q = usize::from(x >= half) + 2 * usize::from(y >= half);
-                    if q == quadrant {
+                    let in_region = match quadrant {
+                        Some(quadrant) => {
+                            usize::from(x >= half) + 2 * usize::from(y >= half) == quadrant
+                        }
+                        None => [x, y].iter().all(|v| (size / 4..size * 3 / 4).contains(v)),
+                    };
+                    if in_region {
                         inside += 1;
                     } else {
                         outside += 1;
@@ -1008,7 +1097,7 @@ mod tests {
                 (item.dataset.as_str(), item.split.as_str(), item.task),
                 ("signs", "train", Task::ImageHeavy)
             );
-            let sign = world::sign_of(&item.options[item.answer]).unwrap();
+            let sign = world::sign_of(&item.options[item.answer], SignCode::Quadrant).unwrap();
             assert_sign_drawn(item.image.as_ref().unwrap(), sign, &item.id);
             assert!(probe
                 .iter()
@@ -1047,7 +1136,7 @@ mod tests {
                 .strip_prefix("This is the sign of ")
                 .and_then(|t| t.strip_suffix('.'))
                 .unwrap_or_else(|| panic!("{}: {}", row.id, row.text));
-            let sign = world::sign_of(word).unwrap();
+            let sign = world::sign_of(word, SignCode::Quadrant).unwrap();
             assert_sign_drawn(row.image.as_ref().unwrap(), sign, &row.id);
         }
         let pictures: BTreeSet<&Vec<u8>> =

@@ -153,45 +153,123 @@ pub fn plural(noun: &str) -> String {
 /// The four quadrants a sign's colour patch sits in, as the corpus names them.
 pub const QUADRANTS: &[&str] = &["top left", "top right", "bottom left", "bottom right"];
 
-/// How many signs exist: a colour (8) in a quadrant (4).
-pub const SIGNS: usize = 32;
+/// How many signs exist: the 32 of the quadrant code (a colour in a quadrant, signs 0-31),
+/// then the 8 of the colour code (a colour alone, signs 32-39).
+pub const SIGNS: usize = 40;
+
+/// The first sign of the colour code; signs below it are the quadrant code's.
+const COLOUR_SIGNS: usize = 32;
 
 /// The largest number of the `arithmetic` set: answers and options are 0 to this, so every
 /// one has a sign.
 pub const MAX_NUMBER: i64 = 31;
 
-/// The sign of an answer word of a text-heavy set: homes are signs 0-11, foods 12-23, the
-/// numbers 0-31 their own value. `None` for a word no sign stands for. Two words of different
-/// sets may share a sign; within a set (the options of one item) signs are distinct.
-pub fn sign_of(word: &str) -> Option<usize> {
-    if let Ok(n) = word.parse::<i64>() {
-        return (0..=MAX_NUMBER).contains(&n).then_some(n as usize);
-    }
-    CREATURES.iter().enumerate().find_map(|(i, c)| {
-        if c.1 == word {
-            Some(i)
-        } else if c.2 == word {
-            Some(CREATURES.len() + i)
-        } else {
-            None
-        }
+/// Which picture code stands for the answer words of the text-heavy sets (`synth`'s
+/// `sign_code`; docs/embedded-benchmark.md, "Signs").
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SignCode {
+    /// A colour (8) in a quadrant (4) of the canvas: 32 signs, every word of a set its own.
+    #[default]
+    Quadrant,
+    /// The colour alone, drawn in the middle of the canvas: the quadrant code's colour without
+    /// its place. Eight signs, so words of one set share them; an item's options never do.
+    Colour,
+}
+
+/// The sign of an answer word of a text-heavy set under `code`. Quadrant code: homes are
+/// signs 0-11, foods 12-23, the numbers 0-31 their own value; colour code: that sign's colour.
+/// `None` for a word no sign stands for. Two words may share a sign; `synth` draws an item's
+/// options with distinct signs ([`distinct_sign_options`]).
+pub fn sign_of(word: &str, code: SignCode) -> Option<usize> {
+    let quadrant_sign = if let Ok(n) = word.parse::<i64>() {
+        (0..=MAX_NUMBER).contains(&n).then_some(n as usize)
+    } else {
+        CREATURES.iter().enumerate().find_map(|(i, c)| {
+            if c.1 == word {
+                Some(i)
+            } else if c.2 == word {
+                Some(CREATURES.len() + i)
+            } else {
+                None
+            }
+        })
+    }?;
+    Some(match code {
+        SignCode::Quadrant => quadrant_sign,
+        SignCode::Colour => COLOUR_SIGNS + quadrant_sign % COLORS.len(),
     })
 }
 
-/// The colour index and quadrant index of a sign.
-pub fn sign_parts(sign: usize) -> (usize, usize) {
+/// The colour index of a sign, and its quadrant index where the code has one.
+pub fn sign_parts(sign: usize) -> (usize, Option<usize>) {
     debug_assert!(sign < SIGNS, "sign {sign} of {SIGNS}");
-    (sign % COLORS.len(), (sign / COLORS.len()) % QUADRANTS.len())
+    if sign >= COLOUR_SIGNS {
+        (sign - COLOUR_SIGNS, None)
+    } else {
+        (
+            sign % COLORS.len(),
+            Some((sign / COLORS.len()) % QUADRANTS.len()),
+        )
+    }
 }
 
 /// The corpus sentence that states a word's sign ("The sign of moss is a green patch at the
-/// top left.").
+/// top left."; colour code: "The sign of moss is a green patch.").
 pub fn describe_sign(word: &str, sign: usize) -> String {
     let (colour, quadrant) = sign_parts(sign);
-    format!(
-        "The sign of {word} is a {} patch at the {}.",
-        COLORS[colour].0, QUADRANTS[quadrant]
-    )
+    match quadrant {
+        Some(q) => format!(
+            "The sign of {word} is a {} patch at the {}.",
+            COLORS[colour].0, QUADRANTS[q]
+        ),
+        None => format!("The sign of {word} is a {} patch.", COLORS[colour].0),
+    }
+}
+
+/// `n` options for `gold` drawn from `pool` whose signs under `code` are distinct, and the
+/// gold's slot. Under the quadrant code every word of a vocabulary has its own sign, so this is
+/// [`ItemRng::options`] itself (and draws what it draws); under the colour code each
+/// distractor is drawn from the words whose sign no option has yet.
+pub fn distinct_sign_options(
+    rng: &mut ItemRng,
+    gold: &str,
+    pool: &[&str],
+    n: usize,
+    code: SignCode,
+) -> (Vec<String>, usize) {
+    if code == SignCode::Quadrant {
+        return rng.options(gold, pool, n);
+    }
+    let mut taken: Vec<Option<usize>> = vec![sign_of(gold, code)];
+    let mut options: Vec<String> = Vec::new();
+    while options.len() + 1 < n {
+        let free: Vec<&str> = pool
+            .iter()
+            .copied()
+            .filter(|w| *w != gold && !options.iter().any(|o| o == w))
+            .filter(|w| !taken.contains(&sign_of(w, code)))
+            .collect();
+        if free.is_empty() {
+            break;
+        }
+        let pick = *rng.choose(&free);
+        taken.push(sign_of(pick, code));
+        options.push(pick.to_string());
+    }
+    let slot = rng.below(options.len() + 1);
+    options.insert(slot, gold.to_string());
+    (options, slot)
 }
 
 /// Misleading-description templates (`{}` is the option): the first three are what training
@@ -420,16 +498,19 @@ pub enum SignStyle {
     HeldOut,
 }
 
-/// The picture of a sign.
+/// The picture of a sign: quadrant-code signs in their quadrant, colour-code signs in the
+/// middle of the canvas.
 pub fn draw_sign(size: u32, sign: usize, style: SignStyle, rng: &mut ItemRng) -> Canvas {
     let (colour, quadrant) = sign_parts(sign);
     let tone = *rng.choose(BACKGROUND_TONES);
     let s = size as f64;
-    let (qx, qy) = (
-        (quadrant % 2) as f64 * s / 2.0,
-        (quadrant / 2) as f64 * s / 2.0,
-    );
-    // A little jitter inside the quadrant, so a sign is a region, not a pixel pattern.
+    // The top-left corner of the region the sign sits in: its quadrant, or the middle half of
+    // the canvas for the colour code.
+    let (qx, qy) = match quadrant {
+        Some(q) => ((q % 2) as f64 * s / 2.0, (q / 2) as f64 * s / 2.0),
+        None => (s / 4.0, s / 4.0),
+    };
+    // A little jitter inside the region, so a sign is a region, not a pixel pattern.
     let jitter = |rng: &mut ItemRng| (rng.unit() - 0.5) * s * 0.08;
     match style {
         SignStyle::Patch => {
