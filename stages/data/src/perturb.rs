@@ -36,6 +36,12 @@ pub enum Condition {
     Rp,
     /// A real, irrelevant image (text-heavy).
     Ri,
+    /// RI drawn by the generator the training rows' RI uses, for rows outside the training
+    /// split (text-heavy items with signs): the in-distribution counterpart of held-out RI.
+    /// Training rows do not get it (their `ri` is already this), so listing it leaves the
+    /// training rows, and every model trained on them, as they are.
+    #[serde(rename = "ri_seen")]
+    RiSeen,
     /// A full black image (text-heavy).
     Fb,
     /// A full white image (text-heavy).
@@ -57,6 +63,7 @@ impl Condition {
             Condition::Ocr => "ocr",
             Condition::Rp => "rp",
             Condition::Ri => "ri",
+            Condition::RiSeen => "ri_seen",
             Condition::Fb => "fb",
             Condition::Fw => "fw",
             Condition::Screenshot => "screenshot",
@@ -71,7 +78,12 @@ impl Condition {
     fn is_image(self) -> bool {
         matches!(
             self,
-            Condition::Rp | Condition::Ri | Condition::Fb | Condition::Fw | Condition::Screenshot
+            Condition::Rp
+                | Condition::Ri
+                | Condition::RiSeen
+                | Condition::Fb
+                | Condition::Fw
+                | Condition::Screenshot
         )
     }
 
@@ -103,8 +115,8 @@ pub struct PerturbParams {
     /// Conditions of image-heavy items (`none`, `uf`, `md`, `ocr`).
     #[serde(default = "default_image_heavy")]
     pub image_heavy: Vec<Condition>,
-    /// Conditions of text-heavy items (`none`, `rp`, `ri`, `fb`, `fw`, `screenshot`); `rp` is
-    /// the paper's clean condition.
+    /// Conditions of text-heavy items (`none`, `rp`, `ri`, `ri_seen`, `fb`, `fw`, `screenshot`,
+    /// `th`); `rp` is the paper's clean condition.
     #[serde(default = "default_text_heavy")]
     pub text_heavy: Vec<Condition>,
     /// Sentences per unrelated-facts paragraph (drawn with replacement, as the authors do).
@@ -235,7 +247,7 @@ impl Stage for PerturbStage {
         for c in &params.text_heavy {
             if !(c.is_image() || c.is_shared()) {
                 return Err(StageError::failed(format!(
-                    "`text_heavy` lists `{}`, a text condition; text-heavy items get image conditions (none, rp, ri, fb, fw, screenshot, th)",
+                    "`text_heavy` lists `{}`, a text condition; text-heavy items get image conditions (none, rp, ri, ri_seen, fb, fw, screenshot, th)",
                     c.as_str()
                 )));
             }
@@ -332,7 +344,11 @@ impl Context<'_> {
             Task::TextHeavy => &self.params.text_heavy,
             Task::Vqa => &[Condition::None],
         };
-        conditions.iter().map(|&c| self.apply(item, c)).collect()
+        conditions
+            .iter()
+            .filter(|&&c| c != Condition::RiSeen || item.split != "train")
+            .map(|&c| self.apply(item, c))
+            .collect()
     }
 
     fn apply(&self, item: &Item, condition: Condition) -> Result<Item, StageError> {
@@ -342,9 +358,15 @@ impl Context<'_> {
         }
         out.id = format!("{}#{}", item.origin_id, condition.as_str());
         out.perturbation = condition.as_str().to_string();
+        // `ri_seen` draws as `ri` does, so an item shows the same sign (the same third, the same
+        // option) under both and only the drawing differs.
+        let draws = match condition {
+            Condition::RiSeen => Condition::Ri,
+            c => c,
+        };
         let mut rng = ItemRng::new(
             self.params.seed,
-            &[&item.dataset, &item.origin_id, condition.as_str()],
+            &[&item.dataset, &item.origin_id, draws.as_str()],
         );
         let held_out = self.params.held_out && item.split == "test";
         let text_kind =
@@ -374,7 +396,7 @@ impl Context<'_> {
                 TextPlacement::BeforeQuestion => set_meta(&mut out, "context", text.into()),
             }
         } else {
-            let style = if held_out {
+            let style = if held_out && condition != Condition::RiSeen {
                 SignStyle::HeldOut
             } else {
                 SignStyle::Patch
@@ -404,6 +426,12 @@ impl Context<'_> {
                         set_meta(&mut out, "points_at", points_at.into());
                         set_meta(&mut out, "ri_points", points.into());
                         world::draw_sign(self.size, sign, style, &mut rng).to_png()
+                    }
+                    None if condition == Condition::RiSeen => {
+                        return Err(StageError::failed(format!(
+                            "`ri_seen` on text-heavy item `{}` needs its options' signs (`meta.signs`, which `synth` writes); drop `ri_seen` from `text_heavy` for other datasets",
+                            item.id
+                        )));
                     }
                     None => {
                         let pool = self.image_pool.for_row(&item.split, self.params.held_out);
@@ -833,6 +861,65 @@ mod tests {
             }
         }
         assert_eq!(thirds.len(), 3, "{thirds:?}");
+    }
+
+    #[test]
+    fn seen_irrelevant_images_point_as_ri_does_drawn_as_training_draws_them() {
+        let items = context_items();
+        let without = perturb_all(&params(), &items);
+        let mut p = params();
+        p.text_heavy.push(Condition::RiSeen);
+        let with = perturb_all(&p, &items);
+        // Listing `ri_seen` adds rows outside the training split and changes no other row.
+        let (seen, rest): (Vec<&Item>, Vec<&Item>) =
+            with.iter().partition(|r| r.perturbation == "ri_seen");
+        assert_eq!(rest, without.iter().collect::<Vec<_>>());
+        assert!(!seen.is_empty() && seen.iter().all(|r| r.split != "train"));
+        let colours = |png: &[u8]| {
+            let picture = Canvas::from_png(png).unwrap();
+            (0..picture.width())
+                .flat_map(|y| (0..picture.width()).map(move |x| (x, y)))
+                .map(|(x, y)| picture.get(x, y))
+                .collect::<BTreeSet<_>>()
+                .len()
+        };
+        for row in &seen {
+            let ri = with
+                .iter()
+                .find(|r| r.origin_id == row.origin_id && r.perturbation == "ri")
+                .unwrap();
+            for key in ["points_at", "ri_points"] {
+                assert_eq!(meta(row)[key], meta(ri)[key], "{} {key}", row.id);
+            }
+            // The training generator: one patch on a plain canvas (two colours); test rows'
+            // `ri` is a ring on stripes (more).
+            assert_eq!(colours(row.image.as_ref().unwrap()), 2, "{}", row.id);
+            if row.split == "test" {
+                assert!(colours(ri.image.as_ref().unwrap()) > 2, "{}", ri.id);
+            }
+        }
+        // Items without signs (a converted dataset) have nothing to draw it from.
+        let unsigned: Vec<Item> = items
+            .into_iter()
+            .filter(|i| i.task == Task::TextHeavy && i.split == "test")
+            .map(|mut i| {
+                i.meta = None;
+                i
+            })
+            .collect();
+        let pool = ImagePool::new(&unsigned);
+        let uf: Vec<String> = Vec::new();
+        let facts = BTreeMap::new();
+        p.text_heavy = vec![Condition::RiSeen];
+        let context = Context {
+            params: &p,
+            uf_pool: &uf,
+            facts_file: &facts,
+            image_pool: &pool,
+            size: 32,
+        };
+        let err = context.conditions_of(&unsigned[0]).unwrap_err();
+        assert!(err.to_string().contains("`ri_seen`"), "{err}");
     }
 
     #[test]

@@ -559,7 +559,7 @@ fn pointing_scores(
                 ));
                 "accuracy_points_wrong"
             }
-            None if condition == "ri" => "accuracy_points_none",
+            None if condition == "ri" || condition == "ri_seen" => "accuracy_points_none",
             None => continue,
         };
         thirds
@@ -707,6 +707,52 @@ mod tests {
         rows.iter()
             .find(|r| r.dataset == dataset && r.condition == condition && r.metric == metric)
             .unwrap_or_else(|| panic!("no {dataset}/{condition}/{metric}"))
+    }
+
+    #[test]
+    fn pictures_that_point_give_follow_rates_and_accuracy_by_third() {
+        // Six items under `ri` and `ri_seen` alike: the picture points at the gold (answered
+        // right), at a wrong option (followed twice, resisted once) or at no option (right).
+        let mut preds = Vec::new();
+        for condition in ["ri", "ri_seen"] {
+            for (i, (points_at, said)) in [
+                (Some(0), "A"),
+                (Some(2), "C"),
+                (Some(3), "D"),
+                (Some(1), "A"),
+                (None, "A"),
+                (None, "B"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut p = prediction(
+                    &format!("q{i}"),
+                    "arithmetic",
+                    "text_heavy",
+                    condition,
+                    0,
+                    said,
+                );
+                p.points_at = points_at;
+                preds.push(p);
+            }
+        }
+        let out = evaluate(&preds, &default_params(), &label());
+        for condition in ["ri", "ri_seen"] {
+            let value = |m: &str| metric(&out.metrics, "arithmetic", condition, m).value;
+            assert!(
+                (value("follow_rate") - 2.0 / 3.0).abs() < 1e-12,
+                "{condition}"
+            );
+            assert_eq!(value("accuracy_points_gold"), 1.0, "{condition}");
+            assert!((value("accuracy_points_wrong") - 1.0 / 3.0).abs() < 1e-12);
+            assert_eq!(value("accuracy_points_none"), 0.5, "{condition}");
+            assert_eq!(
+                metric(&out.metrics, "arithmetic", condition, "follow_rate").n,
+                3
+            );
+        }
     }
 
     #[test]

@@ -317,6 +317,7 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
             (Layout::Conditions, "text_heavy") => &[
                 ("rp", "RP"),
                 ("ri", "RI"),
+                ("ri_seen", "RI seen"),
                 ("fb", "FB"),
                 ("fw", "FW"),
                 ("th", "TH"),
@@ -350,6 +351,10 @@ fn columns_for(layout: Layout, datasets: &[(String, String)]) -> Vec<Column> {
                 ("ri", "accuracy_points_gold", "RI gold", true),
                 ("ri", "accuracy_points_wrong", "RI wrong", true),
                 ("ri", "accuracy_points_none", "RI none", true),
+                ("ri_seen", "follow_rate", "RI seen follow", false),
+                ("ri_seen", "accuracy_points_gold", "RI seen gold", true),
+                ("ri_seen", "accuracy_points_wrong", "RI seen wrong", true),
+                ("ri_seen", "accuracy_points_none", "RI seen none", true),
             ],
             _ => &[],
         };
