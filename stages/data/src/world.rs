@@ -3,6 +3,8 @@
 
 use crate::draw::{Background, Canvas, Rgb, Shape};
 use mipipe_stage_schema::ItemRng;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Shapes with their names and a description used for misleading descriptions (MD).
 pub const SHAPES: &[(Shape, &str, &str)] = &[
@@ -166,17 +168,7 @@ pub const MAX_NUMBER: i64 = 31;
 
 /// Which picture code stands for the answer words of the text-heavy sets (`synth`'s
 /// `sign_code`; docs/embedded-benchmark.md, "Signs").
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignCode {
     /// A colour (8) in a quadrant (4) of the canvas: 32 signs, every word of a set its own.
