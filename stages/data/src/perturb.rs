@@ -863,6 +863,15 @@ mod tests {
         assert_eq!(thirds.len(), 3, "{thirds:?}");
     }
 
+    /// The distinct colours of a PNG picture.
+    fn colours_of(png: &[u8]) -> BTreeSet<crate::draw::Rgb> {
+        let picture = Canvas::from_png(png).unwrap();
+        (0..picture.width())
+            .flat_map(|y| (0..picture.width()).map(move |x| (x, y)))
+            .map(|(x, y)| picture.get(x, y))
+            .collect()
+    }
+
     #[test]
     fn seen_irrelevant_images_point_as_ri_does_drawn_as_training_draws_them() {
         let items = context_items();
@@ -875,14 +884,7 @@ mod tests {
             with.iter().partition(|r| r.perturbation == "ri_seen");
         assert_eq!(rest, without.iter().collect::<Vec<_>>());
         assert!(!seen.is_empty() && seen.iter().all(|r| r.split != "train"));
-        let colours = |png: &[u8]| {
-            let picture = Canvas::from_png(png).unwrap();
-            (0..picture.width())
-                .flat_map(|y| (0..picture.width()).map(move |x| (x, y)))
-                .map(|(x, y)| picture.get(x, y))
-                .collect::<BTreeSet<_>>()
-                .len()
-        };
+        let colours = |png: &[u8]| colours_of(png).len();
         for row in &seen {
             let ri = with
                 .iter()
@@ -939,16 +941,11 @@ mod tests {
         for row in perturb_all(&p, &items).iter().filter(|r| {
             r.task == Task::TextHeavy && ["ri", "th"].contains(&r.perturbation.as_str())
         }) {
-            let picture = Canvas::from_png(row.image.as_ref().unwrap()).unwrap();
-            let shows = |rgb: crate::draw::Rgb| {
-                (0..picture.width())
-                    .flat_map(|y| (0..picture.width()).map(move |x| (x, y)))
-                    .any(|(x, y)| picture.get(x, y) == rgb)
-            };
+            let shown = colours_of(row.image.as_ref().unwrap());
             let points_at = meta(row)["points_at"].as_u64().map(|v| v as usize);
             for (i, option) in row.options.iter().enumerate() {
                 assert_eq!(
-                    shows(colour_of(option)),
+                    shown.contains(&colour_of(option)),
                     points_at == Some(i),
                     "{} ({}) option {i}",
                     row.id,

@@ -403,6 +403,8 @@ fn make_item(params: &SynthParams, dataset: &str, task: Task, split: &str, index
                 .collect();
             let gold_text = gold.to_string();
             let window: Vec<&str> = window.iter().map(String::as_str).collect();
+            // The quadrant code keeps its own draw (a sample of the window, then the slot), so
+            // its items keep their bytes; the colour code needs distractors of distinct colours.
             let (options, answer) = match params.sign_code {
                 SignCode::Quadrant => {
                     let picks = rng.sample_indices(window.len(), n - 1);
