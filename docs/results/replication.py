@@ -6,9 +6,12 @@ another machine, say) cell by cell, and says which tested findings survive the r
 Reads every `*.csv` with a `value` column present in both folders (provenance files are
 skipped), matches cells on (model, method, dataset, condition, metric) and prints Markdown:
 per table, the cells, the median and largest absolute difference, the share of rerun values
-inside the first run's 95% interval; then, over every cell tested against its table's
-reference, how many differences survive Holm's correction in each run and in both with the
-same sign, and every one that survives in one run only. Standard library only.
+inside the first run's 95% interval (and inside its item-level interval, `items_ci_low` to
+`items_ci_high`, where the first run's tables have one); then, for each test the first run's
+tables carry (`p_holm`; `mcnemar_p_holm`, the item-level test, where present), how many
+differences it marks and how many of those have the same sign in the rerun and are marked
+there too; then every cell marked in one run only or with opposite signs. Standard library
+only.
 """
 
 import csv
@@ -31,9 +34,19 @@ def number(text):
     return float(text) if text not in ("", None) else None
 
 
-def significant(row):
-    p = number(row.get("p_holm"))
+def significant(row, column="p_holm"):
+    p = number(row.get(column))
     return p is not None and p < 0.05
+
+
+def inside(row, value, low, high):
+    low, high = number(row.get(low)), number(row.get(high))
+    return low is not None and high is not None and low <= value <= high
+
+
+def same_sign(a, b):
+    da, db = number(a.get("diff_vs_reference")), number(b.get("diff_vs_reference"))
+    return da is not None and db is not None and da * db > 0
 
 
 def main(first_dir, second_dir):
@@ -44,8 +57,11 @@ def main(first_dir, second_dir):
         and not n.endswith("-provenance.csv")
         and os.path.exists(os.path.join(second_dir, n))
     )
-    print("| table | cells | median abs. difference | largest | rerun inside first interval |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| table | cells | median abs. difference | largest | rerun inside first interval "
+        "| rerun inside first's item-level interval |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     tested = []
     for name in names:
         first = read(os.path.join(first_dir, name))
@@ -53,49 +69,57 @@ def main(first_dir, second_dir):
         if first is None or second is None:
             continue
         common = [k for k in first if k in second]
-        diffs, inside = [], 0
+        diffs, within, within_items, with_items = [], 0, 0, 0
         for key in common:
             a, b = first[key], second[key]
             va, vb = number(a["value"]), number(b["value"])
             if va is None or vb is None:
                 continue
             diffs.append(abs(va - vb))
-            low, high = number(a.get("ci_low")), number(a.get("ci_high"))
-            if low is not None and high is not None and low <= vb <= high:
-                inside += 1
-            if number(a.get("p_holm")) is not None and number(b.get("p_holm")) is not None:
+            within += inside(a, vb, "ci_low", "ci_high")
+            if number(a.get("items_ci_low")) is not None:
+                with_items += 1
+                within_items += inside(a, vb, "items_ci_low", "items_ci_high")
+            if number(a.get("p_holm")) is not None and number(b.get("diff_vs_reference")) is not None:
                 tested.append((name, key, a, b))
         if not diffs:
             continue
+        items = f"{100 * within_items / with_items:.0f}%" if with_items else "–"
         print(
             f"| {name[:-4]} | {len(diffs)} | {statistics.median(diffs):.1f} | {max(diffs):.1f} "
-            f"| {100 * inside / len(diffs):.0f}% |"
+            f"| {100 * within / len(diffs):.0f}% | {items} |"
         )
-    in_first = [t for t in tested if significant(t[2])]
-    in_second = [t for t in tested if significant(t[3])]
-    both = [
-        t
-        for t in in_first
-        if significant(t[3])
-        and (number(t[2]["diff_vs_reference"]) > 0) == (number(t[3]["diff_vs_reference"]) > 0)
-    ]
     print()
     print(
-        f"Tested cells: {len(tested)}; significant after Holm in the first run: {len(in_first)}, "
-        f"in the rerun: {len(in_second)}, in both with the same sign: {len(both)}."
+        "Differences from the reference marked in the first run (Holm-adjusted p under 0.05), "
+        "and how many have the same sign in the rerun and are marked there too (by the "
+        "rerun's own `p_holm`):"
     )
+    print()
+    print("| first run's test | tested | marked | same sign in the rerun | also marked in the rerun |")
+    print("|---|---:|---:|---:|---:|")
+    for column, label in (("p_holm", "`p_holm`"), ("mcnemar_p_holm", "`mcnemar_p_holm` (items)")):
+        cells = [t for t in tested if number(t[2].get(column)) is not None]
+        if not cells:
+            continue
+        marked = [t for t in cells if significant(t[2], column)]
+        kept = [t for t in marked if same_sign(t[2], t[3])]
+        both = [t for t in kept if significant(t[3])]
+        share = f" ({100 * len(kept) / len(marked):.0f}%)" if marked else ""
+        print(f"| {label} | {len(cells)} | {len(marked)} | {len(kept)}{share} | {len(both)} |")
+    print()
+    print("Cells marked in one run only, or with opposite signs (by `p_holm` in each run):")
     print()
     print("| table | model | method | dataset | condition | metric | first: diff (p_holm) | rerun: diff (p_holm) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, key, a, b in tested:
-        if significant(a) != significant(b) or (
-            significant(a)
-            and (number(a["diff_vs_reference"]) > 0) != (number(b["diff_vs_reference"]) > 0)
-        ):
+        if significant(a) != significant(b) or (significant(a) and not same_sign(a, b)):
             cells = " | ".join(key)
+            rerun_p = number(b.get("p_holm"))
+            rerun_p = "–" if rerun_p is None else f"{rerun_p:.3g}"
             print(
                 f"| {name[:-4]} | {cells} | {number(a['diff_vs_reference']):+.1f} ({number(a['p_holm']):.3g}) "
-                f"| {number(b['diff_vs_reference']):+.1f} ({number(b['p_holm']):.3g}) |"
+                f"| {number(b['diff_vs_reference']):+.1f} ({rerun_p}) |"
             )
 
 

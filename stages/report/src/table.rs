@@ -73,9 +73,10 @@ pub struct TableParams {
     #[serde(default)]
     pub width: LatexWidth,
     /// The method every other method of a model group is tested against, where the `scores`
-    /// input is given: the difference with a paired bootstrap interval and an exact McNemar
-    /// test on the same (item, seed) pairs, Holm-corrected over the table's comparisons; cells
-    /// whose difference survives are marked with a dagger.
+    /// input is given: the difference with its 95% interval and a t test over seeds and items
+    /// as crossed random samples, Holm-corrected over the table's comparisons; cells whose
+    /// difference survives are marked with a dagger. The item-level bootstrap and exact
+    /// McNemar test, about the trained checkpoints, are in the CSV beside them.
     #[serde(default = "default_reference")]
     pub reference: String,
     /// Family-wise error rate of the dagger marks.
@@ -139,7 +140,7 @@ pub struct TableStage;
 impl Stage for TableStage {
     type Params = TableParams;
     const KIND: &'static str = "table";
-    const VERSION: u32 = 16;
+    const VERSION: u32 = 17;
     const SUMMARY: &'static str = "Render a result table of the paper (LaTeX, Markdown, CSV, provenance) and figures from metrics";
 
     fn outputs(_params: &TableParams) -> Vec<OutputSpec> {
@@ -214,8 +215,15 @@ pub struct Cell {
     pub n: Vec<u64>,
     /// Stages they came from.
     pub stages: BTreeSet<String>,
-    /// 95% percentile bootstrap interval over items (all seeds pooled), from per-item scores.
-    pub bootstrap: Option<(f64, f64)>,
+    /// The mean over seeds and items as crossed random samples, from per-item scores: the
+    /// cell's interval.
+    pub crossed: Option<stats::Crossed>,
+    /// Whether every per-item value is in [0, 1] (a proportion: accuracy, follow rate, causal
+    /// effect), so that the interval is kept within [0, 1] and a difference's within [-1, 1].
+    pub proportion: bool,
+    /// 95% percentile bootstrap interval over items (all seeds pooled), from per-item scores:
+    /// about these trained checkpoints.
+    pub items_interval: Option<(f64, f64)>,
     /// The test against the table's reference method, from per-item scores.
     pub comparison: Option<Comparison>,
 }
@@ -225,16 +233,25 @@ pub struct Cell {
 pub struct Comparison {
     /// Mean of this cell minus the reference's (means over seeds).
     pub difference: f64,
-    /// 95% paired bootstrap interval of the difference.
+    /// The paired difference over seeds and items as crossed random samples (None for fewer
+    /// than two common items): its t test.
+    pub crossed: Option<stats::Crossed>,
+    /// Its 95% interval, within [-1, 1] for proportions.
     pub interval: Option<(f64, f64)>,
+    /// The t test's p-value.
+    pub p: Option<f64>,
+    /// `p` Holm-adjusted over the table's tests: the dagger.
+    pub p_holm: Option<f64>,
+    /// 95% paired bootstrap interval of the difference over items (these checkpoints).
+    pub items_interval: Option<(f64, f64)>,
     /// (item, seed) pairs only this method gets right (0/1 values only).
     pub only_this: u64,
     /// Pairs only the reference gets right.
     pub only_reference: u64,
-    /// Exact McNemar p-value (None where the values are not 0/1).
-    pub p: Option<f64>,
-    /// Holm-adjusted over the table's tests.
-    pub p_holm: Option<f64>,
+    /// Exact McNemar p-value on the (item, seed) pairs (None where the values are not 0/1).
+    pub mcnemar_p: Option<f64>,
+    /// `mcnemar_p` Holm-adjusted over the table's McNemar tests.
+    pub mcnemar_p_holm: Option<f64>,
 }
 
 impl Cell {
@@ -243,12 +260,16 @@ impl Cell {
         stats::mean(&self.values)
     }
 
-    /// A 95% interval of the mean: the bootstrap over items where per-item scores were given;
-    /// else over seeds (Student's t) when there are several, and for one value that is a
+    /// A 95% interval of the mean: over seeds and items as crossed random samples where
+    /// per-item scores were given (the item bootstrap where they were too few for that); else
+    /// over seeds (Student's t) when there are several, and for one value that is a
     /// proportion of `n` items (an accuracy), Wilson's score interval.
     pub fn interval(&self) -> Option<(f64, f64)> {
-        if self.bootstrap.is_some() {
-            return self.bootstrap;
+        if let Some(crossed) = &self.crossed {
+            return Some(within(crossed.interval(), self.proportion, 0.0));
+        }
+        if self.items_interval.is_some() {
+            return self.items_interval;
         }
         match (self.values.as_slice(), self.n.as_slice()) {
             ([value], [n]) if *n > 0 && (0.0..=1.0).contains(value) => {
@@ -289,6 +310,8 @@ pub struct Table {
     /// The reference of the tests and how many tests the table made, once per-item scores were
     /// added.
     pub tests: Option<(String, usize)>,
+    /// Whether some tested cell has a single seed (its test is about that checkpoint only).
+    pub single_seed_tests: bool,
     /// Family-wise error rate of the marks.
     pub alpha: f64,
     /// Whether the rows are the points of a sweep (layout `sweep`), drawn as lines.
@@ -493,9 +516,55 @@ pub fn build(rows: &[MetricRow], params: &TableParams) -> Result<Table, String> 
         baseline: params.baseline.clone(),
         decimals: params.decimals,
         tests: None,
+        single_seed_tests: false,
         alpha: params.alpha,
         sweep: params.layout == Layout::Sweep,
     })
+}
+
+/// An interval kept within [`low`, 1] where `bounded` (the range a mean of proportions, or of
+/// their differences for `low` = -1, can take); unchanged otherwise.
+fn within((lo, hi): (f64, f64), bounded: bool, low: f64) -> (f64, f64) {
+    if bounded {
+        (lo.max(low), hi.min(1.0))
+    } else {
+        (lo, hi)
+    }
+}
+
+/// One cell's per-item values: (origin, seed) -> value.
+type Values<'a> = BTreeMap<(&'a str, &'a str), f64>;
+
+/// The seeds × items matrix of a cell (rows in seed order), or of its difference from the
+/// reference's values when `reference` is given (paired by item and seed). Only seeds the
+/// cell (and the reference) has, and only items present under every one of them, are kept.
+fn seeds_by_items(values: &Values, reference: Option<&Values>) -> Vec<Vec<f64>> {
+    let value = |pair: &(&str, &str)| -> Option<f64> {
+        let own = *values.get(pair)?;
+        match reference {
+            Some(reference) => Some(own - reference.get(pair)?),
+            None => Some(own),
+        }
+    };
+    let seeds: BTreeSet<&str> = values.keys().map(|k| k.1).collect();
+    let seeds: Vec<&str> = seeds
+        .into_iter()
+        .filter(|seed| reference.is_none_or(|r| r.keys().any(|k| k.1 == *seed)))
+        .collect();
+    let items: BTreeSet<&str> = values.keys().map(|k| k.0).collect();
+    let complete: Vec<&str> = items
+        .into_iter()
+        .filter(|item| seeds.iter().all(|seed| value(&(item, seed)).is_some()))
+        .collect();
+    seeds
+        .iter()
+        .map(|seed| {
+            complete
+                .iter()
+                .map(|item| value(&(item, seed)).expect("complete items"))
+                .collect()
+        })
+        .collect()
 }
 
 /// How one cell is written.
@@ -521,14 +590,16 @@ impl Table {
             .any(|c| c.dataset == s.dataset && c.condition == s.condition && c.metric == s.metric)
     }
 
-    /// Adds, from per-item scores, each cell's bootstrap interval and each method's test
-    /// against `params.reference` in its model group (docs/reports.md, "Statistics"). Items
-    /// are resampled per column with the same draws for every cell of the column, each item
-    /// carrying its values under every seed, so differences are paired; McNemar counts the
-    /// discordant (item, seed) pairs; Holm runs over every test of the table.
+    /// Adds, from per-item scores, each cell's interval and each method's test against
+    /// `params.reference` in its model group (docs/reports.md, "Statistics"). The interval and
+    /// the test treat seeds and items as crossed random samples ([`stats::crossed`]), so a
+    /// training run's own noise is not taken for an effect; the differences are paired by
+    /// (item, seed). Beside them, about these checkpoints: the items are resampled per column
+    /// with the same draws for every cell of the column, each item carrying its values under
+    /// every seed (a paired bootstrap), and McNemar counts the discordant (item, seed) pairs.
+    /// Holm runs over every test of the table, for each kind of test.
     pub fn add_statistics(&mut self, scores: &[ItemScore], params: &TableParams) {
         // column -> group -> method -> (origin, seed) -> value
-        type Values<'a> = BTreeMap<(&'a str, &'a str), f64>;
         let mut index: Vec<BTreeMap<String, BTreeMap<&str, Values>>> =
             vec![BTreeMap::new(); self.columns.len()];
         for s in scores {
@@ -547,6 +618,8 @@ impl Table {
             }
         }
         let mut tests: Vec<(usize, usize, usize)> = Vec::new();
+        let mut mcnemar_tests: Vec<(usize, usize, usize)> = Vec::new();
+        let mut single_seed_tests = false;
         for (c, by_group) in index.iter().enumerate() {
             let units: Vec<&str> = by_group
                 .values()
@@ -591,7 +664,9 @@ impl Table {
                         continue;
                     };
                     let own = estimates(values);
-                    cells[c].bootstrap = stats::percentile_interval(&own);
+                    cells[c].items_interval = stats::percentile_interval(&own);
+                    cells[c].crossed = stats::crossed(&seeds_by_items(values, None));
+                    cells[c].proportion = values.values().all(|v| (0.0..=1.0).contains(v));
                     let (Some(reference), Some(reference_estimates), Some(reference_mean)) =
                         (reference, &reference_estimates, reference_mean)
                     else {
@@ -620,17 +695,29 @@ impl Table {
                     let Some(mean) = cells[c].mean() else {
                         continue;
                     };
-                    let p = binary.then(|| stats::mcnemar_exact(only_this, only_reference));
-                    if p.is_some() {
+                    let rows = seeds_by_items(values, Some(reference));
+                    let crossed = stats::crossed(&rows);
+                    if crossed.is_some() {
                         tests.push((g, r, c));
+                        single_seed_tests |= rows.len() == 1;
                     }
+                    let mcnemar_p = binary.then(|| stats::mcnemar_exact(only_this, only_reference));
+                    if mcnemar_p.is_some() {
+                        mcnemar_tests.push((g, r, c));
+                    }
+                    let proportions =
+                        cells[c].proportion && reference.values().all(|v| (0.0..=1.0).contains(v));
                     cells[c].comparison = Some(Comparison {
                         difference: mean - reference_mean,
-                        interval: stats::percentile_interval(&differences),
+                        crossed,
+                        interval: crossed.map(|t| within(t.interval(), proportions, -1.0)),
+                        p: crossed.map(|t| t.p_value()),
+                        p_holm: None,
+                        items_interval: stats::percentile_interval(&differences),
                         only_this,
                         only_reference,
-                        p,
-                        p_holm: None,
+                        mcnemar_p,
+                        mcnemar_p_holm: None,
                     });
                 }
             }
@@ -644,7 +731,21 @@ impl Table {
                 test.p_holm = Some(adjusted);
             }
         }
+        let p: Vec<f64> = mcnemar_tests
+            .iter()
+            .map(|&(g, r, c)| {
+                self.comparison(g, r, c)
+                    .and_then(|t| t.mcnemar_p)
+                    .unwrap_or(1.0)
+            })
+            .collect();
+        for (&(g, r, c), adjusted) in mcnemar_tests.iter().zip(stats::holm(&p)) {
+            if let Some(test) = self.groups[g].rows[r].1[c].comparison.as_mut() {
+                test.mcnemar_p_holm = Some(adjusted);
+            }
+        }
         self.tests = Some((params.reference.clone(), tests.len()));
+        self.single_seed_tests = single_seed_tests;
     }
 
     fn comparison(&self, g: usize, r: usize, c: usize) -> Option<&Comparison> {
@@ -662,10 +763,18 @@ impl Table {
     /// The sentence under a table that says what its intervals and marks mean.
     fn statistics_note(&self, markup: &Markup) -> Option<String> {
         let (reference, tests) = self.tests.as_ref().filter(|t| t.1 > 0)?;
+        let single = if self.single_seed_tests {
+            " A cell of one seed is tested over its items only, a statement about that one \
+             trained model."
+        } else {
+            ""
+        };
         let text = format!(
-            ": differs from {} on the same items and seeds (exact McNemar test, Holm's \
-             correction over the {tests} tests of this table, family-wise error {}). Intervals \
-             in the CSV: 95% paired bootstrap over items ({RESAMPLES} resamples).",
+            ": differs from {} (paired by item and seed; t test with seeds and items as \
+             crossed random samples, Holm's correction over the {tests} tests of this table, \
+             family-wise error {}).{single} Intervals in the CSV: 95% over seeds and items; \
+             beside them, about these trained models only, a paired bootstrap over items \
+             ({RESAMPLES} resamples) and exact McNemar tests.",
             self.name(reference),
             self.alpha
         );
@@ -911,6 +1020,7 @@ impl Table {
             "value",
             "ci_low",
             "ci_high",
+            "df",
             "std",
             "seeds",
             "n",
@@ -919,10 +1029,17 @@ impl Table {
             "diff_vs_reference",
             "diff_ci_low",
             "diff_ci_high",
-            "only_this",
-            "only_reference",
+            "diff_df",
             "p_value",
             "p_holm",
+            "items_ci_low",
+            "items_ci_high",
+            "items_diff_ci_low",
+            "items_diff_ci_high",
+            "only_this",
+            "only_reference",
+            "mcnemar_p",
+            "mcnemar_p_holm",
         ];
         writer.write_record(header).expect("writes to memory");
         let percent = |v: Option<f64>| v.map_or(String::new(), |v| format!("{:.4}", v * 100.0));
@@ -937,6 +1054,10 @@ impl Table {
                     let count = |n: Option<u64>| n.map_or(String::new(), |n| n.to_string());
                     let probability =
                         |p: Option<f64>| p.map_or(String::new(), |p| format!("{p:.6}"));
+                    let df = |t: Option<stats::Crossed>| {
+                        t.map_or(String::new(), |t| format!("{:.1}", t.df))
+                    };
+                    let difference = test.and_then(|t| t.interval);
                     writer
                         .write_record([
                             group.name.clone(),
@@ -947,18 +1068,26 @@ impl Table {
                             percent(cell.mean()),
                             percent(interval.map(|i| i.0)),
                             percent(interval.map(|i| i.1)),
+                            df(cell.crossed),
                             percent(cell.std()),
                             cell.values.len().to_string(),
                             cell.n.iter().sum::<u64>().to_string(),
                             percent(change),
                             test.and(reference).unwrap_or_default().to_string(),
                             percent(test.map(|t| t.difference)),
-                            percent(test.and_then(|t| t.interval).map(|i| i.0)),
-                            percent(test.and_then(|t| t.interval).map(|i| i.1)),
-                            count(test.map(|t| t.only_this)),
-                            count(test.map(|t| t.only_reference)),
+                            percent(difference.map(|i| i.0)),
+                            percent(difference.map(|i| i.1)),
+                            df(test.and_then(|t| t.crossed)),
                             probability(test.and_then(|t| t.p)),
                             probability(test.and_then(|t| t.p_holm)),
+                            percent(cell.items_interval.map(|i| i.0)),
+                            percent(cell.items_interval.map(|i| i.1)),
+                            percent(test.and_then(|t| t.items_interval).map(|i| i.0)),
+                            percent(test.and_then(|t| t.items_interval).map(|i| i.1)),
+                            count(test.map(|t| t.only_this)),
+                            count(test.map(|t| t.only_reference)),
+                            probability(test.and_then(|t| t.mcnemar_p)),
+                            probability(test.and_then(|t| t.mcnemar_p_holm)),
                         ])
                         .expect("writes to memory");
                 }
@@ -1246,6 +1375,7 @@ mod tests {
                 "value",
                 "ci_low",
                 "ci_high",
+                "df",
                 "std",
                 "seeds",
                 "n",
@@ -1254,10 +1384,17 @@ mod tests {
                 "diff_vs_reference",
                 "diff_ci_low",
                 "diff_ci_high",
+                "diff_df",
+                "p_value",
+                "p_holm",
+                "items_ci_low",
+                "items_ci_high",
+                "items_diff_ci_low",
+                "items_diff_ci_high",
                 "only_this",
                 "only_reference",
-                "p_value",
-                "p_holm"
+                "mcnemar_p",
+                "mcnemar_p_holm"
             ]
         );
         let rows: Vec<Vec<String>> = reader
@@ -1274,22 +1411,25 @@ mod tests {
         let vanilla = find("vanilla");
         assert_eq!(vanilla[5], "50.0000");
         assert_eq!((&vanilla[6][..5], &vanilla[7][..5]), ("40.38", "59.61"));
+        // Without per-item scores there is no df and no test.
+        assert_eq!(vanilla[8], "");
         assert_eq!(
             (
-                vanilla[8].as_str(),
                 vanilla[9].as_str(),
-                vanilla[10].as_str()
+                vanilla[10].as_str(),
+                vanilla[11].as_str()
             ),
             ("", "1", "100")
         );
-        assert_eq!(vanilla[11], "");
+        assert_eq!(vanilla[12], "");
+        assert!(vanilla[13..].iter().all(String::is_empty), "{vanilla:?}");
         // Two seeds: mean 61, sd 1.414, t(1) = 12.706: 61 ± 12.706 * 1.414 / sqrt 2 = 61 ± 12.706.
         let ours = find("ours");
         assert_eq!(ours[5], "61.0000");
         assert_eq!((&ours[6][..5], &ours[7][..5]), ("48.29", "73.70"));
-        assert_eq!(&ours[8][..5], "1.414");
-        assert_eq!((ours[9].as_str(), ours[10].as_str()), ("2", "200"));
-        assert_eq!(ours[11], "22.0000");
+        assert_eq!(&ours[9][..5], "1.414");
+        assert_eq!((ours[10].as_str(), ours[11].as_str()), ("2", "200"));
+        assert_eq!(ours[12], "22.0000");
     }
 
     #[test]
@@ -1394,22 +1534,37 @@ mod tests {
                 .unwrap()
         };
         let ours = cell("ours").comparison.unwrap();
-        assert_eq!((ours.only_this, ours.only_reference), (40, 0));
         assert!((ours.difference - 0.2).abs() < 1e-12);
-        // 2 * 0.5^40, then Holm over the two tests.
-        let p_ours = 2.0 * 0.5f64.powi(40);
+        // Both seeds agree, so the seed term is zero and the test is over the 100 items'
+        // differences (20 of them 1): t = 0.2 / √(var/100) on 99 df, then Holm over two tests.
+        let crossed = ours.crossed.unwrap();
+        assert_eq!(crossed.df, 99.0);
+        let var = (20.0 * 0.8f64.powi(2) + 80.0 * 0.2f64.powi(2)) / 99.0;
+        assert!(
+            (crossed.variance - var / 100.0).abs() < 1e-12,
+            "{crossed:?}"
+        );
+        let p_ours = stats::student_t_two_sided(0.2 / (var / 100.0).sqrt(), 99.0);
         assert!((ours.p.unwrap() / p_ours - 1.0).abs() < 1e-9);
         assert!((ours.p_holm.unwrap() / (2.0 * p_ours) - 1.0).abs() < 1e-9);
-        let (lo, hi) = ours.interval.unwrap();
+        let (lo, hi) = crossed.interval();
+        assert!(lo > 0.1 && hi < 0.3 && lo < 0.2 && hi > 0.2, "{lo} {hi}");
+        // The item-level analysis beside it: 2 * 0.5^40, Holm over its two tests.
+        assert_eq!((ours.only_this, ours.only_reference), (40, 0));
+        let p_mcnemar = 2.0 * 0.5f64.powi(40);
+        assert!((ours.mcnemar_p.unwrap() / p_mcnemar - 1.0).abs() < 1e-9);
+        assert!((ours.mcnemar_p_holm.unwrap() / (2.0 * p_mcnemar) - 1.0).abs() < 1e-9);
+        let (lo, hi) = ours.items_interval.unwrap();
         assert!(lo > 0.1 && hi < 0.3 && lo < 0.2 && hi > 0.2, "{lo} {hi}");
         let kl = cell("kl").comparison.unwrap();
         assert_eq!((kl.only_this, kl.only_reference), (2, 2));
+        assert_eq!(kl.mcnemar_p, Some(1.0));
         assert_eq!(kl.p, Some(1.0));
         assert!(
             cell("fft_mix").comparison.is_none(),
             "the reference is not tested"
         );
-        // Every cell has its bootstrap interval around its mean.
+        // Every cell has its interval around its mean.
         let (lo, hi) = cell("fft_mix").interval().unwrap();
         assert!(lo < 0.5 && hi > 0.5 && hi - lo < 0.2, "{lo} {hi}");
         // The marks: ours differs, kl does not; the note says what the dagger means.
@@ -1424,13 +1579,73 @@ mod tests {
             tex.contains("\\caption{$^\\dagger$: differs from FFT w/ D\\_mixed"),
             "{tex}"
         );
-        assert!(tex.contains("95\\% paired bootstrap"), "{tex}");
+        assert!(tex.contains("crossed random samples"), "{tex}");
+        assert!(tex.contains("95\\% over seeds and items"), "{tex}");
+        assert!(!md.contains("one seed"), "{md}");
         let csv = table.csv();
         let line = csv
             .lines()
             .find(|l| l.starts_with("llava-s,ours,shapes,none"))
             .unwrap();
         assert!(line.contains(",fft_mix,20.0000,"), "{line}");
+        assert!(line.contains(",99.0,"), "the df of the difference: {line}");
+    }
+
+    #[test]
+    fn a_difference_one_training_run_makes_is_not_marked() {
+        // Three seeds of 200 items: `fft_mix` right on items 0-99 under every seed; `ours`
+        // the same, except that under seed 0 it also gets items 100-159 right. Pooled over
+        // (item, seed) pairs that is 60 discordant pairs all one way (McNemar: certain), but
+        // two of three training runs show no difference at all.
+        let mut metrics = Vec::new();
+        let mut scores = Vec::new();
+        for seed in ["0", "1", "2"] {
+            for method in ["fft_mix", "ours"] {
+                let right = if method == "ours" && seed == "0" {
+                    160
+                } else {
+                    100
+                };
+                for item in 0..200 {
+                    scores.push(score(method, seed, item, f64::from(u8::from(item < right))));
+                }
+                let value = right as f64 / 200.0;
+                metrics.push(metric(method, seed, "shapes", "image_heavy", "none", value));
+            }
+        }
+        let p = params(Layout::Conditions);
+        let mut table = build(&metrics, &p).unwrap();
+        table.add_statistics(&scores, &p);
+        let ours = table.groups[0]
+            .rows
+            .iter()
+            .find(|(m, _)| m == "ours")
+            .and_then(|(_, cells)| cells[0].comparison.clone())
+            .unwrap();
+        assert_eq!((ours.only_this, ours.only_reference), (60, 0));
+        assert!(ours.mcnemar_p_holm.unwrap() < 1e-10, "{ours:?}");
+        assert!(ours.p_holm.unwrap() > 0.05, "{ours:?}");
+        let crossed = ours.crossed.unwrap();
+        assert!(crossed.df < 3.0, "{crossed:?}");
+        let (lo, hi) = ours.interval.unwrap();
+        assert!(lo < 0.0 && hi > 0.2, "{lo} {hi}");
+        // The t interval of a mean of proportions stops at their range, [0, 1] (a
+        // difference's at [-1, 1]).
+        let ours_cell = table.groups[0]
+            .rows
+            .iter()
+            .find(|(m, _)| m == "ours")
+            .map(|(_, cells)| cells[0].clone())
+            .unwrap();
+        assert!(ours_cell.proportion);
+        let (a, b) = ours_cell.crossed.unwrap().interval();
+        assert_eq!(ours_cell.interval(), Some((a.max(0.0), b.min(1.0))));
+        assert_eq!(within((-0.3, 1.2), true, 0.0), (0.0, 1.0));
+        assert_eq!(within((-1.3, 0.2), true, -1.0), (-1.0, 0.2));
+        assert_eq!(within((-0.3, 1.2), false, 0.0), (-0.3, 1.2));
+        let md = table.markdown(&p);
+        assert!(!md.contains("±0.0†") && !md.contains("±17.3†"), "{md}");
+        assert!(md.contains("| Ours | **60.0±17.3** |"), "{md}");
     }
 
     #[test]
@@ -1443,7 +1658,7 @@ mod tests {
         let cells: Vec<&Cell> = table.groups[0].rows.iter().map(|(_, c)| &c[0]).collect();
         assert!(cells
             .iter()
-            .all(|c| c.comparison.is_none() && c.bootstrap.is_some()));
+            .all(|c| c.comparison.is_none() && c.crossed.is_some() && c.items_interval.is_some()));
         let md = table.markdown(&p);
         assert!(!md.contains('†'), "no tests, no marks and no note: {md}");
     }
