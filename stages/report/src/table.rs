@@ -1646,6 +1646,19 @@ mod tests {
         let md = table.markdown(&p);
         assert!(!md.contains("±0.0†") && !md.contains("±17.3†"), "{md}");
         assert!(md.contains("| Ours | **60.0±17.3** |"), "{md}");
+        assert!(!md.contains("one seed"), "{md}");
+        // Seed 0 alone: its 60 differences are beyond doubt for that one trained model, and
+        // the note says the test is about it.
+        let seed0: Vec<ItemScore> = scores.into_iter().filter(|s| s.seed == "0").collect();
+        let metrics: Vec<MetricRow> = metrics.into_iter().filter(|m| m.seed == "0").collect();
+        let mut table = build(&metrics, &p).unwrap();
+        table.add_statistics(&seed0, &p);
+        let md = table.markdown(&p);
+        assert!(md.contains("| Ours | **80.0†** |"), "{md}");
+        assert!(
+            md.contains("A cell of one seed is tested over its items only"),
+            "{md}"
+        );
     }
 
     #[test]
