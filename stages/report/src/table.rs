@@ -722,34 +722,37 @@ impl Table {
                 }
             }
         }
-        let p: Vec<f64> = tests
-            .iter()
-            .map(|&(g, r, c)| self.comparison(g, r, c).and_then(|t| t.p).unwrap_or(1.0))
-            .collect();
-        for (&(g, r, c), adjusted) in tests.iter().zip(stats::holm(&p)) {
-            if let Some(test) = self.groups[g].rows[r].1[c].comparison.as_mut() {
-                test.p_holm = Some(adjusted);
-            }
-        }
-        let p: Vec<f64> = mcnemar_tests
-            .iter()
-            .map(|&(g, r, c)| {
-                self.comparison(g, r, c)
-                    .and_then(|t| t.mcnemar_p)
-                    .unwrap_or(1.0)
-            })
-            .collect();
-        for (&(g, r, c), adjusted) in mcnemar_tests.iter().zip(stats::holm(&p)) {
-            if let Some(test) = self.groups[g].rows[r].1[c].comparison.as_mut() {
-                test.mcnemar_p_holm = Some(adjusted);
-            }
-        }
+        self.holm_correct(&tests, |t| (t.p, &mut t.p_holm));
+        self.holm_correct(&mcnemar_tests, |t| (t.mcnemar_p, &mut t.mcnemar_p_holm));
         self.tests = Some((params.reference.clone(), tests.len()));
         self.single_seed_tests = single_seed_tests;
     }
 
-    fn comparison(&self, g: usize, r: usize, c: usize) -> Option<&Comparison> {
-        self.groups[g].rows[r].1[c].comparison.as_ref()
+    /// Holm-adjusts one kind of test over the cells `tests` (group, row, column): `test`
+    /// gives a comparison's p-value (a missing one counts as 1) and where its adjusted value
+    /// goes.
+    fn holm_correct(
+        &mut self,
+        tests: &[(usize, usize, usize)],
+        test: fn(&mut Comparison) -> (Option<f64>, &mut Option<f64>),
+    ) {
+        let p: Vec<f64> = tests
+            .iter()
+            .map(|&cell| {
+                self.comparison_mut(cell)
+                    .and_then(|t| test(t).0)
+                    .unwrap_or(1.0)
+            })
+            .collect();
+        for (&cell, adjusted) in tests.iter().zip(stats::holm(&p)) {
+            if let Some(t) = self.comparison_mut(cell) {
+                *test(t).1 = Some(adjusted);
+            }
+        }
+    }
+
+    fn comparison_mut(&mut self, (g, r, c): (usize, usize, usize)) -> Option<&mut Comparison> {
+        self.groups[g].rows[r].1[c].comparison.as_mut()
     }
 
     /// Whether a cell differs from the reference method after Holm's correction.
@@ -1364,39 +1367,16 @@ mod tests {
         let csv = table.csv();
         let mut reader = csv::Reader::from_reader(csv.as_bytes());
         let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(
-            header,
-            [
-                "model",
-                "method",
-                "dataset",
-                "condition",
-                "metric",
-                "value",
-                "ci_low",
-                "ci_high",
-                "df",
-                "std",
-                "seeds",
-                "n",
-                "change_vs_baseline",
-                "reference",
-                "diff_vs_reference",
-                "diff_ci_low",
-                "diff_ci_high",
-                "diff_df",
-                "p_value",
-                "p_holm",
-                "items_ci_low",
-                "items_ci_high",
-                "items_diff_ci_low",
-                "items_diff_ci_high",
-                "only_this",
-                "only_reference",
-                "mcnemar_p",
-                "mcnemar_p_holm"
-            ]
-        );
+        // The columns are those docs/reports.md documents, in its order.
+        let doc = include_str!("../../../docs/reports.md");
+        let list = doc
+            .split_once("one row per cell: `")
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .expect("docs/reports.md lists the CSV columns")
+            .0;
+        let documented: Vec<&str> = list.split(',').map(str::trim).collect();
+        assert_eq!(header, documented);
+        assert_eq!(header.len(), 28, "{header:?}");
         let rows: Vec<Vec<String>> = reader
             .records()
             .map(|r| r.unwrap().iter().map(String::from).collect())
