@@ -6,7 +6,9 @@ weighted share of the loss.
 
     python docs/results/facts.py [pipelines/ablation.yaml]   # needs pyarrow
 
-Prints JSON lines. Reads the lockfile beside the pipeline (`ablation.lock`) and the objects it names.
+Prints JSON lines. Reads the lockfile beside the pipeline (`ablation.lock`) and the objects it
+names, in the cache mipipe uses: `$MIPIPE_CACHE_DIR` where it is set (as `--cache-dir`), else
+`.mipipe` beside the pipeline.
 """
 
 import json
@@ -19,7 +21,7 @@ import pyarrow.parquet as pq
 pipeline = sys.argv[1] if len(sys.argv) > 1 else "pipelines/ablation.yaml"
 root = os.path.dirname(pipeline)
 lock = json.load(open(os.path.splitext(pipeline)[0] + ".lock"))["stages"]
-cache = os.path.join(root, ".mipipe")
+cache = os.environ.get("MIPIPE_CACHE_DIR") or os.path.join(root, ".mipipe")
 
 
 def object_path(stage, output):

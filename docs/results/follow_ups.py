@@ -77,14 +77,15 @@ def sensitivity(folder):
         print(f"\n## {name}: {len(hits)} of {len(tested)} tests marked; every cell of the reference and of Ours")
         for r in rows:
             print(f"  {r['method']} {r['dataset']}/{r['condition']}/{r['metric']}: {cell_text(r)}")
-    print("\n## Per seed (metrics.parquet): colours and creatures accuracy, colour MD follow rate")
+    print("\n## Per seed (metrics.parquet): colours and creatures accuracy, MD follow rates")
     methods = sorted({m["method"] for m in metrics}, key=lambda m: (m != "fft_mix", m))
     for method in methods:
         for dataset, condition, metric in (
             ("colors", "none", "accuracy"),
             ("colors", "uf", "accuracy"),
             ("colors", "md", "follow_rate"),
-            ("creatures", "none", "accuracy"),
+            ("creatures", "rp", "accuracy"),
+            ("shapes", "md", "follow_rate"),
         ):
             seeds = per_seed(metrics, "llava", method, dataset, condition, metric)
             print(f"  {method} {dataset}/{condition}/{metric}: {seeds_text(seeds)}")
