@@ -34,8 +34,7 @@ def image_to_text(folder):
                 print(f"  {fam}-s {method}: reference (100 - RP) / 3 = {(100 - rp) / 3:.1f} (RP {rp:.1f})")
                 for condition in ("ri", "ri_seen"):
                     r = cell(pointing, fam, method, dataset, condition, "follow_rate")
-                    stage = "evaluate_vanilla" if method == "vanilla" else "evaluate["
-                    seeds = per_seed(metrics, fam, method, dataset, condition, "follow_rate", stage)
+                    seeds = per_seed(metrics, fam, method, dataset, condition, "follow_rate")
                     print(f"    {condition} follow: {cell_text(r)}; per seed {seeds_text(seeds)}")
 
     print("\n## Held-out against seen: the largest gap between twin cells of the pointing table")
